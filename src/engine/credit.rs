@@ -1,0 +1,199 @@
+//! Credits (Purchase, Grant) and operator Adjustments.
+
+use redb::ReadableTable;
+
+use super::Ctx;
+use crate::error::Error;
+use crate::model::limits::MAX_MEMO_BYTES;
+use crate::model::records::{TxnRecord, WorkspaceRecord};
+use crate::model::{validate, Adjust, Credit, Receipt, TxnKind};
+use crate::storage::tables::{self, Category};
+
+/// What a credit or adjustment asks for, after validation.
+struct Movement<'a> {
+    workspace: &'a str,
+    kind: TxnKind,
+    amount_credits: u64,
+    debit: bool,
+    key: &'a str,
+    memo: &'a str,
+}
+
+impl Movement<'_> {
+    fn signed(&self) -> i64 {
+        // Amounts are validated to be at most i64::MAX.
+        let a = i64::try_from(self.amount_credits).unwrap_or(i64::MAX);
+        if self.debit {
+            -a
+        } else {
+            a
+        }
+    }
+}
+
+pub(super) fn credit(ctx: &mut Ctx<'_>, req: &Credit) -> Result<Receipt, Error> {
+    validate::id("workspace", &req.workspace)?;
+    validate::amount("amount", req.amount_credits)?;
+    validate::id("idempotency key", &req.idempotency_key)?;
+    validate::text("memo", &req.memo, MAX_MEMO_BYTES, true)?;
+    apply(
+        ctx,
+        &Movement {
+            workspace: &req.workspace,
+            kind: req.kind.txn_kind(),
+            amount_credits: req.amount_credits,
+            debit: false,
+            key: &req.idempotency_key,
+            memo: &req.memo,
+        },
+    )
+}
+
+pub(super) fn adjust(ctx: &mut Ctx<'_>, req: &Adjust) -> Result<Receipt, Error> {
+    validate::id("workspace", &req.workspace)?;
+    validate::amount("amount", req.amount_credits.unsigned_abs())?;
+    validate::id("idempotency key", &req.idempotency_key)?;
+    validate::text("memo", &req.memo, MAX_MEMO_BYTES, false)?;
+    apply(
+        ctx,
+        &Movement {
+            workspace: &req.workspace,
+            kind: TxnKind::Adjustment,
+            amount_credits: req.amount_credits.unsigned_abs(),
+            debit: req.amount_credits < 0,
+            key: &req.idempotency_key,
+            memo: &req.memo,
+        },
+    )
+}
+
+fn receipt(rec: &TxnRecord, replay: bool) -> Receipt {
+    Receipt {
+        txn_id: rec.id,
+        workspace: rec.workspace.clone(),
+        kind: rec.kind,
+        amount_credits: i64::try_from(rec.signed_amount()).unwrap_or(i64::MIN),
+        balance_before_credits: rec.balance_before_credits,
+        balance_after_credits: rec.balance_after_credits,
+        at_ms: rec.at_ms,
+        replay,
+    }
+}
+
+/// The first field in which a stored transaction differs from a retried request.
+fn differing_field(rec: &TxnRecord, m: &Movement<'_>) -> Option<(&'static str, String, String)> {
+    if rec.kind != m.kind {
+        return Some(("kind", rec.kind.to_string(), m.kind.to_string()));
+    }
+    if rec.workspace != m.workspace {
+        return Some(("workspace", rec.workspace.clone(), m.workspace.to_string()));
+    }
+    let stored = rec.signed_amount();
+    if stored != i128::from(m.signed()) {
+        return Some(("amount", stored.to_string(), m.signed().to_string()));
+    }
+    let stored_memo = rec.memo.as_deref().unwrap_or("");
+    if stored_memo != m.memo {
+        return Some(("memo", format!("{stored_memo:?}"), format!("{:?}", m.memo)));
+    }
+    None
+}
+
+fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
+    // A retry: same key. Same request replays the receipt; a different one conflicts.
+    let existing = ctx.idempotency.get(m.key)?.map(|v| v.value());
+    if let Some(txn_id) = existing {
+        let rec = tables::get_txn(&ctx.txns, txn_id)?.ok_or_else(|| Error::Corruption {
+            table: "idempotency",
+            key: m.key.to_string(),
+            detail: format!("points at missing transaction #{txn_id}"),
+        })?;
+        if let Some((field, existing, requested)) = differing_field(&rec, m) {
+            return Err(Error::Conflict {
+                entity: "idempotency key",
+                id: m.key.to_string(),
+                field,
+                existing,
+                requested,
+            });
+        }
+        return Ok(receipt(&rec, true));
+    }
+
+    let mut ws = match tables::get_workspace(&ctx.workspaces, m.workspace)? {
+        Some(ws) => ws,
+        None if m.kind == TxnKind::Adjustment => {
+            return Err(Error::UnknownWorkspace {
+                workspace: m.workspace.to_string(),
+            })
+        }
+        None => WorkspaceRecord {
+            created_at_ms: ctx.now_ms,
+            ..WorkspaceRecord::default()
+        },
+    };
+    let overflow = |what| Error::Overflow {
+        workspace: m.workspace.to_string(),
+        what,
+    };
+    let before = ws.balance_credits;
+    if m.debit {
+        ws.balance_credits =
+            before
+                .checked_sub(m.amount_credits)
+                .ok_or_else(|| Error::InsufficientCredits {
+                    workspace: m.workspace.to_string(),
+                    balance_credits: before,
+                    required_credits: m.amount_credits,
+                })?;
+        ws.adjusted_out_credits = ws
+            .adjusted_out_credits
+            .checked_add(m.amount_credits)
+            .ok_or_else(|| overflow("the adjusted-out total"))?;
+    } else {
+        ws.balance_credits = before
+            .checked_add(m.amount_credits)
+            .ok_or_else(|| overflow("the balance"))?;
+        let total = if m.kind == TxnKind::Adjustment {
+            &mut ws.adjusted_in_credits
+        } else {
+            &mut ws.granted_credits
+        };
+        *total = total
+            .checked_add(m.amount_credits)
+            .ok_or_else(|| overflow("the credited total"))?;
+    }
+    ws.txn_count = ws
+        .txn_count
+        .checked_add(1)
+        .ok_or_else(|| overflow("the transaction count"))?;
+
+    let category = match m.kind {
+        TxnKind::Purchase => Category::Purchase,
+        TxnKind::Grant => Category::Grant,
+        _ => Category::Adjustment,
+    };
+    let rec = ctx.append(
+        TxnRecord {
+            id: 0,
+            at_ms: 0,
+            workspace: m.workspace.to_string(),
+            kind: m.kind,
+            amount_credits: m.amount_credits,
+            debit: m.debit,
+            balance_before_credits: before,
+            balance_after_credits: ws.balance_credits,
+            title: m.kind.to_string(),
+            generation_id: None,
+            refund: None,
+            idempotency_key: Some(m.key.to_string()),
+            memo: Some(m.memo.to_string()),
+            prev_crc: 0,
+        },
+        category,
+    )?;
+    ctx.put_workspace(m.workspace, &ws)?;
+    let r = ctx.idempotency.insert(m.key, rec.id).map(drop);
+    ctx.write(r)?;
+    Ok(receipt(&rec, false))
+}

@@ -1,0 +1,375 @@
+//! The generation state machine: start (charge), complete, fail (refund).
+//!
+//! ```text
+//!   start ──> Running ──complete, now < deadline──> Succeeded
+//!                │
+//!                └──fail, or any call once now >= deadline──> Refunded
+//! ```
+//!
+//! The first terminal transition wins. Repeating it replays the original receipt; a
+//! contradicting call is an error that names the state the generation is in.
+
+
+use super::Ctx;
+use crate::error::{Error, InvalidInput};
+use crate::model::limits::{MAX_FEATURE_BYTES, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS};
+use crate::model::records::{GenState, GenerationRecord, RefundDetail, TxnRecord};
+use crate::model::{
+    validate, Charge, Completion, RefundReason, RefundReceipt, StartGeneration, TxnKind,
+};
+use crate::storage::tables::{self, usage_category, Category};
+
+fn load(ctx: &Ctx<'_>, generation_id: &str) -> Result<GenerationRecord, Error> {
+    validate::id("generation id", generation_id)?;
+    tables::get_generation(&ctx.generations, generation_id)?.ok_or_else(|| {
+        Error::UnknownGeneration {
+            generation: generation_id.to_string(),
+        }
+    })
+}
+
+fn load_txn(ctx: &Ctx<'_>, id: u64, owner: &str) -> Result<TxnRecord, Error> {
+    tables::get_txn(&ctx.txns, id)?.ok_or_else(|| Error::Corruption {
+        table: "generations",
+        key: owner.to_string(),
+        detail: format!("links to missing transaction #{id}"),
+    })
+}
+
+fn charge(gen: &GenerationRecord, usage: &TxnRecord, replay: bool) -> Charge {
+    Charge {
+        generation_id: gen.id.clone(),
+        workspace: gen.workspace.clone(),
+        usage_txn: gen.usage_txn,
+        cost_credits: gen.cost_credits,
+        balance_before_credits: usage.balance_before_credits,
+        balance_after_credits: usage.balance_after_credits,
+        started_at_ms: gen.started_at_ms,
+        deadline_ms: gen.deadline_ms,
+        replay,
+    }
+}
+
+pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, Error> {
+    validate::id("generation id", &req.generation_id)?;
+    validate::id("workspace", &req.workspace)?;
+    validate::text("feature", &req.feature, MAX_FEATURE_BYTES, false)?;
+    validate::amount("cost", req.cost_credits)?;
+    if let Some(t) = req.timeout_ms {
+        if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&t) {
+            return Err(InvalidInput::TimeoutOutOfRange {
+                timeout_ms: t,
+                min_ms: MIN_TIMEOUT_MS,
+                max_ms: MAX_TIMEOUT_MS,
+            }
+            .into());
+        }
+    }
+
+    if let Some(gen) = tables::get_generation(&ctx.generations, &req.generation_id)? {
+        let differs = if gen.workspace != req.workspace {
+            Some(("workspace", gen.workspace.clone(), req.workspace.clone()))
+        } else if gen.feature != req.feature {
+            Some(("feature", gen.feature.clone(), req.feature.clone()))
+        } else if gen.cost_credits != req.cost_credits {
+            Some((
+                "cost",
+                gen.cost_credits.to_string(),
+                req.cost_credits.to_string(),
+            ))
+        } else {
+            // A retry without a timeout accepts whatever the first start used.
+            req.timeout_ms
+                .filter(|t| *t != gen.timeout_ms)
+                .map(|t| ("timeout_ms", gen.timeout_ms.to_string(), t.to_string()))
+        };
+        if let Some((field, existing, requested)) = differs {
+            return Err(Error::Conflict {
+                entity: "generation",
+                id: req.generation_id.clone(),
+                field,
+                existing,
+                requested,
+            });
+        }
+        let usage = load_txn(ctx, gen.usage_txn, &gen.id)?;
+        return Ok(charge(&gen, &usage, true));
+    }
+
+    let mut ws = tables::get_workspace(&ctx.workspaces, &req.workspace)?.ok_or_else(|| {
+        Error::UnknownWorkspace {
+            workspace: req.workspace.clone(),
+        }
+    })?;
+    let before = ws.balance_credits;
+    ws.balance_credits =
+        before
+            .checked_sub(req.cost_credits)
+            .ok_or_else(|| Error::InsufficientCredits {
+                workspace: req.workspace.clone(),
+                balance_credits: before,
+                required_credits: req.cost_credits,
+            })?;
+    let overflow = |what| Error::Overflow {
+        workspace: req.workspace.clone(),
+        what,
+    };
+    ws.spent_credits = ws
+        .spent_credits
+        .checked_add(req.cost_credits)
+        .ok_or_else(|| overflow("the spent total"))?;
+    ws.running_generations = ws
+        .running_generations
+        .checked_add(1)
+        .ok_or_else(|| overflow("the running count"))?;
+    ws.txn_count = ws
+        .txn_count
+        .checked_add(1)
+        .ok_or_else(|| overflow("the transaction count"))?;
+    let timeout_ms = req.timeout_ms.unwrap_or(ctx.config.default_timeout_ms);
+    let deadline_ms = ctx
+        .now_ms
+        .checked_add(timeout_ms)
+        .ok_or_else(|| overflow("the deadline"))?;
+
+    let usage = ctx.append(
+        TxnRecord {
+            id: 0,
+            at_ms: 0,
+            workspace: req.workspace.clone(),
+            kind: TxnKind::Usage,
+            amount_credits: req.cost_credits,
+            debit: true,
+            balance_before_credits: before,
+            balance_after_credits: ws.balance_credits,
+            title: req.feature.clone(),
+            generation_id: Some(req.generation_id.clone()),
+            refund: None,
+            idempotency_key: None,
+            memo: None,
+            prev_crc: 0,
+        },
+        Category::UsagePending,
+    )?;
+    let gen = GenerationRecord {
+        id: req.generation_id.clone(),
+        workspace: req.workspace.clone(),
+        feature: req.feature.clone(),
+        cost_credits: req.cost_credits,
+        timeout_ms,
+        started_at_ms: ctx.now_ms,
+        deadline_ms,
+        usage_txn: usage.id,
+        state: GenState::Running,
+    };
+    ctx.put_workspace(&req.workspace, &ws)?;
+    ctx.put_generation(&gen)?;
+    ctx.insert_deadline(deadline_ms, &gen.id)?;
+    Ok(charge(&gen, &usage, false))
+}
+
+pub(super) fn complete(ctx: &mut Ctx<'_>, generation_id: &str) -> Result<Completion, Error> {
+    let mut gen = load(ctx, generation_id)?;
+    match gen.state {
+        GenState::Succeeded { at_ms } => Ok(Completion {
+            generation_id: gen.id,
+            usage_txn: gen.usage_txn,
+            completed_at_ms: at_ms,
+            replay: true,
+        }),
+        GenState::Refunded {
+            reason, refund_txn, ..
+        } => Err(Error::GenerationRefunded {
+            generation: gen.id,
+            reason,
+            refund_txn,
+        }),
+        GenState::Running if ctx.now_ms >= gen.deadline_ms => {
+            // Lazy expiry: the deadline passed before the success was reported. The refund is
+            // written now, in this transaction, and the caller learns why.
+            let message = format!(
+                "completion reported at {} ms, after the deadline at {} ms",
+                ctx.now_ms, gen.deadline_ms
+            );
+            let r = refund(ctx, gen, RefundReason::Timeout, &message)?;
+            Err(Error::GenerationRefunded {
+                generation: r.generation_id,
+                reason: r.reason,
+                refund_txn: r.refund_txn,
+            })
+        }
+        GenState::Running => {
+            let mut ws = tables::get_workspace(&ctx.workspaces, &gen.workspace)?
+                .ok_or_else(|| missing_workspace(&gen))?;
+            ws.running_generations = ws
+                .running_generations
+                .checked_sub(1)
+                .ok_or_else(|| running_underflow(&gen))?;
+            gen.state = GenState::Succeeded { at_ms: ctx.now_ms };
+            ctx.put_workspace(&gen.workspace, &ws)?;
+            ctx.put_generation(&gen)?;
+            ctx.remove_deadline(gen.deadline_ms, &gen.id)?;
+            ctx.move_usage(
+                &gen.workspace,
+                gen.usage_txn,
+                Category::UsagePending,
+                usage_category(gen.state),
+            )?;
+            Ok(Completion {
+                generation_id: gen.id,
+                usage_txn: gen.usage_txn,
+                completed_at_ms: ctx.now_ms,
+                replay: false,
+            })
+        }
+    }
+}
+
+pub(super) fn fail(
+    ctx: &mut Ctx<'_>,
+    generation_id: &str,
+    reason: RefundReason,
+    message: &str,
+) -> Result<RefundReceipt, Error> {
+    if reason == RefundReason::Timeout {
+        return Err(InvalidInput::ReservedReason.into());
+    }
+    let gen = load(ctx, generation_id)?;
+    match gen.state {
+        GenState::Refunded { refund_txn, .. } => {
+            let rec = load_txn(ctx, refund_txn, &gen.id)?;
+            refund_receipt(&gen, &rec, true)
+        }
+        GenState::Succeeded { at_ms } => Err(Error::GenerationSucceeded {
+            generation: gen.id,
+            completed_at_ms: at_ms,
+        }),
+        GenState::Running if ctx.now_ms >= gen.deadline_ms => {
+            let late = format!(
+                "deadline at {} ms passed before the failure was reported ({}: {message})",
+                gen.deadline_ms,
+                reason.as_str()
+            );
+            refund(ctx, gen, RefundReason::Timeout, &late)
+        }
+        GenState::Running => refund(ctx, gen, reason, message),
+    }
+}
+
+fn missing_workspace(gen: &GenerationRecord) -> Error {
+    Error::Corruption {
+        table: "workspaces",
+        key: gen.workspace.clone(),
+        detail: format!("missing, but generation `{}` belongs to it", gen.id),
+    }
+}
+
+fn running_underflow(gen: &GenerationRecord) -> Error {
+    Error::Corruption {
+        table: "workspaces",
+        key: gen.workspace.clone(),
+        detail: format!(
+            "running count is 0, but generation `{}` is running",
+            gen.id
+        ),
+    }
+}
+
+fn refund_receipt(
+    gen: &GenerationRecord,
+    rec: &TxnRecord,
+    replay: bool,
+) -> Result<RefundReceipt, Error> {
+    let detail = rec.refund.as_ref().ok_or_else(|| Error::Corruption {
+        table: "transactions",
+        key: rec.id.to_string(),
+        detail: format!("generation `{}` names it as its refund, but it is not one", gen.id),
+    })?;
+    Ok(RefundReceipt {
+        generation_id: gen.id.clone(),
+        workspace: gen.workspace.clone(),
+        usage_txn: gen.usage_txn,
+        refund_txn: rec.id,
+        amount_credits: rec.amount_credits,
+        reason: detail.reason,
+        message: detail.message.clone(),
+        balance_before_credits: rec.balance_before_credits,
+        balance_after_credits: rec.balance_after_credits,
+        at_ms: rec.at_ms,
+        replay,
+    })
+}
+
+/// Refund a running generation in full: the one refund path that `fail`, lazy expiry and the
+/// sweep all take.
+pub(super) fn refund(
+    ctx: &mut Ctx<'_>,
+    mut gen: GenerationRecord,
+    reason: RefundReason,
+    message: &str,
+) -> Result<RefundReceipt, Error> {
+    assert_eq!(gen.state, GenState::Running, "only a running generation is refunded");
+    let mut ws = tables::get_workspace(&ctx.workspaces, &gen.workspace)?
+        .ok_or_else(|| missing_workspace(&gen))?;
+    let overflow = |what| Error::Overflow {
+        workspace: gen.workspace.clone(),
+        what,
+    };
+    let before = ws.balance_credits;
+    ws.balance_credits = before
+        .checked_add(gen.cost_credits)
+        .ok_or_else(|| overflow("the balance"))?;
+    ws.refunded_credits = ws
+        .refunded_credits
+        .checked_add(gen.cost_credits)
+        .ok_or_else(|| overflow("the refunded total"))?;
+    ws.running_generations = ws
+        .running_generations
+        .checked_sub(1)
+        .ok_or_else(|| running_underflow(&gen))?;
+    ws.txn_count = ws
+        .txn_count
+        .checked_add(1)
+        .ok_or_else(|| overflow("the transaction count"))?;
+    let (message, message_truncated) = validate::truncate_message(message);
+
+    let rec = ctx.append(
+        TxnRecord {
+            id: 0,
+            at_ms: 0,
+            workspace: gen.workspace.clone(),
+            kind: TxnKind::Refund,
+            amount_credits: gen.cost_credits,
+            debit: false,
+            balance_before_credits: before,
+            balance_after_credits: ws.balance_credits,
+            title: gen.feature.clone(),
+            generation_id: Some(gen.id.clone()),
+            refund: Some(RefundDetail {
+                reason,
+                message,
+                message_truncated,
+                usage_txn: gen.usage_txn,
+            }),
+            idempotency_key: None,
+            memo: None,
+            prev_crc: 0,
+        },
+        Category::Refund,
+    )?;
+    gen.state = GenState::Refunded {
+        at_ms: ctx.now_ms,
+        reason,
+        refund_txn: rec.id,
+    };
+    ctx.put_workspace(&gen.workspace, &ws)?;
+    ctx.put_generation(&gen)?;
+    ctx.remove_deadline(gen.deadline_ms, &gen.id)?;
+    ctx.move_usage(
+        &gen.workspace,
+        gen.usage_txn,
+        Category::UsagePending,
+        usage_category(gen.state),
+    )?;
+    refund_receipt(&gen, &rec, false)
+}

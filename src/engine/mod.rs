@@ -1,0 +1,209 @@
+//! The operations, as state transitions inside one redb write transaction.
+//!
+//! Every operation first reads and checks everything it needs, and only then writes. So an
+//! operation that is refused (insufficient credits, a conflict, a bad id) leaves no trace, and
+//! it cannot spoil the other operations that share its write transaction. A storage error in
+//! the middle of the writes marks the whole transaction broken, and the caller aborts it.
+
+mod credit;
+mod generation;
+mod sweep;
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use crate::error::Error;
+use crate::model::records::{GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::{Op, Outcome};
+use crate::storage::codec;
+use crate::storage::tables::{self, Category};
+
+/// What the writer keeps in memory between transactions: derived from the last committed
+/// transaction, reloaded from disk after any failed commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriterState {
+    /// The id the next transaction gets.
+    pub next_txn_id: u64,
+    /// The timestamp of the last committed transaction.
+    pub last_at_ms: u64,
+    /// The CRC of the last committed transaction's record: the next one's `prev_crc`.
+    pub last_crc: u32,
+}
+
+impl WriterState {
+    /// Read the state from the log.
+    pub fn load(txns: &impl ReadableTable<u64, &'static [u8]>) -> Result<Self, Error> {
+        match txns.last()? {
+            None => Ok(WriterState {
+                next_txn_id: 1,
+                last_at_ms: 0,
+                last_crc: 0,
+            }),
+            Some((k, v)) => {
+                let id = k.value();
+                let rec: TxnRecord = codec::decode("transactions", &id, v.value())?;
+                Ok(WriterState {
+                    next_txn_id: id.checked_add(1).ok_or_else(|| Error::Corruption {
+                        table: "transactions",
+                        key: id.to_string(),
+                        detail: "transaction id space exhausted".into(),
+                    })?,
+                    last_at_ms: rec.at_ms,
+                    last_crc: codec::record_crc(v.value()),
+                })
+            }
+        }
+    }
+}
+
+/// Settings the operations need.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EngineConfig {
+    pub default_timeout_ms: u64,
+}
+
+/// One write transaction's worth of open tables and state.
+pub(crate) struct Ctx<'txn> {
+    pub workspaces: Table<'txn, &'static str, &'static [u8]>,
+    pub txns: Table<'txn, u64, &'static [u8]>,
+    pub history: Table<'txn, (&'static str, u8, u64), ()>,
+    pub generations: Table<'txn, &'static str, &'static [u8]>,
+    pub deadlines: Table<'txn, (u64, &'static str), ()>,
+    pub idempotency: Table<'txn, &'static str, u64>,
+    pub state: WriterState,
+    /// The time of this transaction: never before the last committed one.
+    pub now_ms: u64,
+    pub config: EngineConfig,
+    /// Something was written: the transaction must be committed.
+    pub dirty: bool,
+    /// The deadline index changed: the earliest deadline must be re-read.
+    pub deadlines_changed: bool,
+    /// A write failed half-way: the transaction must be aborted.
+    pub broken: bool,
+}
+
+impl<'txn> Ctx<'txn> {
+    pub fn open(
+        txn: &'txn WriteTransaction,
+        state: WriterState,
+        now_ms: u64,
+        config: EngineConfig,
+    ) -> Result<Self, Error> {
+        Ok(Ctx {
+            workspaces: txn.open_table(tables::WORKSPACES)?,
+            txns: txn.open_table(tables::TRANSACTIONS)?,
+            history: txn.open_table(tables::HISTORY)?,
+            generations: txn.open_table(tables::GENERATIONS)?,
+            deadlines: txn.open_table(tables::DEADLINES)?,
+            idempotency: txn.open_table(tables::IDEMPOTENCY)?,
+            state,
+            now_ms,
+            config,
+            dirty: false,
+            deadlines_changed: false,
+            broken: false,
+        })
+    }
+
+    /// Apply one operation.
+    pub fn apply(&mut self, op: &Op) -> Result<Outcome, Error> {
+        match op {
+            Op::Credit(c) => credit::credit(self, c).map(Outcome::Credit),
+            Op::Adjust(a) => credit::adjust(self, a).map(Outcome::Adjust),
+            Op::Start(s) => generation::start(self, s).map(Outcome::Start),
+            Op::Complete { generation_id } => {
+                generation::complete(self, generation_id).map(Outcome::Complete)
+            }
+            Op::Fail {
+                generation_id,
+                reason,
+                message,
+            } => generation::fail(self, generation_id, *reason, message).map(Outcome::Fail),
+            Op::Sweep { limit } => sweep::sweep(self, *limit).map(Outcome::Sweep),
+        }
+    }
+
+    /// The earliest running deadline, read from the index.
+    pub fn earliest_deadline(&self) -> Result<Option<u64>, Error> {
+        Ok(self.deadlines.first()?.map(|(k, _)| k.value().0))
+    }
+
+    /// Run a write; a failure marks the transaction broken.
+    fn write<T>(&mut self, r: Result<T, redb::StorageError>) -> Result<T, Error> {
+        self.dirty = true;
+        r.map_err(|e| {
+            self.broken = true;
+            Error::from(e)
+        })
+    }
+
+    pub fn put_workspace(&mut self, id: &str, rec: &WorkspaceRecord) -> Result<(), Error> {
+        let bytes = codec::encode(rec);
+        let r = self.workspaces.insert(id, bytes.as_slice()).map(drop);
+        self.write(r)
+    }
+
+    pub fn put_generation(&mut self, rec: &GenerationRecord) -> Result<(), Error> {
+        let bytes = codec::encode(rec);
+        let r = self
+            .generations
+            .insert(rec.id.as_str(), bytes.as_slice())
+            .map(drop);
+        self.write(r)
+    }
+
+    pub fn insert_deadline(&mut self, deadline_ms: u64, generation: &str) -> Result<(), Error> {
+        self.deadlines_changed = true;
+        let r = self.deadlines.insert((deadline_ms, generation), ()).map(drop);
+        self.write(r)
+    }
+
+    pub fn remove_deadline(&mut self, deadline_ms: u64, generation: &str) -> Result<(), Error> {
+        self.deadlines_changed = true;
+        let r = self.deadlines.remove((deadline_ms, generation)).map(drop);
+        self.write(r)
+    }
+
+    /// File a Usage under its new status.
+    pub fn move_usage(
+        &mut self,
+        workspace: &str,
+        usage_txn: u64,
+        from: Category,
+        to: Category,
+    ) -> Result<(), Error> {
+        let r = self
+            .history
+            .remove((workspace, from as u8, usage_txn))
+            .map(drop);
+        self.write(r)?;
+        let r = self
+            .history
+            .insert((workspace, to as u8, usage_txn), ())
+            .map(drop);
+        self.write(r)
+    }
+
+    /// Append a transaction to the log: assign its id, time and chain link, file it in the
+    /// workspace history. Returns the stored record.
+    pub fn append(&mut self, mut rec: TxnRecord, category: Category) -> Result<TxnRecord, Error> {
+        rec.id = self.state.next_txn_id;
+        rec.at_ms = self.now_ms;
+        rec.prev_crc = self.state.last_crc;
+        let bytes = codec::encode(&rec);
+        let r = self.txns.insert(rec.id, bytes.as_slice()).map(drop);
+        self.write(r)?;
+        let r = self
+            .history
+            .insert((rec.workspace.as_str(), category as u8, rec.id), ())
+            .map(drop);
+        self.write(r)?;
+        // Ids are u64 and start at 1: running out would take 584 years at a billion per second.
+        self.state.next_txn_id = rec
+            .id
+            .checked_add(1)
+            .expect("invariant: transaction ids never run out");
+        self.state.last_crc = codec::record_crc(&bytes);
+        self.state.last_at_ms = self.now_ms;
+        Ok(rec)
+    }
+}

@@ -1,0 +1,340 @@
+//! Errors, each with a message that says what happened and what to do next.
+//!
+//! Every error is a value: nothing in the ledger panics on input or on file content. An
+//! operation that returns an error has changed nothing, with two documented exceptions that
+//! report a change the ledger *had* to make:
+//! [`Error::GenerationRefunded`] (a `complete` that arrived after the deadline refunds the
+//! generation in the same write) and [`Error::CommitUncertain`] (the storage failed during
+//! commit, so the write may or may not have landed; retry with the same ids).
+
+use crate::model::RefundReason;
+
+/// A request that was refused before anything was written, because one of its fields is
+/// malformed or outside a limit in [`limits`](crate::limits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInput {
+    /// A required text field is empty.
+    #[error("{field} is empty; give 1 to {max} bytes")]
+    Empty {
+        /// Which field.
+        field: &'static str,
+        /// The longest allowed value, in bytes.
+        max: usize,
+    },
+    /// A text field is longer than its limit.
+    #[error("{field} is {len} bytes long; the limit is {max} bytes")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A text field holds a control character (newline, NUL, escape...).
+    #[error("{field} contains a control character; ids, features and memos must be printable")]
+    ControlCharacter {
+        /// Which field.
+        field: &'static str,
+    },
+    /// An amount of zero credits.
+    #[error("{field} is zero; an amount must be at least 1 credit")]
+    ZeroAmount {
+        /// Which field.
+        field: &'static str,
+    },
+    /// An amount above [`MAX_AMOUNT_CREDITS`](crate::limits::MAX_AMOUNT_CREDITS).
+    #[error("{field} is {amount} credits; the largest single amount is {max} credits")]
+    AmountTooLarge {
+        /// Which field.
+        field: &'static str,
+        /// The requested amount (its magnitude).
+        amount: u128,
+        /// The limit.
+        max: u64,
+    },
+    /// A generation timeout outside the allowed range.
+    #[error("timeout of {timeout_ms} ms is outside the allowed range {min_ms}..={max_ms} ms")]
+    TimeoutOutOfRange {
+        /// The requested timeout.
+        timeout_ms: u64,
+        /// The shortest allowed.
+        min_ms: u64,
+        /// The longest allowed.
+        max_ms: u64,
+    },
+    /// A page, batch or sweep limit outside its range.
+    #[error("{field} is {value}; it must be between 1 and {max}")]
+    LimitOutOfRange {
+        /// Which limit.
+        field: &'static str,
+        /// The requested value.
+        value: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// A name that is not one of a fixed set (a reason, a kind, a status).
+    #[error("unknown {field} `{value}`; expected one of: {expected}")]
+    UnknownName {
+        /// What kind of name.
+        field: &'static str,
+        /// What was given.
+        value: String,
+        /// The accepted names.
+        expected: &'static str,
+    },
+    /// `Timeout` given as a failure reason; only the ledger's deadline check assigns it.
+    #[error("reason `timeout` is assigned by the ledger when a deadline passes; report the failure with the reason the service gave (for example system-error)")]
+    ReservedReason,
+    /// A history cursor that this ledger did not hand out.
+    #[error("cursor `{cursor}` is not a cursor this ledger returned; start again without a cursor")]
+    BadCursor {
+        /// The cursor given.
+        cursor: String,
+    },
+    /// A time window whose start is after its end.
+    #[error("time window starts at {since_ms} ms, after its end at {until_ms} ms")]
+    EmptyWindow {
+        /// Start of the window.
+        since_ms: u64,
+        /// End of the window.
+        until_ms: u64,
+    },
+}
+
+/// Everything that can go wrong in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request is malformed; nothing was written. Fix the field named in the message.
+    #[error("invalid input: {0}")]
+    InvalidInput(InvalidInput),
+
+    /// No workspace has this id. A workspace comes into being with its first credit.
+    #[error("unknown workspace `{workspace}`; a workspace exists once it has received its first credit")]
+    UnknownWorkspace {
+        /// The workspace asked for.
+        workspace: String,
+    },
+
+    /// No generation has this id.
+    #[error("unknown generation `{generation}`; start it first")]
+    UnknownGeneration {
+        /// The generation asked for.
+        generation: String,
+    },
+
+    /// No transaction has this id.
+    #[error("unknown transaction #{txn_id}")]
+    UnknownTransaction {
+        /// The id asked for.
+        txn_id: u64,
+    },
+
+    /// The workspace cannot pay; nothing was charged.
+    #[error("workspace `{workspace}` has {balance_credits} credits and this needs {required_credits}; add credits first")]
+    InsufficientCredits {
+        /// The workspace.
+        workspace: String,
+        /// Its balance now.
+        balance_credits: u64,
+        /// What the operation needed.
+        required_credits: u64,
+    },
+
+    /// The operation would push a balance or running total past `u64::MAX`.
+    #[error("workspace `{workspace}`: {what} would overflow a u64; nothing was written")]
+    Overflow {
+        /// The workspace.
+        workspace: String,
+        /// Which number would overflow.
+        what: &'static str,
+    },
+
+    /// An id was reused with different parameters. The original stands; use a new id for a new
+    /// request. Retrying with the *same* parameters is always safe and returns the original.
+    #[error("{entity} `{id}` already exists with {field} = {existing}, not {requested}; use a new id for a different request")]
+    Conflict {
+        /// What the id names: `generation` or `idempotency key`.
+        entity: &'static str,
+        /// The reused id.
+        id: String,
+        /// The first field that differs.
+        field: &'static str,
+        /// The stored value.
+        existing: String,
+        /// The requested value.
+        requested: String,
+    },
+
+    /// The generation was already refunded, so it cannot complete. When `reason` is
+    /// `Timeout` and `refund_txn` was written by this very call, the refund committed with
+    /// this error: lazy expiry never depends on when the sweeper runs.
+    #[error("generation `{generation}` was refunded ({reason}, refund #{refund_txn}) and cannot complete; start a new generation to retry")]
+    GenerationRefunded {
+        /// The generation.
+        generation: String,
+        /// Why it was refunded.
+        reason: RefundReason,
+        /// The refund transaction.
+        refund_txn: u64,
+    },
+
+    /// The generation already succeeded, so it cannot be failed or refunded.
+    #[error("generation `{generation}` already completed successfully at {completed_at_ms} ms; a completed generation is never refunded")]
+    GenerationSucceeded {
+        /// The generation.
+        generation: String,
+        /// When it completed.
+        completed_at_ms: u64,
+    },
+
+    /// The clock reads further back than the tolerance allows.
+    #[error("the clock reads {now_ms} ms, {behind_ms} ms before the last committed transaction at {last_ms} ms (tolerance {tolerance_ms} ms); fix the system clock or raise Options::max_clock_regression_ms")]
+    ClockRegressed {
+        /// What the clock said.
+        now_ms: u64,
+        /// The last committed timestamp.
+        last_ms: u64,
+        /// How far behind.
+        behind_ms: u64,
+        /// The configured tolerance.
+        tolerance_ms: u64,
+    },
+
+    /// A stored record failed its checksum or could not be decoded.
+    #[error("corrupt record in table `{table}` at key {key}: {detail}; run `verify` and restore from a backup")]
+    Corruption {
+        /// The table.
+        table: &'static str,
+        /// The key, as text.
+        key: String,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// The file is not a credit-ledger file (or is damaged beyond opening).
+    #[error("`{path}` is not a credit-ledger file: {detail}")]
+    NotALedger {
+        /// The file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+
+    /// The file was written by a newer version of credit-ledger.
+    #[error("ledger format version {found} is not supported (this build reads version {supported}); upgrade credit-ledger")]
+    UnsupportedFormat {
+        /// The version found.
+        found: u8,
+        /// The version this build writes.
+        supported: u8,
+    },
+
+    /// Another process (or another `Ledger` in this one) has the file open.
+    #[error("the ledger `{path}` is open in another process; close it there, or share one Ledger through Arc")]
+    AlreadyOpen {
+        /// The file.
+        path: String,
+    },
+
+    /// The storage failed; nothing was written.
+    #[error("storage error: {message}")]
+    Storage {
+        /// redb's description.
+        message: String,
+    },
+
+    /// The storage failed while committing. The write may or may not be durable: retry the
+    /// same request with the same ids (a retry is idempotent), or reopen and check.
+    #[error("commit failed, the write may or may not have landed: {message}; retry with the same ids (retries are idempotent) or reopen the ledger and check")]
+    CommitUncertain {
+        /// redb's description.
+        message: String,
+    },
+
+    /// A background thread of the ledger panicked; the ledger refuses further work.
+    #[error("the ledger is poisoned: {message}; reopen it")]
+    Poisoned {
+        /// What panicked.
+        message: String,
+    },
+}
+
+impl From<InvalidInput> for Error {
+    fn from(e: InvalidInput) -> Self {
+        Error::InvalidInput(e)
+    }
+}
+
+/// The broad family of an [`Error`], for mapping to exit codes or HTTP statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCategory {
+    /// Malformed input.
+    Invalid,
+    /// A well-formed request the ledger refused (insufficient credits, conflict, unknown id,
+    /// already finished).
+    Refused,
+    /// The file or a record is damaged.
+    Corruption,
+    /// I/O, locking or an uncertain commit: retry or reopen.
+    Storage,
+}
+
+impl Error {
+    /// Which family this error is in.
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::InvalidInput(_) | Error::ClockRegressed { .. } => ErrorCategory::Invalid,
+            Error::UnknownWorkspace { .. }
+            | Error::UnknownGeneration { .. }
+            | Error::UnknownTransaction { .. }
+            | Error::InsufficientCredits { .. }
+            | Error::Overflow { .. }
+            | Error::Conflict { .. }
+            | Error::GenerationRefunded { .. }
+            | Error::GenerationSucceeded { .. } => ErrorCategory::Refused,
+            Error::Corruption { .. } | Error::NotALedger { .. } | Error::UnsupportedFormat { .. } => {
+                ErrorCategory::Corruption
+            }
+            Error::AlreadyOpen { .. }
+            | Error::Storage { .. }
+            | Error::CommitUncertain { .. }
+            | Error::Poisoned { .. } => ErrorCategory::Storage,
+        }
+    }
+
+    pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
+        Error::Storage {
+            message: e.to_string(),
+        }
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::storage(e)
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::SetDurabilityError
+);
+
+impl From<redb::CommitError> for Error {
+    fn from(e: redb::CommitError) -> Self {
+        Error::CommitUncertain {
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,109 @@
+//! How a ledger is opened.
+
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::model::limits::{DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_TIMEOUT_MS};
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A write is on disk (fsynced) before the call returns. The default, and the only choice
+    /// for real money.
+    Immediate,
+    /// A write is visible at once but reaches disk only with a later `Immediate` commit or a
+    /// clean close. For tests, demos and bulk imports you can re-run.
+    None,
+}
+
+/// The default redb page cache: 32 MiB. redb's own default is 1 GiB, too much for an app
+/// that embeds a ledger; the ledger's hot set (recent transactions, the deadline index and the
+/// workspace records) is small.
+pub const DEFAULT_CACHE_SIZE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Settings for [`Ledger::open_with`](crate::Ledger::open_with).
+///
+/// ```
+/// use credit_ledger::{ManualClock, Options};
+/// let opts = Options::default()
+///     .clock(ManualClock::new(1_700_000_000_000))
+///     .default_timeout_ms(30 * 60 * 1000)
+///     .cache_size_bytes(16 << 20);
+/// assert_eq!(opts.default_timeout_ms, 1_800_000);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where time comes from. Default: [`SystemClock`].
+    pub clock: Arc<dyn Clock>,
+    /// Timeout of a generation started without one. Default: 150 minutes.
+    pub default_timeout_ms: u64,
+    /// When writes are acknowledged. Default: [`Durability::Immediate`].
+    pub durability: Durability,
+    /// redb's page cache. Default: [`DEFAULT_CACHE_SIZE_BYTES`].
+    pub cache_size_bytes: usize,
+    /// How far the clock may step back before writes are refused. Default: one minute.
+    pub max_clock_regression_ms: u64,
+    /// Write redb's allocator state with each commit, so that reopening after a crash needs no
+    /// full repair scan. Default: on.
+    pub quick_repair: bool,
+    /// Refund everything that expired while the ledger was closed, during `open`. Default: on.
+    pub sweep_on_open: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            default_timeout_ms: DEFAULT_TIMEOUT_MS,
+            durability: Durability::Immediate,
+            cache_size_bytes: DEFAULT_CACHE_SIZE_BYTES,
+            max_clock_regression_ms: DEFAULT_MAX_CLOCK_REGRESSION_MS,
+            quick_repair: true,
+            sweep_on_open: true,
+        }
+    }
+}
+
+impl Options {
+    /// Use this clock.
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Use this default generation timeout.
+    pub fn default_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.default_timeout_ms = timeout_ms;
+        self
+    }
+
+    /// Use this durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Use this cache size.
+    pub fn cache_size_bytes(mut self, bytes: usize) -> Self {
+        self.cache_size_bytes = bytes;
+        self
+    }
+
+    /// Tolerate this much backwards clock movement.
+    pub fn max_clock_regression_ms(mut self, ms: u64) -> Self {
+        self.max_clock_regression_ms = ms;
+        self
+    }
+
+    /// Turn redb's quick repair on or off.
+    pub fn quick_repair(mut self, on: bool) -> Self {
+        self.quick_repair = on;
+        self
+    }
+
+    /// Turn the catch-up sweep on open on or off.
+    pub fn sweep_on_open(mut self, on: bool) -> Self {
+        self.sweep_on_open = on;
+        self
+    }
+}

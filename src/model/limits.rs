@@ -1,0 +1,57 @@
+//! Every limit the ledger enforces, in one place.
+//!
+//! A limit that is not written down is a limit nobody can plan around. Each constant here is
+//! checked at the edge of the engine, and a request outside it gets
+//! [`Error::InvalidInput`](crate::Error::InvalidInput) before anything is written.
+
+/// Longest workspace id, generation id or idempotency key, in bytes of UTF-8.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Longest feature name ("Quick Video"), in bytes of UTF-8.
+pub const MAX_FEATURE_BYTES: usize = 128;
+
+/// Longest memo on a credit or adjustment, in bytes of UTF-8.
+pub const MAX_MEMO_BYTES: usize = 512;
+
+/// Longest failure message kept on a refund, in bytes of UTF-8. A longer message is cut at a
+/// char boundary and the refund is marked `message_truncated`, so a failure report is never
+/// refused for being too chatty.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Largest amount of one credit, charge, refund or adjustment. It fits an `i64`, so a signed
+/// amount can always be shown without loss.
+pub const MAX_AMOUNT_CREDITS: u64 = i64::MAX as u64;
+
+/// Largest page of history one call returns.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// How many index entries one history page may examine before it returns what it has, with a
+/// cursor to go on. This keeps a page with a rare `feature` filter bounded in cost.
+pub const HISTORY_SCAN_BUDGET: u32 = 20_000;
+
+/// Shortest generation timeout: one second.
+pub const MIN_TIMEOUT_MS: u64 = 1_000;
+
+/// Longest generation timeout: seven days.
+pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// The default generation timeout: 150 minutes, as the product guide promises.
+pub const DEFAULT_TIMEOUT_MS: u64 = 150 * 60 * 1000;
+
+/// Most operations in one [`Ledger::apply`](crate::Ledger::apply) batch.
+pub const MAX_BATCH_OPS: usize = 8192;
+
+/// Most operations the group-commit leader folds into one write transaction.
+pub const GROUP_COMMIT_MAX_OPS: usize = 1024;
+
+/// Most refunds one [`Ledger::sweep_expired`](crate::Ledger::sweep_expired) call writes.
+pub const MAX_SWEEP_LIMIT: u32 = 10_000;
+
+/// Most violations an [`AuditReport`](crate::AuditReport) lists one by one; past this it only
+/// counts them.
+pub const MAX_REPORTED_VIOLATIONS: usize = 1000;
+
+/// Default tolerance for a clock that steps backwards, in milliseconds. A smaller step (NTP
+/// slewing, a VM resuming) is absorbed: the ledger keeps stamping the last committed time. A
+/// larger one is refused with [`Error::ClockRegressed`](crate::Error::ClockRegressed).
+pub const DEFAULT_MAX_CLOCK_REGRESSION_MS: u64 = 60_000;

@@ -1,0 +1,271 @@
+//! Requests the ledger accepts, and the receipts it gives back.
+//!
+//! Every write is idempotent by an id the caller chooses: the generation id for generations,
+//! the idempotency key for credits and adjustments. Sending the same request twice gives the
+//! same receipt with `replay: true` and changes nothing; sending a *different* request under the
+//! same id is an [`Error::Conflict`](crate::Error::Conflict) that names the field.
+
+use serde::Serialize;
+
+use crate::model::{CreditKind, RefundReason, TxnKind};
+
+/// Add credits to a workspace (creating it if needed): a Purchase or a Grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credit {
+    /// The workspace to credit.
+    pub workspace: String,
+    /// How many credits, 1..=[`MAX_AMOUNT_CREDITS`](crate::limits::MAX_AMOUNT_CREDITS).
+    pub amount_credits: u64,
+    /// Purchase or Grant.
+    pub kind: CreditKind,
+    /// The caller's key that makes a retry safe (an order id, a webhook event id).
+    pub idempotency_key: String,
+    /// A note shown in history; may be empty.
+    pub memo: String,
+}
+
+impl Credit {
+    /// A Purchase of `amount_credits` with no memo.
+    pub fn purchase(
+        workspace: impl Into<String>,
+        amount_credits: u64,
+        idempotency_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            workspace: workspace.into(),
+            amount_credits,
+            kind: CreditKind::Purchase,
+            idempotency_key: idempotency_key.into(),
+            memo: String::new(),
+        }
+    }
+
+    /// A Grant of `amount_credits` with no memo.
+    pub fn grant(
+        workspace: impl Into<String>,
+        amount_credits: u64,
+        idempotency_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: CreditKind::Grant,
+            ..Self::purchase(workspace, amount_credits, idempotency_key)
+        }
+    }
+
+    /// Set the memo.
+    pub fn memo(mut self, memo: impl Into<String>) -> Self {
+        self.memo = memo.into();
+        self
+    }
+}
+
+/// An operator's signed correction. It never takes a balance below zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjust {
+    /// The workspace, which must exist.
+    pub workspace: String,
+    /// Credits to add (positive) or remove (negative); never zero.
+    pub amount_credits: i64,
+    /// The caller's key that makes a retry safe.
+    pub idempotency_key: String,
+    /// Why; required, because an adjustment without a reason cannot be audited.
+    pub memo: String,
+}
+
+impl Adjust {
+    /// A correction of `amount_credits` with a reason.
+    pub fn new(
+        workspace: impl Into<String>,
+        amount_credits: i64,
+        idempotency_key: impl Into<String>,
+        memo: impl Into<String>,
+    ) -> Self {
+        Self {
+            workspace: workspace.into(),
+            amount_credits,
+            idempotency_key: idempotency_key.into(),
+            memo: memo.into(),
+        }
+    }
+}
+
+/// Charge a workspace for a generation and start its clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartGeneration {
+    /// The caller's id for the generation; it is also the idempotency key of the charge.
+    pub generation_id: String,
+    /// The workspace that pays.
+    pub workspace: String,
+    /// What is generated ("Quick Video"); the title in history.
+    pub feature: String,
+    /// The cost, charged now and refunded in full if the generation fails.
+    pub cost_credits: u64,
+    /// How long the generation may run; `None` uses the ledger's default (150 minutes).
+    pub timeout_ms: Option<u64>,
+}
+
+impl StartGeneration {
+    /// A start with the default timeout.
+    pub fn new(
+        generation_id: impl Into<String>,
+        workspace: impl Into<String>,
+        feature: impl Into<String>,
+        cost_credits: u64,
+    ) -> Self {
+        Self {
+            generation_id: generation_id.into(),
+            workspace: workspace.into(),
+            feature: feature.into(),
+            cost_credits,
+            timeout_ms: None,
+        }
+    }
+
+    /// Set an explicit timeout.
+    pub fn timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.timeout_ms = Some(timeout_ms);
+        self
+    }
+}
+
+/// One write, for [`Ledger::apply`](crate::Ledger::apply) and group commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// See [`Ledger::credit`](crate::Ledger::credit).
+    Credit(Credit),
+    /// See [`Ledger::adjust`](crate::Ledger::adjust).
+    Adjust(Adjust),
+    /// See [`Ledger::start_generation`](crate::Ledger::start_generation).
+    Start(StartGeneration),
+    /// See [`Ledger::complete_generation`](crate::Ledger::complete_generation).
+    Complete {
+        /// The generation.
+        generation_id: String,
+    },
+    /// See [`Ledger::fail_generation`](crate::Ledger::fail_generation).
+    Fail {
+        /// The generation.
+        generation_id: String,
+        /// Why it failed.
+        reason: RefundReason,
+        /// The error message to show with the refund.
+        message: String,
+    },
+    /// See [`Ledger::sweep_expired`](crate::Ledger::sweep_expired).
+    Sweep {
+        /// Most refunds to write.
+        limit: u32,
+    },
+}
+
+/// The receipt of a credit or adjustment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The transaction written (or found, on a replay).
+    pub txn_id: u64,
+    /// The workspace.
+    pub workspace: String,
+    /// Purchase, Grant or Adjustment.
+    pub kind: TxnKind,
+    /// The signed amount.
+    pub amount_credits: i64,
+    /// Balance before the transaction.
+    pub balance_before_credits: u64,
+    /// Balance after it.
+    pub balance_after_credits: u64,
+    /// When it was written.
+    pub at_ms: u64,
+    /// True when this request had already been applied and nothing changed now.
+    pub replay: bool,
+}
+
+/// The receipt of a generation start: what was charged and when the deadline falls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Charge {
+    /// The generation.
+    pub generation_id: String,
+    /// The workspace charged.
+    pub workspace: String,
+    /// The Usage transaction.
+    pub usage_txn: u64,
+    /// What was charged.
+    pub cost_credits: u64,
+    /// Balance before the charge.
+    pub balance_before_credits: u64,
+    /// Balance after it.
+    pub balance_after_credits: u64,
+    /// When the generation started.
+    pub started_at_ms: u64,
+    /// When it times out and is refunded.
+    pub deadline_ms: u64,
+    /// True when this start had already been applied.
+    pub replay: bool,
+}
+
+/// The receipt of a successful completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Completion {
+    /// The generation.
+    pub generation_id: String,
+    /// Its Usage transaction, which now shows Completed.
+    pub usage_txn: u64,
+    /// When it completed.
+    pub completed_at_ms: u64,
+    /// True when it had already completed.
+    pub replay: bool,
+}
+
+/// The receipt of a refund.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefundReceipt {
+    /// The generation refunded.
+    pub generation_id: String,
+    /// The workspace credited.
+    pub workspace: String,
+    /// The Usage transaction it reverses.
+    pub usage_txn: u64,
+    /// The Refund transaction.
+    pub refund_txn: u64,
+    /// Always the full original cost.
+    pub amount_credits: u64,
+    /// Why. `Timeout` when the deadline had passed before the failure was reported.
+    pub reason: RefundReason,
+    /// The stored error message.
+    pub message: String,
+    /// Balance before the refund.
+    pub balance_before_credits: u64,
+    /// Balance after it.
+    pub balance_after_credits: u64,
+    /// When it was written.
+    pub at_ms: u64,
+    /// True when the generation had already been refunded and nothing changed now.
+    pub replay: bool,
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    /// The refunds written, earliest deadline first.
+    pub refunds: Vec<RefundReceipt>,
+    /// True when more generations had expired than the limit allowed: sweep again.
+    pub more_expired: bool,
+    /// The earliest deadline still running after this sweep.
+    pub next_deadline_ms: Option<u64>,
+}
+
+/// The result of one [`Op`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// From [`Op::Credit`].
+    Credit(Receipt),
+    /// From [`Op::Adjust`].
+    Adjust(Receipt),
+    /// From [`Op::Start`].
+    Start(Charge),
+    /// From [`Op::Complete`].
+    Complete(Completion),
+    /// From [`Op::Fail`].
+    Fail(RefundReceipt),
+    /// From [`Op::Sweep`].
+    Sweep(SweepReport),
+}

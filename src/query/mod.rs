@@ -1,0 +1,145 @@
+//! Reads: balances, generations, transactions, history pages and stats. Each read runs in
+//! one redb read transaction, a consistent snapshot that never blocks writers.
+
+pub(crate) mod history;
+pub(crate) mod stats;
+mod views;
+
+use redb::{ReadTransaction, ReadableTable};
+
+pub use history::{HistoryFilter, HistoryPage, PageRequest};
+pub use stats::{FeatureStats, ReasonStats, Stats, TimeWindow};
+pub use views::{
+    format_duration_ms, GenerationState, GenerationView, LedgerTotals, TransactionView,
+    WorkspaceSummary,
+};
+
+use crate::error::Error;
+use crate::model::records::{TxnRecord, WorkspaceRecord};
+use crate::model::TxnKind;
+use crate::storage::codec;
+use crate::storage::tables;
+
+pub(crate) fn workspace_summary(
+    rtx: &ReadTransaction,
+    workspace: &str,
+) -> Result<WorkspaceSummary, Error> {
+    let t = rtx.open_table(tables::WORKSPACES)?;
+    let rec = tables::get_workspace(&t, workspace)?.ok_or_else(|| Error::UnknownWorkspace {
+        workspace: workspace.to_string(),
+    })?;
+    Ok(WorkspaceSummary::new(workspace, &rec))
+}
+
+pub(crate) fn list_workspaces(
+    rtx: &ReadTransaction,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<WorkspaceSummary>, Error> {
+    use std::ops::Bound;
+    let t = rtx.open_table(tables::WORKSPACES)?;
+    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut out = Vec::new();
+    for entry in t.range::<&str>((lower, Bound::Unbounded))? {
+        let (k, v) = entry?;
+        let rec: WorkspaceRecord = codec::decode("workspaces", &k.value(), v.value())?;
+        out.push(WorkspaceSummary::new(k.value(), &rec));
+        if out.len() >= limit as usize {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn totals(rtx: &ReadTransaction) -> Result<LedgerTotals, Error> {
+    let t = rtx.open_table(tables::WORKSPACES)?;
+    let mut s = LedgerTotals::default();
+    for entry in t.iter()? {
+        let (k, v) = entry?;
+        let r: WorkspaceRecord = codec::decode("workspaces", &k.value(), v.value())?;
+        s.workspaces += 1;
+        s.balance_credits += u128::from(r.balance_credits);
+        s.granted_credits += u128::from(r.granted_credits);
+        s.spent_credits += u128::from(r.spent_credits);
+        s.refunded_credits += u128::from(r.refunded_credits);
+        s.adjusted_in_credits += u128::from(r.adjusted_in_credits);
+        s.adjusted_out_credits += u128::from(r.adjusted_out_credits);
+        s.running_generations = s.running_generations.saturating_add(r.running_generations);
+    }
+    Ok(s)
+}
+
+pub(crate) fn generation_view(
+    rtx: &ReadTransaction,
+    generation_id: &str,
+    now_ms: u64,
+) -> Result<GenerationView, Error> {
+    let t = rtx.open_table(tables::GENERATIONS)?;
+    let g = tables::get_generation(&t, generation_id)?.ok_or_else(|| Error::UnknownGeneration {
+        generation: generation_id.to_string(),
+    })?;
+    Ok(GenerationView::new(&g, now_ms))
+}
+
+/// Build the view of a stored transaction, looking up its generation for a Usage.
+pub(crate) fn view_of(
+    gens: &impl ReadableTable<&'static str, &'static [u8]>,
+    rec: &TxnRecord,
+) -> Result<TransactionView, Error> {
+    let gen = match (&rec.generation_id, rec.kind) {
+        (Some(g), TxnKind::Usage) => tables::get_generation(gens, g)?,
+        _ => None,
+    };
+    Ok(TransactionView::new(rec, gen.as_ref()))
+}
+
+pub(crate) fn transaction_view(
+    rtx: &ReadTransaction,
+    txn_id: u64,
+) -> Result<TransactionView, Error> {
+    let txns = rtx.open_table(tables::TRANSACTIONS)?;
+    let rec = tables::get_txn(&txns, txn_id)?.ok_or(Error::UnknownTransaction { txn_id })?;
+    view_of(&rtx.open_table(tables::GENERATIONS)?, &rec)
+}
+
+/// The smallest transaction id whose timestamp is at least `at_ms`, or `last + 1` when none
+/// is. Ids are dense and timestamps never decrease along them, so this is a binary search of
+/// O(log n) point reads rather than a scan.
+pub(crate) fn first_id_at_or_after(
+    txns: &impl ReadableTable<u64, &'static [u8]>,
+    at_ms: u64,
+) -> Result<u64, Error> {
+    let last = txns.last()?.map_or(0, |(k, _)| k.value());
+    let (mut lo, mut hi) = (1u64, last + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let rec = tables::get_txn(txns, mid)?.ok_or_else(|| Error::Corruption {
+            table: "transactions",
+            key: mid.to_string(),
+            detail: "missing: transaction ids must be dense".into(),
+        })?;
+        if rec.at_ms >= at_ms {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// The inclusive id range of transactions stamped within `[since_ms, until_ms]`.
+pub(crate) fn id_range(
+    txns: &impl ReadableTable<u64, &'static [u8]>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+) -> Result<(u64, u64), Error> {
+    let lo = match since_ms {
+        Some(t) => first_id_at_or_after(txns, t)?,
+        None => 1,
+    };
+    let hi = match until_ms {
+        Some(u64::MAX) | None => u64::MAX,
+        Some(t) => first_id_at_or_after(txns, t + 1)?.saturating_sub(1),
+    };
+    Ok((lo, hi))
+}

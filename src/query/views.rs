@@ -1,0 +1,303 @@
+//! What reads return: summaries a user can act on, built from the stored records.
+
+use serde::Serialize;
+
+use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::{RefundReason, Status, TxnKind};
+
+/// A workspace's balance and running totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkspaceSummary {
+    /// The workspace id.
+    pub workspace: String,
+    /// Credits available now.
+    pub balance_credits: u64,
+    /// All Purchases and Grants.
+    pub granted_credits: u64,
+    /// All Usage charges.
+    pub spent_credits: u64,
+    /// All Refunds.
+    pub refunded_credits: u64,
+    /// Positive adjustments.
+    pub adjusted_in_credits: u64,
+    /// Negative adjustments.
+    pub adjusted_out_credits: u64,
+    /// Generations charged and not yet finished.
+    pub running_generations: u64,
+    /// Transactions in its history.
+    pub transactions: u64,
+    /// When its first credit arrived.
+    pub created_at_ms: u64,
+}
+
+impl WorkspaceSummary {
+    pub(crate) fn new(workspace: &str, r: &WorkspaceRecord) -> Self {
+        WorkspaceSummary {
+            workspace: workspace.to_string(),
+            balance_credits: r.balance_credits,
+            granted_credits: r.granted_credits,
+            spent_credits: r.spent_credits,
+            refunded_credits: r.refunded_credits,
+            adjusted_in_credits: r.adjusted_in_credits,
+            adjusted_out_credits: r.adjusted_out_credits,
+            running_generations: r.running_generations,
+            transactions: r.txn_count,
+            created_at_ms: r.created_at_ms,
+        }
+    }
+}
+
+/// Sums over every workspace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LedgerTotals {
+    /// Number of workspaces.
+    pub workspaces: u64,
+    /// Sum of balances.
+    pub balance_credits: u128,
+    /// Sum of Purchases and Grants.
+    pub granted_credits: u128,
+    /// Sum of Usage charges.
+    pub spent_credits: u128,
+    /// Sum of Refunds.
+    pub refunded_credits: u128,
+    /// Sum of positive adjustments.
+    pub adjusted_in_credits: u128,
+    /// Sum of negative adjustments.
+    pub adjusted_out_credits: u128,
+    /// Running generations.
+    pub running_generations: u64,
+}
+
+impl LedgerTotals {
+    /// Credits are conserved: `granted - spent + refunded + adjusted_in - adjusted_out`
+    /// equals the sum of balances.
+    pub fn is_conserved(&self) -> bool {
+        let inflow = self.granted_credits + self.refunded_credits + self.adjusted_in_credits;
+        let outflow = self.spent_credits + self.adjusted_out_credits;
+        inflow.checked_sub(outflow) == Some(self.balance_credits)
+    }
+}
+
+/// Where a generation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum GenerationState {
+    /// Charged and still running.
+    Running,
+    /// Finished successfully; its charge stands.
+    Succeeded {
+        /// When.
+        completed_at_ms: u64,
+    },
+    /// Failed and refunded in full.
+    Refunded {
+        /// When.
+        refunded_at_ms: u64,
+        /// Why.
+        reason: RefundReason,
+        /// The Refund transaction.
+        refund_txn: u64,
+    },
+}
+
+/// A generation's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GenerationView {
+    /// The generation id.
+    pub generation_id: String,
+    /// The workspace charged.
+    pub workspace: String,
+    /// The feature ("Quick Video").
+    pub feature: String,
+    /// The cost charged.
+    pub cost_credits: u64,
+    /// Its timeout.
+    pub timeout_ms: u64,
+    /// When it was charged.
+    pub started_at_ms: u64,
+    /// When it times out.
+    pub deadline_ms: u64,
+    /// Its Usage transaction.
+    pub usage_txn: u64,
+    /// Its state.
+    pub state: GenerationState,
+    /// Running past its deadline: the next write that touches it, or the next sweep, refunds
+    /// it with reason `Timeout`.
+    pub overdue: bool,
+}
+
+impl GenerationView {
+    pub(crate) fn new(g: &GenerationRecord, now_ms: u64) -> Self {
+        GenerationView {
+            generation_id: g.id.clone(),
+            workspace: g.workspace.clone(),
+            feature: g.feature.clone(),
+            cost_credits: g.cost_credits,
+            timeout_ms: g.timeout_ms,
+            started_at_ms: g.started_at_ms,
+            deadline_ms: g.deadline_ms,
+            usage_txn: g.usage_txn,
+            state: match g.state {
+                GenState::Running => GenerationState::Running,
+                GenState::Succeeded { at_ms } => GenerationState::Succeeded {
+                    completed_at_ms: at_ms,
+                },
+                GenState::Refunded {
+                    at_ms,
+                    reason,
+                    refund_txn,
+                } => GenerationState::Refunded {
+                    refunded_at_ms: at_ms,
+                    reason,
+                    refund_txn,
+                },
+            },
+            overdue: g.state == GenState::Running && now_ms >= g.deadline_ms,
+        }
+    }
+}
+
+/// One transaction as a user sees it when they expand it in history: the credit summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransactionView {
+    /// The transaction id.
+    pub id: u64,
+    /// When it was written.
+    pub at_ms: u64,
+    /// The workspace.
+    pub workspace: String,
+    /// What it did.
+    pub kind: TxnKind,
+    /// Pending, Completed or Failed.
+    pub status: Status,
+    /// The feature for generations ("Quick Video"), else the kind.
+    pub title: String,
+    /// The signed amount.
+    pub amount_credits: i64,
+    /// Balance Before.
+    pub balance_before_credits: u64,
+    /// New Balance.
+    pub balance_after_credits: u64,
+    /// The action, worded for people: "Refunded 12 credits".
+    pub action: String,
+    /// The generation, for Usage and Refund.
+    pub generation_id: Option<String>,
+    /// Why a Refund was paid.
+    pub reason: Option<RefundReason>,
+    /// The error message that came with the failure.
+    pub message: Option<String>,
+    /// The message was cut to the length limit.
+    pub message_truncated: bool,
+    /// For a Refund: the Usage it reverses.
+    pub refund_of: Option<u64>,
+    /// For a failed Usage: the Refund that reversed it.
+    pub refunded_by: Option<u64>,
+    /// The memo of a credit or adjustment.
+    pub memo: Option<String>,
+    /// The idempotency key of a credit or adjustment.
+    pub idempotency_key: Option<String>,
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        "credit"
+    } else {
+        "credits"
+    }
+}
+
+impl TransactionView {
+    /// Build the view; `gen` is the generation of a Usage, for its status and refund link.
+    pub(crate) fn new(r: &TxnRecord, gen: Option<&GenerationRecord>) -> Self {
+        let n = r.amount_credits;
+        let (status, refunded_by) = match (r.kind, gen.map(|g| g.state)) {
+            (TxnKind::Usage, Some(state)) => (
+                state.usage_status(),
+                match state {
+                    GenState::Refunded { refund_txn, .. } => Some(refund_txn),
+                    _ => None,
+                },
+            ),
+            (TxnKind::Usage, None) => (Status::Pending, None),
+            _ => (Status::Completed, None),
+        };
+        let action = match r.kind {
+            TxnKind::Purchase => format!("Purchased {n} {}", plural(n)),
+            TxnKind::Grant => format!("Granted {n} {}", plural(n)),
+            TxnKind::Usage => format!("Charged {n} {} for {}", plural(n), r.title),
+            TxnKind::Refund => match &r.refund {
+                Some(d) => format!("Refunded {n} {} ({})", plural(n), d.reason),
+                None => format!("Refunded {n} {}", plural(n)),
+            },
+            TxnKind::Adjustment if r.debit => format!("Adjusted -{n} {}", plural(n)),
+            TxnKind::Adjustment => format!("Adjusted +{n} {}", plural(n)),
+        };
+        TransactionView {
+            id: r.id,
+            at_ms: r.at_ms,
+            workspace: r.workspace.clone(),
+            kind: r.kind,
+            status,
+            title: r.title.clone(),
+            amount_credits: i64::try_from(r.signed_amount()).unwrap_or(i64::MIN),
+            balance_before_credits: r.balance_before_credits,
+            balance_after_credits: r.balance_after_credits,
+            action,
+            generation_id: r.generation_id.clone(),
+            reason: r.refund.as_ref().map(|d| d.reason),
+            message: r.refund.as_ref().map(|d| d.message.clone()),
+            message_truncated: r.refund.as_ref().is_some_and(|d| d.message_truncated),
+            refund_of: r.refund.as_ref().map(|d| d.usage_txn),
+            refunded_by,
+            memo: r.memo.clone().filter(|m| !m.is_empty()),
+            idempotency_key: r.idempotency_key.clone(),
+        }
+    }
+}
+
+/// A duration for people: `90 s`, `150 min`, `2 h 30 min`, `1 d 2 h`.
+pub fn format_duration_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let mut parts = Vec::new();
+    if d > 0 {
+        parts.push(format!("{d} d"));
+    }
+    if h > 0 {
+        parts.push(format!("{h} h"));
+    }
+    if m > 0 {
+        parts.push(format!("{m} min"));
+    }
+    if sec > 0 || parts.is_empty() {
+        parts.push(format!("{sec} s"));
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(format_duration_ms(9_000_000), "2 h 30 min");
+        assert_eq!(format_duration_ms(90_000), "1 min 30 s");
+        assert_eq!(format_duration_ms(0), "0 s");
+        assert_eq!(format_duration_ms(86_400_000 + 3_600_000), "1 d 1 h");
+    }
+
+    #[test]
+    fn conservation_detects_a_missing_credit() {
+        let mut t = LedgerTotals {
+            workspaces: 1,
+            balance_credits: 100,
+            granted_credits: 112,
+            spent_credits: 24,
+            refunded_credits: 12,
+            ..LedgerTotals::default()
+        };
+        assert!(t.is_conserved());
+        t.balance_credits = 99;
+        assert!(!t.is_conserved());
+    }
+}

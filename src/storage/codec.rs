@@ -1,0 +1,169 @@
+//! Record framing: `[format version u8][bincode payload][crc32 of both, little-endian]`.
+//!
+//! This is the only module that knows bincode. Swapping the encoding means changing this file
+//! and bumping [`FORMAT_VERSION`]; a reader sees the version byte before it trusts the payload.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// The version byte written in front of every record.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bytes of framing around the payload: the version byte and the CRC.
+const FRAME_BYTES: usize = 1 + 4;
+
+/// The largest record the decoder will even try to read. Real records are a few hundred bytes;
+/// the bound stops a corrupt length prefix from asking for gigabytes.
+const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_RECORD_BYTES>()
+}
+
+/// Frame `value` as a record.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.push(FORMAT_VERSION);
+    // The records are plain structs of integers, strings, options and enums, which bincode's
+    // serde encoder always accepts; a failure here is a bug in this crate.
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .expect("invariant: ledger records always encode");
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The checksum stored at the end of a framed record, or 0 when it is too short to have one.
+pub(crate) fn record_crc(bytes: &[u8]) -> u32 {
+    match bytes.len().checked_sub(4) {
+        Some(start) if bytes.len() >= FRAME_BYTES => {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&bytes[start..]);
+            u32::from_le_bytes(b)
+        }
+        _ => 0,
+    }
+}
+
+/// Check the frame and decode a record. Any damage becomes [`Error::Corruption`] naming
+/// `table` and `key`; a record from a newer format becomes [`Error::UnsupportedFormat`].
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, Error> {
+    let corrupt = |detail: String| Error::Corruption {
+        table,
+        key: key.to_string(),
+        detail,
+    };
+    if bytes.len() < FRAME_BYTES {
+        return Err(corrupt(format!(
+            "record is {} bytes, shorter than its {FRAME_BYTES}-byte frame",
+            bytes.len()
+        )));
+    }
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(corrupt(format!("record is {} bytes, over the limit", bytes.len())));
+    }
+    let body = &bytes[..bytes.len() - 4];
+    let stored = record_crc(bytes);
+    let actual = crc32fast::hash(body);
+    if stored != actual {
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
+        )));
+    }
+    let version = body[0];
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(&body[1..], config())
+        .map_err(|e| corrupt(format!("undecodable payload: {e}")))?;
+    if used != body.len() - 1 {
+        return Err(corrupt(format!(
+            "{} trailing bytes after the payload",
+            body.len() - 1 - used
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::records::{GenState, GenerationRecord};
+
+    fn sample() -> GenerationRecord {
+        GenerationRecord {
+            id: "gen-1".into(),
+            workspace: "ws".into(),
+            feature: "Quick Video".into(),
+            cost_credits: 12,
+            timeout_ms: 9_000_000,
+            started_at_ms: 1,
+            deadline_ms: 9_000_001,
+            usage_txn: 2,
+            state: GenState::Running,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(&sample());
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        let back: GenerationRecord = decode("generations", &"gen-1", &bytes).unwrap();
+        assert_eq!(back, sample());
+        assert_eq!(record_crc(&bytes), crc32fast::hash(&bytes[..bytes.len() - 4]));
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let bytes = encode(&sample());
+        for i in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[i / 8] ^= 1 << (i % 8);
+            let r: Result<GenerationRecord, _> = decode("generations", &"gen-1", &damaged);
+            assert!(r.is_err(), "bit {i} flipped went unnoticed");
+        }
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_errors() {
+        let bytes = encode(&sample());
+        for len in 0..bytes.len() {
+            let r: Result<GenerationRecord, _> = decode("generations", &"k", &bytes[..len]);
+            assert!(matches!(r, Err(Error::Corruption { table: "generations", .. })));
+        }
+        let r: Result<GenerationRecord, _> = decode("generations", &"k", &[0xff; 40]);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn newer_version_is_reported_as_such() {
+        let mut bytes = encode(&sample());
+        bytes[0] = FORMAT_VERSION + 1;
+        let n = bytes.len();
+        let crc = crc32fast::hash(&bytes[..n - 4]);
+        bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        let r: Result<GenerationRecord, _> = decode("generations", &"k", &bytes);
+        assert!(matches!(r, Err(Error::UnsupportedFormat { found: 2, supported: 1 })));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode(&sample());
+        let n = bytes.len();
+        bytes.truncate(n - 4);
+        bytes.push(0);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let r: Result<GenerationRecord, _> = decode("generations", &"k", &bytes);
+        assert!(matches!(r, Err(Error::Corruption { .. })));
+    }
+}

@@ -1,0 +1,148 @@
+//! The redb tables and typed access to them.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `&str` | format facts (the schema version) |
+//! | `workspaces` | workspace id | [`WorkspaceRecord`] |
+//! | `transactions` | txn id | [`TxnRecord`], append-only |
+//! | `workspace_history` | (workspace, [`Category`], txn id) | `()` |
+//! | `generations` | generation id | [`GenerationRecord`] |
+//! | `deadlines` | (deadline ms, generation id) | `()`, running generations only |
+//! | `idempotency` | key | txn id |
+//!
+//! `workspace_history` files each transaction under a category that folds kind and status
+//! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
+//! matching entries, and unfiltered history is a merge of the seven category ranges.
+
+use redb::{ReadableTable, TableDefinition};
+
+use crate::error::Error;
+use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::{Status, TxnKind};
+use crate::storage::codec;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const WORKSPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("workspaces");
+pub(crate) const TRANSACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("transactions");
+pub(crate) const HISTORY: TableDefinition<(&str, u8, u64), ()> =
+    TableDefinition::new("workspace_history");
+pub(crate) const GENERATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("generations");
+pub(crate) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
+pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+
+/// The `meta` key holding the schema version.
+pub(crate) const META_SCHEMA_KEY: &str = "schema";
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: u8 = 1;
+
+/// A history category: a transaction kind, and for Usage its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Category {
+    Purchase = 0,
+    Grant = 1,
+    UsagePending = 2,
+    UsageCompleted = 3,
+    UsageFailed = 4,
+    Refund = 5,
+    Adjustment = 6,
+}
+
+impl Category {
+    pub const ALL: [Category; 7] = [
+        Category::Purchase,
+        Category::Grant,
+        Category::UsagePending,
+        Category::UsageCompleted,
+        Category::UsageFailed,
+        Category::Refund,
+        Category::Adjustment,
+    ];
+
+    pub fn kind(self) -> TxnKind {
+        match self {
+            Category::Purchase => TxnKind::Purchase,
+            Category::Grant => TxnKind::Grant,
+            Category::UsagePending | Category::UsageCompleted | Category::UsageFailed => {
+                TxnKind::Usage
+            }
+            Category::Refund => TxnKind::Refund,
+            Category::Adjustment => TxnKind::Adjustment,
+        }
+    }
+
+    pub fn status(self) -> Status {
+        match self {
+            Category::UsagePending => Status::Pending,
+            Category::UsageFailed => Status::Failed,
+            _ => Status::Completed,
+        }
+    }
+
+    /// The category of a transaction of `kind` whose status is `status`.
+    pub fn of(kind: TxnKind, status: Status) -> Category {
+        match (kind, status) {
+            (TxnKind::Purchase, _) => Category::Purchase,
+            (TxnKind::Grant, _) => Category::Grant,
+            (TxnKind::Usage, Status::Pending) => Category::UsagePending,
+            (TxnKind::Usage, Status::Completed) => Category::UsageCompleted,
+            (TxnKind::Usage, Status::Failed) => Category::UsageFailed,
+            (TxnKind::Refund, _) => Category::Refund,
+            (TxnKind::Adjustment, _) => Category::Adjustment,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Category> {
+        Category::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// The category a Usage belongs in, given its generation's state.
+pub(crate) fn usage_category(state: GenState) -> Category {
+    Category::of(TxnKind::Usage, state.usage_status())
+}
+
+pub(crate) fn get_txn(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<TxnRecord>, Error> {
+    match table.get(id)? {
+        Some(v) => Ok(Some(codec::decode("transactions", &id, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_generation(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<GenerationRecord>, Error> {
+    match table.get(id)? {
+        Some(v) => Ok(Some(codec::decode("generations", &id, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_workspace(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<WorkspaceRecord>, Error> {
+    match table.get(id)? {
+        Some(v) => Ok(Some(codec::decode("workspaces", &id, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_round_trip() {
+        for (i, c) in Category::ALL.into_iter().enumerate() {
+            assert_eq!(c as u8 as usize, i);
+            assert_eq!(Category::from_u8(c as u8), Some(c));
+            assert_eq!(Category::of(c.kind(), c.status()), c);
+        }
+        assert_eq!(Category::from_u8(7), None);
+    }
+}
