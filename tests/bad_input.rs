@@ -1,0 +1,321 @@
+//! Bad input: one test per class. Each gets a typed error, the balances stay as they were, and
+//! `verify()` is still clean.
+
+mod common;
+
+use common::{assert_healthy, fund, ledger, MINUTE_MS, T0_MS};
+use credit_ledger::limits::{MAX_AMOUNT_CREDITS, MAX_ID_BYTES, MAX_MESSAGE_BYTES};
+use credit_ledger::{
+    Adjust, Credit, Error, InvalidInput, Ledger, ManualClock, RefundReason, StartGeneration,
+};
+
+/// Balances and transaction count, to show that nothing changed.
+fn snapshot(ledger: &Ledger) -> (u128, u64) {
+    let t = ledger.totals().unwrap();
+    let last = ledger.verify().unwrap().checked.transactions;
+    (t.balance_credits, last)
+}
+
+fn setup() -> (Ledger, ManualClock) {
+    let (ledger, clock) = ledger();
+    fund(&ledger, "ws", 100);
+    ledger
+        .start_generation(StartGeneration::new("running", "ws", "Quick Video", 12))
+        .unwrap();
+    (ledger, clock)
+}
+
+fn assert_unchanged(ledger: &Ledger, before: (u128, u64)) {
+    assert_eq!(snapshot(ledger), before);
+    assert_healthy(ledger);
+}
+
+#[test]
+fn empty_ids_are_refused() {
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    for r in [
+        ledger.credit(Credit::purchase("", 5, "k")).map(drop),
+        ledger.credit(Credit::purchase("ws", 5, "")).map(drop),
+        ledger
+            .start_generation(StartGeneration::new("", "ws", "Quick Video", 1))
+            .map(drop),
+        ledger
+            .start_generation(StartGeneration::new("g", "ws", "", 1))
+            .map(drop),
+        ledger.complete_generation("").map(drop),
+    ] {
+        assert!(
+            matches!(r, Err(Error::InvalidInput(InvalidInput::Empty { .. }))),
+            "{r:?}"
+        );
+    }
+    assert_unchanged(&ledger, before);
+}
+
+#[test]
+fn oversized_ids_are_refused() {
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    let long = "x".repeat(MAX_ID_BYTES + 1);
+    let fits = "x".repeat(MAX_ID_BYTES);
+    for r in [
+        ledger.credit(Credit::purchase(&long, 5, "k")).map(drop),
+        ledger.credit(Credit::purchase("ws", 5, &long)).map(drop),
+        ledger
+            .start_generation(StartGeneration::new(&long, "ws", "Quick Video", 1))
+            .map(drop),
+        ledger
+            .fail_generation(&long, RefundReason::ModelFailure, "")
+            .map(drop),
+    ] {
+        let Err(Error::InvalidInput(InvalidInput::TooLong { len, max, .. })) = r else {
+            panic!("expected TooLong, got {r:?}");
+        };
+        assert_eq!((len, max), (MAX_ID_BYTES + 1, MAX_ID_BYTES));
+    }
+    assert_unchanged(&ledger, before);
+    // The limit itself is fine.
+    ledger.credit(Credit::purchase(&fits, 5, &fits)).unwrap();
+}
+
+#[test]
+fn control_characters_in_ids_are_refused() {
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    for bad in ["ws\n", "a\0b", "\u{1b}[31m", "tab\there"] {
+        let r = ledger.credit(Credit::purchase(bad, 5, "k"));
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidInput(InvalidInput::ControlCharacter {
+                    field: "workspace"
+                }))
+            ),
+            "{r:?}"
+        );
+    }
+    let r = ledger.credit(Credit::purchase("ws", 5, "k").memo("line\nbreak"));
+    assert!(matches!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::ControlCharacter {
+            field: "memo"
+        }))
+    ));
+    assert_unchanged(&ledger, before);
+}
+
+#[test]
+fn zero_amounts_are_refused() {
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    let zero = |r: Result<(), Error>| {
+        assert!(
+            matches!(r, Err(Error::InvalidInput(InvalidInput::ZeroAmount { .. }))),
+            "{r:?}"
+        )
+    };
+    zero(ledger.credit(Credit::purchase("ws", 0, "k")).map(drop));
+    zero(ledger.adjust(Adjust::new("ws", 0, "k", "fix")).map(drop));
+    zero(
+        ledger
+            .start_generation(StartGeneration::new("g", "ws", "Quick Video", 0))
+            .map(drop),
+    );
+    assert_unchanged(&ledger, before);
+}
+
+#[test]
+fn amounts_that_overflow_are_refused() {
+    let (ledger, _c) = setup();
+    // Above the single-amount limit.
+    let r = ledger.credit(Credit::purchase("ws", MAX_AMOUNT_CREDITS + 1, "big"));
+    assert!(matches!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::AmountTooLarge { .. }))
+    ));
+    let r = ledger.adjust(Adjust::new("ws", i64::MIN, "min", "fix"));
+    assert!(matches!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::AmountTooLarge { .. }))
+    ));
+    // Within the limit, but the balance would pass u64::MAX.
+    ledger
+        .credit(Credit::purchase("rich", MAX_AMOUNT_CREDITS, "m1"))
+        .unwrap();
+    ledger
+        .credit(Credit::purchase("rich", MAX_AMOUNT_CREDITS, "m2"))
+        .unwrap();
+    assert_eq!(ledger.balance("rich").unwrap().balance_credits, u64::MAX - 1);
+    let before = snapshot(&ledger);
+    let r = ledger.credit(Credit::purchase("rich", 2, "m3"));
+    assert!(
+        matches!(r, Err(Error::Overflow { what: "the balance", .. })),
+        "{r:?}"
+    );
+    assert!(r.unwrap_err().to_string().contains("overflow"));
+    assert_unchanged(&ledger, before);
+}
+
+#[test]
+fn unknown_workspaces_and_generations_are_refused() {
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    assert!(matches!(
+        ledger.start_generation(StartGeneration::new("g", "nobody", "Quick Video", 1)),
+        Err(Error::UnknownWorkspace { .. })
+    ));
+    assert!(matches!(
+        ledger.adjust(Adjust::new("nobody", 5, "k", "fix")),
+        Err(Error::UnknownWorkspace { .. })
+    ));
+    assert!(matches!(
+        ledger.balance("nobody"),
+        Err(Error::UnknownWorkspace { .. })
+    ));
+    assert!(matches!(
+        ledger.complete_generation("ghost"),
+        Err(Error::UnknownGeneration { .. })
+    ));
+    assert!(matches!(
+        ledger.fail_generation("ghost", RefundReason::SystemError, "x"),
+        Err(Error::UnknownGeneration { .. })
+    ));
+    assert!(matches!(
+        ledger.transaction(9999),
+        Err(Error::UnknownTransaction { txn_id: 9999 })
+    ));
+    assert_unchanged(&ledger, before);
+}
+
+#[test]
+fn insufficient_credits_are_refused() {
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    let r = ledger.start_generation(StartGeneration::new("g", "ws", "Long Video", 89));
+    let Err(Error::InsufficientCredits {
+        balance_credits,
+        required_credits,
+        ..
+    }) = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!((balance_credits, required_credits), (88, 89));
+    assert!(matches!(
+        ledger.adjust(Adjust::new("ws", -89, "k", "chargeback")),
+        Err(Error::InsufficientCredits { .. })
+    ));
+    assert_unchanged(&ledger, before);
+    // The refused id is still free to use.
+    ledger
+        .start_generation(StartGeneration::new("g", "ws", "Long Video", 88))
+        .unwrap();
+}
+
+#[test]
+fn unknown_and_reserved_reasons_are_refused() {
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    let r = "melted".parse::<RefundReason>();
+    assert!(matches!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::UnknownName {
+            field: "reason",
+            ..
+        }))
+    ));
+    assert_eq!(
+        "service-unavailable".parse::<RefundReason>().unwrap(),
+        RefundReason::ServiceUnavailable
+    );
+    // Timeout is the ledger's to assign.
+    assert!(matches!(
+        ledger.fail_generation("running", RefundReason::Timeout, "x"),
+        Err(Error::InvalidInput(InvalidInput::ReservedReason))
+    ));
+    assert_unchanged(&ledger, before);
+}
+
+#[test]
+fn a_clock_that_goes_backwards_is_refused_beyond_the_tolerance() {
+    let (ledger, clock) = setup();
+    let before = snapshot(&ledger);
+    clock.set_ms(T0_MS - 60 * MINUTE_MS);
+    let r = ledger.credit(Credit::purchase("ws", 5, "k"));
+    let Err(Error::ClockRegressed {
+        behind_ms, last_ms, ..
+    }) = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!((behind_ms, last_ms), (60 * MINUTE_MS, T0_MS));
+    assert_unchanged(&ledger, before);
+
+    // A small step back is absorbed: the write is stamped with the last committed time.
+    clock.set_ms(T0_MS - 1_000);
+    let r = ledger.credit(Credit::purchase("ws", 5, "k")).unwrap();
+    assert_eq!(r.at_ms, T0_MS);
+    assert_healthy(&ledger);
+}
+
+#[test]
+fn other_limits_are_enforced() {
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    assert!(matches!(
+        ledger.start_generation(
+            StartGeneration::new("g", "ws", "Quick Video", 1).timeout_ms(10)
+        ),
+        Err(Error::InvalidInput(InvalidInput::TimeoutOutOfRange { .. }))
+    ));
+    assert!(matches!(
+        ledger.adjust(Adjust::new("ws", 5, "k", "")),
+        Err(Error::InvalidInput(InvalidInput::Empty { field: "memo", .. }))
+    ));
+    let too_many: Vec<_> = (0..credit_ledger::limits::MAX_BATCH_OPS + 1)
+        .map(|_| credit_ledger::Op::Sweep { limit: 1 })
+        .collect();
+    assert!(ledger.apply(&too_many).iter().all(|r| matches!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::LimitOutOfRange { .. }))
+    )));
+    assert_unchanged(&ledger, before);
+
+    // A long message is kept, cut at a char boundary and marked.
+    let long = "é".repeat(MAX_MESSAGE_BYTES);
+    let r = ledger
+        .fail_generation("running", RefundReason::SystemError, &long)
+        .unwrap();
+    assert!(r.message.len() <= MAX_MESSAGE_BYTES && long.starts_with(&r.message));
+    assert!(ledger.transaction(r.refund_txn).unwrap().message_truncated);
+}
+
+#[test]
+fn reused_credit_keys_replay_or_conflict() {
+    let (ledger, _c) = setup();
+    let first = ledger
+        .credit(Credit::purchase("ws", 10, "order-7").memo("pack"))
+        .unwrap();
+    let again = ledger
+        .credit(Credit::purchase("ws", 10, "order-7").memo("pack"))
+        .unwrap();
+    assert!(again.replay && again.txn_id == first.txn_id);
+    let before = snapshot(&ledger);
+    for (req, field) in [
+        (Credit::purchase("ws", 11, "order-7").memo("pack"), "amount"),
+        (Credit::grant("ws", 10, "order-7").memo("pack"), "kind"),
+        (Credit::purchase("ws2", 10, "order-7").memo("pack"), "workspace"),
+        (Credit::purchase("ws", 10, "order-7"), "memo"),
+    ] {
+        match ledger.credit(req) {
+            Err(Error::Conflict { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected conflict on {field}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        ledger.adjust(Adjust::new("ws", 10, "order-7", "pack")),
+        Err(Error::Conflict { field: "kind", .. })
+    ));
+    assert_unchanged(&ledger, before);
+}
