@@ -1,0 +1,226 @@
+//! `verify()` on healthy and deliberately damaged ledgers.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fund, options, T0_MS};
+use credit_ledger::{
+    Error, Invariant, Ledger, ManualClock, RefundReason, StartGeneration,
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+const TRANSACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("transactions");
+const WORKSPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("workspaces");
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    clock: ManualClock,
+    usage_txn: u64,
+    refund_txn: u64,
+}
+
+/// A small healthy ledger on disk: a credit, a failed and a completed generation.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.redb");
+    let clock = ManualClock::new(T0_MS);
+    let ledger = Ledger::open_with(&path, options(&clock)).unwrap();
+    fund(&ledger, "ws", 100);
+    let charge = ledger
+        .start_generation(StartGeneration::new("g1", "ws", "Quick Video", 12))
+        .unwrap();
+    let refund = ledger
+        .fail_generation("g1", RefundReason::ModelFailure, "model crashed")
+        .unwrap();
+    ledger
+        .start_generation(StartGeneration::new("g2", "ws", "Image", 5))
+        .unwrap();
+    ledger.complete_generation("g2").unwrap();
+    fund(&ledger, "ws", 7);
+    let report = ledger.verify().unwrap();
+    assert!(report.is_clean(), "{:#?}", report.violations);
+    assert_eq!(report.checked.transactions, 5);
+    Fixture {
+        _dir: dir,
+        path,
+        clock,
+        usage_txn: charge.usage_txn,
+        refund_txn: refund.refund_txn,
+    }
+}
+
+/// Edit the stored bytes of one record with redb directly, as damage from outside would.
+fn edit_txn(path: &Path, id: u64, f: impl FnOnce(&mut Vec<u8>)) {
+    let db = redb::Database::open(path).unwrap();
+    let w = db.begin_write().unwrap();
+    {
+        let mut t = w.open_table(TRANSACTIONS).unwrap();
+        let mut bytes = t.get(id).unwrap().unwrap().value().to_vec();
+        f(&mut bytes);
+        t.insert(id, bytes.as_slice()).unwrap();
+    }
+    w.commit().unwrap();
+}
+
+/// Recompute the frame checksum after a deliberate edit, so only the meaning is wrong.
+fn reseal(bytes: &mut [u8]) {
+    let n = bytes.len();
+    let crc = crc32fast::hash(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn reopen(f: &Fixture) -> Ledger {
+    Ledger::open_with(&f.path, options(&f.clock).sweep_on_open(false)).unwrap()
+}
+
+fn invariants(ledger: &Ledger) -> Vec<Invariant> {
+    let report = ledger.verify().unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.violation_count as usize, report.violations.len());
+    report.violations.iter().map(|v| v.invariant).collect()
+}
+
+#[test]
+fn a_healthy_ledger_gives_an_empty_report() {
+    let f = fixture();
+    let ledger = reopen(&f);
+    let report = ledger.verify().unwrap();
+    assert!(report.is_clean());
+    assert!(report.violations.is_empty());
+    assert_eq!(report.checked.generations, 2);
+    assert_eq!(report.checked.history_entries, 5);
+}
+
+#[test]
+fn a_changed_workspace_balance_is_named() {
+    let f = fixture();
+    {
+        let db = redb::Database::open(&f.path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(WORKSPACES).unwrap();
+            let mut bytes = t.get("ws").unwrap().unwrap().value().to_vec();
+            // [version][balance as a one-byte varint]...: 102 credits becomes 200.
+            assert_eq!(bytes[1], 102);
+            bytes[1] = 200;
+            reseal(&mut bytes);
+            t.insert("ws", bytes.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let ledger = reopen(&f);
+    assert_eq!(ledger.balance("ws").unwrap().balance_credits, 200);
+    let report = ledger.verify().unwrap();
+    let v = &report.violations[0];
+    assert_eq!(v.invariant, Invariant::WorkspaceTotals);
+    assert_eq!(v.workspace.as_deref(), Some("ws"));
+    assert!(!ledger.totals().unwrap().is_conserved());
+}
+
+#[test]
+fn a_changed_transaction_amount_is_named() {
+    let f = fixture();
+    // Change the Usage's balance-after and reseal the frame, so the checksum passes and
+    // only the meaning is wrong.
+    edit_txn(&f.path, f.usage_txn, |bytes| {
+        let n = bytes.len();
+        // Find the byte 88 (balance after 100 - 12) and make it 87.
+        let pos = bytes[..n - 4].iter().rposition(|b| *b == 88).unwrap();
+        bytes[pos] = 87;
+        reseal(bytes);
+    });
+    let ledger = reopen(&f);
+    let inv = invariants(&ledger);
+    assert!(
+        inv.contains(&Invariant::BalanceArithmetic) || inv.contains(&Invariant::BalanceChain),
+        "{inv:?}"
+    );
+    // The resealed record also breaks the chain into the next transaction.
+    assert!(inv.contains(&Invariant::ChainBroken), "{inv:?}");
+}
+
+#[test]
+fn a_removed_refund_is_named() {
+    let f = fixture();
+    {
+        let db = redb::Database::open(&f.path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(TRANSACTIONS)
+            .unwrap()
+            .remove(f.refund_txn)
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let ledger = reopen(&f);
+    let report = ledger.verify().unwrap();
+    let inv: Vec<_> = report.violations.iter().map(|v| v.invariant).collect();
+    for expected in [
+        Invariant::IdsNotDense,
+        Invariant::RefundLink,
+        Invariant::HistoryIndex,
+        Invariant::WorkspaceTotals,
+    ] {
+        assert!(inv.contains(&expected), "{expected:?} missing from {inv:?}");
+    }
+    let link = report
+        .violations
+        .iter()
+        .find(|v| v.invariant == Invariant::RefundLink)
+        .unwrap();
+    assert_eq!(link.generation.as_deref(), Some("g1"));
+    assert!(link.txn_ids.contains(&f.refund_txn));
+    // Reading it gives a typed answer.
+    assert!(matches!(
+        ledger.transaction(f.refund_txn),
+        Err(Error::UnknownTransaction { .. })
+    ));
+}
+
+#[test]
+fn a_flipped_byte_is_named_and_reads_fail_cleanly() {
+    let f = fixture();
+    edit_txn(&f.path, f.usage_txn, |bytes| bytes[3] ^= 0x40);
+    let ledger = reopen(&f);
+    let report = ledger.verify().unwrap();
+    let v = report
+        .violations
+        .iter()
+        .find(|v| v.invariant == Invariant::Corruption)
+        .expect("a corruption violation");
+    assert_eq!(v.txn_ids, vec![f.usage_txn]);
+    assert!(v.detail.contains("transactions"), "{}", v.detail);
+    match ledger.transaction(f.usage_txn) {
+        Err(Error::Corruption { table, key, .. }) => {
+            assert_eq!((table, key), ("transactions", f.usage_txn.to_string()));
+        }
+        other => panic!("expected Corruption, got {other:?}"),
+    }
+    // History that has to read the damaged record says so, too.
+    let r = ledger.history(
+        "ws",
+        &credit_ledger::HistoryFilter::all(),
+        &credit_ledger::PageRequest::first(50),
+    );
+    assert!(matches!(r, Err(Error::Corruption { .. })), "{r:?}");
+}
+
+#[test]
+fn damage_to_the_last_record_fails_the_open_with_a_named_error() {
+    let f = fixture();
+    let last = {
+        let db = redb::Database::open(&f.path).unwrap();
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(TRANSACTIONS).unwrap();
+        let last = t.last().unwrap().unwrap().0.value();
+        last
+    };
+    edit_txn(&f.path, last, |bytes| bytes[2] ^= 1);
+    match Ledger::open_with(&f.path, options(&f.clock)) {
+        Err(Error::Corruption { table, key, .. }) => {
+            assert_eq!((table, key), ("transactions", last.to_string()));
+        }
+        other => panic!("expected Corruption, got {other:?}"),
+    }
+}
