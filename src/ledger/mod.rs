@@ -148,9 +148,13 @@ impl Ledger {
         }
         if ledger.options.sweep_on_open {
             loop {
-                let report = ledger.sweep_expired(MAX_SWEEP_LIMIT)?;
-                if !report.more_expired {
-                    break;
+                match ledger.sweep_expired(MAX_SWEEP_LIMIT) {
+                    Ok(report) if report.more_expired => continue,
+                    Ok(_) => break,
+                    // A clock far behind the log refuses every write, the catch-up sweep
+                    // included; reads still work, so the ledger opens and writes say why.
+                    Err(Error::ClockRegressed { .. }) => break,
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -257,6 +261,9 @@ impl Ledger {
                     self.earliest_deadline_ms
                         .store(earliest.unwrap_or(NO_DEADLINE), Ordering::SeqCst);
                 }
+                drop(writer);
+                // Only now, after the durable commit, do the refunds exist: tell the app.
+                self.log_refunds(state.next_txn_id, &results);
                 results
             }
             Err(e) => {
@@ -265,6 +272,52 @@ impl Ledger {
                 *writer = None;
                 self.earliest_deadline_ms.store(0, Ordering::SeqCst);
                 all(e)
+            }
+        }
+    }
+
+    /// Emit an info event for every refund a committed batch wrote: failure reports, sweep
+    /// refunds, and lazy expiries (a late `complete` answered with
+    /// [`Error::GenerationRefunded`] whose refund is newer than `first_new_txn`).
+    fn log_refunds(&self, first_new_txn: u64, results: &[Result<Outcome>]) {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
+        let emit = |r: &RefundReceipt| {
+            tracing::info!(
+                generation = %r.generation_id,
+                workspace = %r.workspace,
+                reason = r.reason.as_str(),
+                amount_credits = r.amount_credits,
+                refund_txn = r.refund_txn,
+                usage_txn = r.usage_txn,
+                "refunded generation"
+            );
+        };
+        for result in results {
+            match result {
+                Ok(Outcome::Fail(r)) if !r.replay => emit(r),
+                Ok(Outcome::Sweep(report)) => report.refunds.iter().for_each(emit),
+                Err(Error::GenerationRefunded {
+                    generation,
+                    reason,
+                    refund_txn,
+                }) if *refund_txn >= first_new_txn => {
+                    // The error names the refund; its workspace and amount are one read away.
+                    let (workspace, amount_credits) = match self.transaction(*refund_txn) {
+                        Ok(v) => (v.workspace, v.amount_credits.unsigned_abs()),
+                        Err(_) => (String::new(), 0),
+                    };
+                    tracing::info!(
+                        generation = %generation,
+                        workspace = %workspace,
+                        reason = reason.as_str(),
+                        amount_credits,
+                        refund_txn = *refund_txn,
+                        "refunded generation (completion arrived after the deadline)"
+                    );
+                }
+                _ => {}
             }
         }
     }
