@@ -67,6 +67,7 @@ mod ledger;
 mod model;
 mod query;
 mod storage;
+mod sweeper;
 
 pub use audit::{AuditCounts, AuditReport, Invariant, Violation};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -81,6 +82,7 @@ pub use query::{
     format_duration_ms, FeatureStats, GenerationState, GenerationView, HistoryFilter, HistoryPage,
     LedgerTotals, PageRequest, ReasonStats, Stats, TimeWindow, TransactionView, WorkspaceSummary,
 };
+pub use sweeper::{Sweeper, SweeperOptions};
 
 /// Entry points for fuzzers: not part of the stable API.
 #[doc(hidden)]
