@@ -121,6 +121,9 @@ pub struct HistoryPage {
     pub next_cursor: Option<String>,
 }
 
+/// Transaction ids from one category's range, in page order.
+type IdIter<'a> = Box<dyn Iterator<Item = Result<u64, Error>> + 'a>;
+
 fn encode_cursor(oldest_first: bool, id: u64) -> String {
     format!("{}{id:x}", if oldest_first { "o" } else { "n" })
 }
@@ -183,13 +186,12 @@ pub(crate) fn history(
     }
 
     // One range per category, each yielding ids in page order; merged by id.
-    let mut heads: Vec<(Option<u64>, Box<dyn Iterator<Item = Result<u64, Error>> + '_>)> =
-        Vec::new();
+    let mut heads: Vec<(Option<u64>, IdIter<'_>)> = Vec::new();
     for cat in filter.categories() {
         let c = cat as u8;
         let range = index.range((workspace, c, lo)..=(workspace, c, hi))?;
         let ids = range.map(|e| e.map(|(k, _)| k.value().2).map_err(Error::from));
-        let mut it: Box<dyn Iterator<Item = Result<u64, Error>>> = if page.oldest_first {
+        let mut it: IdIter<'_> = if page.oldest_first {
             Box::new(ids)
         } else {
             Box::new(ids.rev())
