@@ -198,7 +198,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
     }
 
     // 2. Workspace records against the sums of their transactions.
-    let mut running_by_ws: HashMap<String, u64> = HashMap::new();
+    let mut running_by_ws: HashMap<String, (u64, u64)> = HashMap::new();
     for entry in gens.iter()? {
         let (k, v) = entry?;
         report.checked.generations += 1;
@@ -213,7 +213,9 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
         check_generation(&mut report, &g, &txns, rtx)?;
         if g.state == GenState::Running {
             report.checked.running += 1;
-            *running_by_ws.entry(g.workspace.clone()).or_default() += 1;
+            let r = running_by_ws.entry(g.workspace.clone()).or_default();
+            r.0 += 1;
+            r.1 = r.1.saturating_add(g.cost_credits);
         }
     }
     for entry in workspaces.iter()? {
@@ -240,7 +242,8 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
         };
         let mut expected = acc.rec;
         expected.created_at_ms = stored.created_at_ms;
-        expected.running_generations = running_by_ws.remove(ws).unwrap_or(0);
+        (expected.running_generations, expected.held_credits) =
+            running_by_ws.remove(ws).unwrap_or((0, 0));
         if stored != expected {
             report.add(
                 Invariant::WorkspaceTotals,

@@ -319,3 +319,29 @@ fn reused_credit_keys_replay_or_conflict() {
     ));
     assert_unchanged(&ledger, before);
 }
+
+#[test]
+fn a_credit_that_would_leave_no_room_for_refunds_is_refused() {
+    let (ledger, _c) = ledger();
+    ledger
+        .credit(Credit::purchase("rich", MAX_AMOUNT_CREDITS, "m1"))
+        .unwrap();
+    ledger
+        .start_generation(StartGeneration::new("g", "rich", "Quick Video", 10))
+        .unwrap();
+    ledger
+        .credit(Credit::purchase("rich", MAX_AMOUNT_CREDITS, "m2"))
+        .unwrap();
+    assert_eq!(ledger.balance("rich").unwrap().held_credits, 10);
+    // u64::MAX - 11 now; 2 more would still fit the balance, but not the refund of 10.
+    let before = snapshot(&ledger);
+    let r = ledger.credit(Credit::purchase("rich", 2, "m3"));
+    assert!(matches!(r, Err(Error::Overflow { .. })), "{r:?}");
+    assert_unchanged(&ledger, before);
+    let refund = ledger
+        .fail_generation("g", RefundReason::SystemError, "x")
+        .unwrap();
+    assert_eq!(refund.balance_after_credits, u64::MAX - 1);
+    assert_eq!(ledger.balance("rich").unwrap().held_credits, 0);
+    assert_healthy(&ledger);
+}

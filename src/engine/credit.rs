@@ -154,6 +154,10 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
         ws.balance_credits = before
             .checked_add(m.amount_credits)
             .ok_or_else(|| overflow("the balance"))?;
+        // Room must remain to refund every running generation in full.
+        ws.balance_credits
+            .checked_add(ws.held_credits)
+            .ok_or_else(|| overflow("the balance plus the credits held by running generations"))?;
         let total = if m.kind == TxnKind::Adjustment {
             &mut ws.adjusted_in_credits
         } else {

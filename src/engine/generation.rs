@@ -122,6 +122,11 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
         .running_generations
         .checked_add(1)
         .ok_or_else(|| overflow("the running count"))?;
+    // balance + held is unchanged by a charge, so it still fits.
+    ws.held_credits = ws
+        .held_credits
+        .checked_add(req.cost_credits)
+        .ok_or_else(|| overflow("the held credits"))?;
     ws.txn_count = ws
         .txn_count
         .checked_add(1)
@@ -205,6 +210,10 @@ pub(super) fn complete(ctx: &mut Ctx<'_>, generation_id: &str) -> Result<Complet
                 .running_generations
                 .checked_sub(1)
                 .ok_or_else(|| running_underflow(&gen))?;
+            ws.held_credits = ws
+                .held_credits
+                .checked_sub(gen.cost_credits)
+                .ok_or_else(|| running_underflow(&gen))?;
             gen.state = GenState::Succeeded { at_ms: ctx.now_ms };
             ctx.put_workspace(&gen.workspace, &ws)?;
             ctx.put_generation(&gen)?;
@@ -269,7 +278,7 @@ fn running_underflow(gen: &GenerationRecord) -> Error {
         table: "workspaces",
         key: gen.workspace.clone(),
         detail: format!(
-            "running count is 0, but generation `{}` is running",
+            "running count or held credits too small for running generation `{}`",
             gen.id
         ),
     }
@@ -326,6 +335,10 @@ pub(super) fn refund(
     ws.running_generations = ws
         .running_generations
         .checked_sub(1)
+        .ok_or_else(|| running_underflow(&gen))?;
+    ws.held_credits = ws
+        .held_credits
+        .checked_sub(gen.cost_credits)
         .ok_or_else(|| running_underflow(&gen))?;
     ws.txn_count = ws
         .txn_count

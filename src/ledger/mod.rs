@@ -154,6 +154,12 @@ impl Ledger {
                     // A clock far behind the log refuses every write, the catch-up sweep
                     // included; reads still work, so the ledger opens and writes say why.
                     Err(Error::ClockRegressed { .. }) => break,
+                    // A damaged record must not make the file unopenable: open it, so that
+                    // `verify` can name the damage.
+                    Err(e @ Error::Corruption { .. }) => {
+                        tracing::warn!(error = %e, "catch-up sweep stopped at a damaged record");
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -90,7 +90,8 @@ impl GenState {
 }
 
 /// A workspace's balance and running totals. The totals obey
-/// `granted - spent + refunded + adjusted_in - adjusted_out = balance`.
+/// `granted - spent + refunded + adjusted_in - adjusted_out = balance`, and
+/// `balance + held` always fits a `u64`, so a refund can never overflow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct WorkspaceRecord {
     pub balance_credits: u64,
@@ -101,5 +102,7 @@ pub(crate) struct WorkspaceRecord {
     pub adjusted_out_credits: u64,
     pub txn_count: u64,
     pub running_generations: u64,
+    /// The costs of the running generations: what a refund may have to give back.
+    pub held_credits: u64,
     pub created_at_ms: u64,
 }

@@ -24,6 +24,8 @@ pub struct WorkspaceSummary {
     pub adjusted_out_credits: u64,
     /// Generations charged and not yet finished.
     pub running_generations: u64,
+    /// The costs of those generations: what failures would refund.
+    pub held_credits: u64,
     /// Transactions in its history.
     pub transactions: u64,
     /// When its first credit arrived.
@@ -41,6 +43,7 @@ impl WorkspaceSummary {
             adjusted_in_credits: r.adjusted_in_credits,
             adjusted_out_credits: r.adjusted_out_credits,
             running_generations: r.running_generations,
+            held_credits: r.held_credits,
             transactions: r.txn_count,
             created_at_ms: r.created_at_ms,
         }
