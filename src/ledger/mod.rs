@@ -61,6 +61,15 @@ fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
     let shown = path.display().to_string();
     match e {
         redb::DatabaseError::DatabaseAlreadyOpen => Error::AlreadyOpen { path: shown },
+        // redb reports "not a redb database" (another format, random bytes) as InvalidData.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Error::NotALedger {
+                path: shown,
+                detail: io.to_string(),
+            }
+        }
         redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::Storage {
             message: format!("cannot open `{shown}`: {io}"),
         },

@@ -1,0 +1,275 @@
+//! The command line, as clap derive structs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The default ledger file, in the current directory.
+pub const DEFAULT_DB: &str = "credit-ledger.redb";
+
+/// Inspect and operate a credit ledger: credits, generation charges and their automatic
+/// refunds. Exit codes: 0 ok, 1 refused (insufficient credits, conflict, unknown id, already
+/// finished), 2 usage error, 3 verification failure or damaged file.
+#[derive(Debug, Parser)]
+#[command(name = "credit-ledger", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The ledger file [default: credit-ledger.redb]
+    #[arg(long, global = true, env = "CREDIT_LEDGER_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// Print exactly one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The time the ledger sees: RFC 3339 (2026-11-25T14:15:34Z), a date (2026-11-25) or Unix
+    /// milliseconds. For replaying events and for tests. Default: the system clock.
+    #[arg(long, global = true, value_name = "TIME", value_parser = crate::time::parse_time)]
+    pub now: Option<u64>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add credits to a workspace (a purchase or a grant); creates the workspace, and the
+    /// ledger file, on first use.
+    Credit(CreditArgs),
+    /// Apply an operator's signed correction to a workspace's balance.
+    Adjust(AdjustArgs),
+    /// Charge a generation's cost and start its deadline.
+    Start(StartArgs),
+    /// Mark a generation as succeeded (its charge stands).
+    Complete(GenArg),
+    /// Report a failed generation: its full cost is refunded at once.
+    Fail(FailArgs),
+    /// Refund running generations whose deadline has passed (reason: timeout).
+    Sweep(SweepArgs),
+    /// A workspace's balance, its granted, spent and refunded totals, and its running
+    /// generations.
+    Balance(WorkspaceArg),
+    /// A workspace's transactions, newest first, as an aligned table.
+    History(HistoryArgs),
+    /// One transaction's credit summary: balance before, action, new balance, linked
+    /// Usage or Refund.
+    Show(ShowArgs),
+    /// A generation's timeline: charge, deadline, state and refund.
+    Generation(GenArg),
+    /// Check every invariant of the ledger. Exit 3 when something is wrong.
+    Verify,
+    /// Failures and refunds by reason and by feature, and the failure rate.
+    Stats(WindowArgs),
+    /// A workspace's full history, oldest first, as CSV or JSON lines on stdout.
+    Export(ExportArgs),
+    /// Run a simulated workload on a fresh ledger file and report throughput, refunds,
+    /// the credit reconciliation and the audit.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CreditKindArg {
+    Purchase,
+    Grant,
+}
+
+#[derive(Debug, Args)]
+pub struct CreditArgs {
+    /// The workspace id.
+    pub workspace: String,
+    /// Credits to add (a positive integer).
+    pub amount: u64,
+    /// Idempotency key (an order or event id): repeating the command with it changes nothing.
+    #[arg(long)]
+    pub key: String,
+    /// Purchase (bought) or grant (given).
+    #[arg(long, value_enum, default_value_t = CreditKindArg::Purchase)]
+    pub kind: CreditKindArg,
+    /// A note shown in history.
+    #[arg(long, default_value = "")]
+    pub memo: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AdjustArgs {
+    /// The workspace id.
+    pub workspace: String,
+    /// Signed credits: 25 adds, -25 removes.
+    #[arg(allow_negative_numbers = true)]
+    pub amount: i64,
+    /// Idempotency key: repeating the command with it changes nothing.
+    #[arg(long)]
+    pub key: String,
+    /// Why (required: an adjustment without a reason cannot be audited).
+    #[arg(long)]
+    pub memo: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The generation id (also the idempotency key of the charge).
+    pub generation: String,
+    /// The workspace that pays.
+    #[arg(long)]
+    pub workspace: String,
+    /// What is generated, for example "Quick Video"; the title in history.
+    #[arg(long)]
+    pub feature: String,
+    /// The cost in credits.
+    #[arg(long)]
+    pub cost: u64,
+    /// How long it may run before it is refunded as a timeout: 150m, 2h30m, 90s.
+    #[arg(long, default_value = "150m", value_parser = crate::time::parse_duration_ms)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArg {
+    /// The generation id.
+    pub generation: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReasonArg {
+    ModelFailure,
+    ApiFailure,
+    ServiceUnavailable,
+    SystemError,
+    InvalidInput,
+}
+
+impl ReasonArg {
+    pub fn reason(self) -> credit_ledger::RefundReason {
+        use credit_ledger::RefundReason as R;
+        match self {
+            ReasonArg::ModelFailure => R::ModelFailure,
+            ReasonArg::ApiFailure => R::ApiFailure,
+            ReasonArg::ServiceUnavailable => R::ServiceUnavailable,
+            ReasonArg::SystemError => R::SystemError,
+            ReasonArg::InvalidInput => R::InvalidInput,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FailArgs {
+    /// The generation id.
+    pub generation: String,
+    /// Why it failed.
+    #[arg(long, value_enum)]
+    pub reason: ReasonArg,
+    /// The error message to keep with the refund.
+    #[arg(long, default_value = "")]
+    pub message: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Most refunds to write in this run (1..=10000).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkspaceArg {
+    /// The workspace id.
+    pub workspace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The workspace id.
+    pub workspace: String,
+    /// Only these types (comma-separated): usage, refund, purchase, grant, adjustment.
+    #[arg(long = "type", value_delimiter = ',', value_name = "TYPES", value_parser = parse_kind)]
+    pub types: Vec<credit_ledger::TxnKind>,
+    /// Only these statuses (comma-separated): pending, completed, failed.
+    #[arg(long, value_delimiter = ',', value_name = "STATUSES", value_parser = parse_status)]
+    pub status: Vec<credit_ledger::Status>,
+    /// Only this feature ("Quick Video").
+    #[arg(long)]
+    pub feature: Option<String>,
+    /// Only at or after this time.
+    #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
+    pub since: Option<u64>,
+    /// Only at or before this time.
+    #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
+    pub until: Option<u64>,
+    /// Most rows (1..=1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Continue where a previous page stopped (the cursor it printed).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+fn parse_kind(s: &str) -> Result<credit_ledger::TxnKind, String> {
+    s.parse().map_err(|e: credit_ledger::Error| e.to_string())
+}
+
+fn parse_status(s: &str) -> Result<credit_ledger::Status, String> {
+    s.parse().map_err(|e: credit_ledger::Error| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The transaction id (`42` or `#42`).
+    #[arg(value_parser = parse_txn_id)]
+    pub txn: u64,
+}
+
+fn parse_txn_id(s: &str) -> Result<u64, String> {
+    s.trim()
+        .trim_start_matches('#')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a transaction id; give a number such as 42"))
+}
+
+#[derive(Debug, Args)]
+pub struct WindowArgs {
+    /// From this time (inclusive).
+    #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
+    pub since: Option<u64>,
+    /// Up to this time (inclusive).
+    #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
+    pub until: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The workspace id.
+    pub workspace: String,
+    /// The output format.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SimulateArgs {
+    /// Workspaces to fund.
+    #[arg(long, default_value_t = 100)]
+    pub workspaces: u32,
+    /// Generations to run through their whole life.
+    #[arg(long, default_value_t = 100_000)]
+    pub generations: u64,
+    /// Worker threads sharing one ledger, each call durable on its own (group commit).
+    #[arg(long, default_value_t = 64)]
+    pub threads: u32,
+    /// Operations per `Ledger::apply` batch; 1 sends every operation on its own.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// Share of generations that fail (refunded with one of the five reasons).
+    #[arg(long, default_value_t = 0.08)]
+    pub fail_rate: f64,
+    /// Share of generations that never report back (refunded as timeouts at their deadline).
+    #[arg(long, default_value_t = 0.02)]
+    pub timeout_rate: f64,
+    /// Seed of the pseudo-random choices; the same seed gives the same ledger.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}

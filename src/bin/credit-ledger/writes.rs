@@ -1,0 +1,216 @@
+//! The commands that write: credit, adjust, start, complete, fail, sweep.
+
+use credit_ledger::{
+    format_duration_ms, Adjust, Credit, Receipt, RefundReason, RefundReceipt, StartGeneration,
+};
+use serde_json::{json, Value};
+
+use crate::args::{AdjustArgs, CreditArgs, CreditKindArg, FailArgs, GenArg, StartArgs, SweepArgs};
+use crate::fail::CliError;
+use crate::open::{Context, Mode};
+use crate::output::{clean, signed, Align, Out, Table};
+use crate::time::{format_human, format_rfc3339};
+
+const REPLAY_NOTE: &str =
+    "(already applied earlier: this is the original receipt; nothing changed)";
+
+fn receipt_json(r: &Receipt) -> Value {
+    json!({
+        "txn_id": r.txn_id,
+        "workspace": r.workspace,
+        "type": r.kind.as_str(),
+        "amount": r.amount_credits,
+        "balance_before": r.balance_before_credits,
+        "balance_after": r.balance_after_credits,
+        "at": format_rfc3339(r.at_ms),
+        "replay": r.replay,
+    })
+}
+
+fn print_receipt(ctx: &Context, r: &Receipt, out: &mut Out) -> Result<(), CliError> {
+    if ctx.json {
+        return out.json(&receipt_json(r));
+    }
+    out.line(format!(
+        "{} {} credits for {}: balance {} -> {} (transaction #{}, {} UTC)",
+        r.kind,
+        signed(r.amount_credits),
+        clean(&r.workspace),
+        r.balance_before_credits,
+        r.balance_after_credits,
+        r.txn_id,
+        format_human(r.at_ms)
+    ))?;
+    if r.replay {
+        out.line(REPLAY_NOTE)?;
+    }
+    Ok(())
+}
+
+pub fn credit(ctx: &Context, a: &CreditArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Create)?;
+    let credit = match a.kind {
+        CreditKindArg::Purchase => Credit::purchase(&a.workspace, a.amount, &a.key),
+        CreditKindArg::Grant => Credit::grant(&a.workspace, a.amount, &a.key),
+    }
+    .memo(&a.memo);
+    let r = ledger.credit(credit)?;
+    print_receipt(ctx, &r, out)
+}
+
+pub fn adjust(ctx: &Context, a: &AdjustArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Existing)?;
+    let r = ledger.adjust(Adjust::new(&a.workspace, a.amount, &a.key, &a.memo))?;
+    print_receipt(ctx, &r, out)
+}
+
+pub fn start(ctx: &Context, a: &StartArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Existing)?;
+    let c = ledger.start_generation(
+        StartGeneration::new(&a.generation, &a.workspace, &a.feature, a.cost).timeout_ms(a.timeout),
+    )?;
+    if ctx.json {
+        return out.json(&json!({
+            "generation": c.generation_id,
+            "workspace": c.workspace,
+            "usage_txn": c.usage_txn,
+            "cost": c.cost_credits,
+            "balance_before": c.balance_before_credits,
+            "balance_after": c.balance_after_credits,
+            "started_at": format_rfc3339(c.started_at_ms),
+            "deadline": format_rfc3339(c.deadline_ms),
+            "replay": c.replay,
+        }));
+    }
+    out.line(format!(
+        "Charged {} credits to {} for {} ({}): balance {} -> {} (Usage #{})",
+        c.cost_credits,
+        clean(&c.workspace),
+        clean(&c.generation_id),
+        clean(&a.feature),
+        c.balance_before_credits,
+        c.balance_after_credits,
+        c.usage_txn
+    ))?;
+    out.line(format!(
+        "Deadline {} UTC ({} after the start); if it has not completed by then, it is refunded in full",
+        format_human(c.deadline_ms),
+        format_duration_ms(c.deadline_ms.saturating_sub(c.started_at_ms))
+    ))?;
+    if c.replay {
+        out.line(REPLAY_NOTE)?;
+    }
+    Ok(())
+}
+
+pub fn complete(ctx: &Context, a: &GenArg, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Existing)?;
+    let c = ledger.complete_generation(&a.generation)?;
+    if ctx.json {
+        return out.json(&json!({
+            "generation": c.generation_id,
+            "usage_txn": c.usage_txn,
+            "completed_at": format_rfc3339(c.completed_at_ms),
+            "replay": c.replay,
+        }));
+    }
+    out.line(format!(
+        "Generation {} completed at {} UTC; its charge (Usage #{}) stands",
+        clean(&c.generation_id),
+        format_human(c.completed_at_ms),
+        c.usage_txn
+    ))?;
+    if c.replay {
+        out.line(REPLAY_NOTE)?;
+    }
+    Ok(())
+}
+
+pub fn refund_json(r: &RefundReceipt) -> Value {
+    json!({
+        "generation": r.generation_id,
+        "workspace": r.workspace,
+        "usage_txn": r.usage_txn,
+        "refund_txn": r.refund_txn,
+        "amount": r.amount_credits,
+        "reason": r.reason.as_str(),
+        "message": r.message,
+        "balance_before": r.balance_before_credits,
+        "balance_after": r.balance_after_credits,
+        "at": format_rfc3339(r.at_ms),
+        "replay": r.replay,
+    })
+}
+
+pub fn fail(ctx: &Context, a: &FailArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Existing)?;
+    let r = ledger.fail_generation(&a.generation, a.reason.reason(), &a.message)?;
+    if ctx.json {
+        return out.json(&refund_json(&r));
+    }
+    out.line(format!(
+        "Refunded {} credits to {} for {} ({}): balance {} -> {} (Refund #{} of Usage #{})",
+        r.amount_credits,
+        clean(&r.workspace),
+        clean(&r.generation_id),
+        r.reason.label(),
+        r.balance_before_credits,
+        r.balance_after_credits,
+        r.refund_txn,
+        r.usage_txn
+    ))?;
+    if r.reason == RefundReason::Timeout && a.reason.reason() != RefundReason::Timeout {
+        out.line("The deadline had already passed, so the refund's reason is timeout")?;
+    }
+    if r.replay {
+        out.line(REPLAY_NOTE)?;
+    }
+    Ok(())
+}
+
+pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Existing)?;
+    let report = ledger.sweep_expired(a.limit)?;
+    if ctx.json {
+        return out.json(&json!({
+            "refunded": report.refunds.len(),
+            "refunds": report.refunds.iter().map(refund_json).collect::<Vec<_>>(),
+            "more_expired": report.more_expired,
+            "next_deadline": report.next_deadline_ms.map(format_rfc3339),
+        }));
+    }
+    if report.refunds.is_empty() {
+        out.line("No running generation is past its deadline; nothing refunded")?;
+    } else {
+        out.line(format!(
+            "Refunded {} timed-out generation{}:",
+            report.refunds.len(),
+            if report.refunds.len() == 1 { "" } else { "s" }
+        ))?;
+        let mut t = Table::new(&[
+            ("REFUND", Align::Right),
+            ("GENERATION", Align::Left),
+            ("WORKSPACE", Align::Left),
+            ("AMOUNT", Align::Right),
+            ("BALANCE", Align::Right),
+        ]);
+        for r in &report.refunds {
+            t.row(vec![
+                format!("#{}", r.refund_txn),
+                r.generation_id.clone(),
+                r.workspace.clone(),
+                signed(i64::try_from(r.amount_credits).unwrap_or(i64::MAX)),
+                r.balance_after_credits.to_string(),
+            ]);
+        }
+        t.print(out)?;
+    }
+    if report.more_expired {
+        out.line("More generations are past their deadline: run `sweep` again")?;
+    } else if let Some(next) = report.next_deadline_ms {
+        out.line(format!("Next deadline: {} UTC", format_human(next)))?;
+    } else {
+        out.line("No generation is running")?;
+    }
+    Ok(())
+}
