@@ -20,7 +20,6 @@
 //! index, so no one sleeps for a timeout and the outcome does not depend on timing.
 
 #[path = "support/faulty.rs"]
-#[allow(dead_code)]
 mod faulty;
 
 use std::collections::BTreeMap;

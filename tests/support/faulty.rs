@@ -493,14 +493,14 @@ impl redb::StorageBackend for FaultyBackend {
             s.sync();
             return Ok(());
         }
-        match s.plan {
-            Plan::FailAt {
-                failure: Failure::SyncFailsButLands,
-                ..
-            } => s.sync(),
-            // Lost: the durable image keeps its old contents; the writes stay pending, so a
-            // later successful sync would still flush them (as a retried fsync may).
-            _ => {}
+        // Lost (the other failure): the durable image keeps its old contents; the writes stay
+        // pending, so a later successful sync would still flush them (as a retried fsync may).
+        if let Plan::FailAt {
+            failure: Failure::SyncFailsButLands,
+            ..
+        } = s.plan
+        {
+            s.sync();
         }
         Err(io::Error::other("injected fsync failure"))
     }
