@@ -1,0 +1,12 @@
+//! Operation sequences against the reference model: the same harness as `tests/model.rs`.
+//! Run with `cargo +nightly fuzz run ops_model` from the repository root.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/support/model.rs"]
+mod model;
+
+fuzz_target!(|data: &[u8]| {
+    model::run(data);
+});

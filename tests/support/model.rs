@@ -1,0 +1,1283 @@
+//! Model-based test harness, shared by `tests/model.rs` (stable, seeded PRNG) and the
+//! `ops_model` cargo-fuzz target (`fuzz/fuzz_targets/ops_model.rs`).
+//!
+//! [`run`] decodes raw bytes into a bounded sequence of operations (a hand-written decoder over
+//! a byte cursor, so no `arbitrary` dependency is needed), runs each one against a real
+//! [`Ledger`] and against a plain reference model made of `BTreeMap`s, and panics with a
+//! description of the step as soon as the two disagree:
+//!
+//! - every result must match exactly: the receipt (ids, balances, times, replay flag) or the
+//!   error variant and its fields;
+//! - after every step every workspace summary and every generation of the id pool must match;
+//! - every few steps, after every reopen and at the end, `verify()` must be clean and
+//!   `totals().is_conserved()` must hold.
+//!
+//! The ledger lives on an in-memory storage backend that keeps a *durable image* (the bytes as
+//! of the last `sync_data`) besides the live bytes. A "crash" cuts the old ledger off from the
+//! image (its later writes fail), drops it, rolls the live bytes back to the durable image and
+//! reopens: exactly what a power cut after the last fsync leaves behind. A "close" drops and
+//! reopens cleanly.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use credit_ledger::limits::{
+    DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_TIMEOUT_MS, MAX_AMOUNT_CREDITS, MAX_MEMO_BYTES,
+    MAX_MESSAGE_BYTES, MAX_SWEEP_LIMIT, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS,
+};
+use credit_ledger::{
+    format_duration_ms, Adjust, Charge, Completion, Credit, Error, GenerationState,
+    GenerationView, InvalidInput, Ledger, ManualClock, Op, Options, Outcome, Receipt,
+    RefundReason, RefundReceipt, StartGeneration, SweepReport, TxnKind, WorkspaceSummary,
+};
+
+/// Most operations one input is decoded into.
+pub const MAX_STEPS: usize = 256;
+/// Most operations in one `apply()` batch.
+const MAX_BATCH: usize = 6;
+/// Run `verify()` and the conservation check every this many steps.
+const VERIFY_EVERY: usize = 16;
+const START_MS: u64 = 1_700_000_000_000;
+
+const WORKSPACES: [&str; 4] = ["ws-a", "ws-b", "ws-c", "ws-unknown"];
+const GENERATIONS: usize = 10;
+const KEYS: usize = 8;
+const FEATURES: [&str; 2] = ["Quick Video", "Image Upscale"];
+const MEMOS: [&str; 3] = ["", "promo", "goodwill"];
+const TIMEOUTS: [u64; 4] = [MIN_TIMEOUT_MS, 30_000, 600_000, DEFAULT_TIMEOUT_MS];
+
+fn gen_id(i: usize) -> String {
+    format!("gen-{i:02}")
+}
+
+fn key_id(i: usize) -> String {
+    format!("key-{i}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The storage backend with a durable image.
+
+#[derive(Debug, Default)]
+struct Image {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+/// A redb backend over a shared in-memory image. `dead` cuts this handle off (a crash).
+#[derive(Debug)]
+pub struct ImageBackend {
+    image: Arc<Mutex<Image>>,
+    dead: Arc<AtomicBool>,
+}
+
+fn io_err(what: &str) -> std::io::Error {
+    std::io::Error::other(what.to_string())
+}
+
+impl ImageBackend {
+    fn check(&self) -> std::io::Result<()> {
+        if self.dead.load(Ordering::SeqCst) {
+            Err(io_err("simulated crash: the process is gone"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl redb::StorageBackend for ImageBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.image.lock().unwrap().live.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let img = self.image.lock().unwrap();
+        let start = usize::try_from(offset).map_err(|_| io_err("offset out of range"))?;
+        let src = img
+            .live
+            .get(start..start + out.len())
+            .ok_or_else(|| io_err("read past the end"))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        let len = usize::try_from(len).map_err(|_| io_err("length out of range"))?;
+        self.image.lock().unwrap().live.resize(len, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        let mut img = self.image.lock().unwrap();
+        let Image { live, durable } = &mut *img;
+        durable.clone_from(live);
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        let mut img = self.image.lock().unwrap();
+        let start = usize::try_from(offset).map_err(|_| io_err("offset out of range"))?;
+        let dst = img
+            .live
+            .get_mut(start..start + data.len())
+            .ok_or_else(|| io_err("write past the end"))?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding bytes into operations.
+
+/// A cursor over the fuzz input; reading past the end yields `None`, which ends decoding.
+struct Bytes<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.data.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn below(&mut self, n: usize) -> Option<usize> {
+        Some(self.u8()? as usize % n)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from(self.u8()?) << 8 | u16::from(self.u8()?))
+    }
+}
+
+/// One step of a test.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// One operation through the single-operation API (group commit).
+    One(Op),
+    /// `apply()` of a batch.
+    Batch(Vec<Op>),
+    /// Move the clock forward.
+    Forward(u64),
+    /// Move the clock back.
+    Back(u64),
+    /// Drop and reopen; `crash` rolls the image back to its last sync first.
+    Reopen { crash: bool },
+}
+
+fn decode_amount(b: &mut Bytes<'_>) -> Option<u64> {
+    Some(match b.u8()? {
+        0..=3 => 0,                               // invalid
+        4..=5 => MAX_AMOUNT_CREDITS,              // pushes totals towards overflow
+        6 => MAX_AMOUNT_CREDITS + 1,              // invalid: too large
+        7 => MAX_AMOUNT_CREDITS - u64::from(b.u8()?), // large
+        x => u64::from(x % 60) + 1,               // ordinary
+    })
+}
+
+fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
+    Some(match b.below(16)? {
+        0..=2 => {
+            let ws = WORKSPACES[b.below(3)?].to_string();
+            let amount = decode_amount(b)?;
+            let flags = b.u8()?;
+            let key = key_id(flags as usize % KEYS);
+            let memo = MEMOS[(flags as usize / KEYS) % MEMOS.len()];
+            let credit = if flags & 0x80 != 0 {
+                Credit::grant(ws, amount, key)
+            } else {
+                Credit::purchase(ws, amount, key)
+            };
+            Op::Credit(credit.memo(memo))
+        }
+        3 => {
+            let ws = WORKSPACES[b.below(WORKSPACES.len())?].to_string();
+            let amount = match b.u8()? {
+                0..=5 => 0,
+                6 => i64::MIN, // magnitude MAX_AMOUNT + 1: invalid
+                x => {
+                    let m = i64::from(x % 40) + 1;
+                    if x & 1 == 0 {
+                        m
+                    } else {
+                        -m
+                    }
+                }
+            };
+            let flags = b.u8()?;
+            let key = key_id(flags as usize % KEYS);
+            let memo = MEMOS[(flags as usize / KEYS) % MEMOS.len()];
+            Op::Adjust(Adjust::new(ws, amount, key, memo))
+        }
+        4..=7 => {
+            let id = gen_id(b.below(GENERATIONS)?);
+            let ws = WORKSPACES[b.below(WORKSPACES.len())?].to_string();
+            let flags = b.u8()?;
+            let feature = FEATURES[flags as usize & 1];
+            let cost = match (flags >> 1) & 0x1f {
+                0 => 0,
+                1 => MAX_AMOUNT_CREDITS,
+                x => u64::from(x % 8) + 1,
+            };
+            let mut start = StartGeneration::new(id, ws, feature, cost);
+            match flags >> 6 {
+                0 | 1 => {}
+                2 => start = start.timeout_ms(TIMEOUTS[b.below(TIMEOUTS.len())?]),
+                _ => {
+                    start = start.timeout_ms(match b.below(3)? {
+                        0 => MIN_TIMEOUT_MS - 1,
+                        1 => MAX_TIMEOUT_MS + 1,
+                        _ => MAX_TIMEOUT_MS,
+                    })
+                }
+            }
+            Op::Start(start)
+        }
+        8..=9 => Op::Complete {
+            generation_id: gen_id(b.below(GENERATIONS + 1)?),
+        },
+        10..=12 => {
+            let generation_id = gen_id(b.below(GENERATIONS + 1)?);
+            let flags = b.u8()?;
+            let reason = RefundReason::ALL[flags as usize % RefundReason::ALL.len()];
+            let message = match flags >> 4 {
+                0 => "é".repeat(MAX_MESSAGE_BYTES / 2 + 7), // cut at a char boundary
+                1 => String::new(),
+                x => format!("upstream error {x}"),
+            };
+            Op::Fail {
+                generation_id,
+                reason,
+                message,
+            }
+        }
+        _ => Op::Sweep {
+            limit: b.below(5)? as u32,
+        },
+    })
+}
+
+fn decode_step(b: &mut Bytes<'_>) -> Option<Step> {
+    Some(match b.below(32)? {
+        0..=17 => Step::One(decode_op(b)?),
+        18..=21 => {
+            let n = b.below(MAX_BATCH)? + 1;
+            let mut ops = Vec::with_capacity(n);
+            for _ in 0..n {
+                ops.push(decode_op(b)?);
+            }
+            Step::Batch(ops)
+        }
+        22..=26 => Step::Forward(match b.below(8)? {
+            0..=3 => u64::from(b.u16()?),          // up to a minute
+            4 | 5 => u64::from(b.u16()?) * 20,      // up to ~22 minutes
+            6 => DEFAULT_TIMEOUT_MS + u64::from(b.u16()?), // past the default deadline
+            _ => MAX_TIMEOUT_MS,                    // past every deadline
+        }),
+        27..=29 => Step::Back(match b.below(4)? {
+            0..=2 => u64::from(b.u16()?) % DEFAULT_MAX_CLOCK_REGRESSION_MS + 1, // tolerated
+            _ => DEFAULT_MAX_CLOCK_REGRESSION_MS + 1 + u64::from(b.u16()?),    // refused
+        }),
+        _ => Step::Reopen {
+            crash: b.u8()? & 1 == 0,
+        },
+    })
+}
+
+/// Decode `data` into at most [`MAX_STEPS`] steps.
+pub fn decode(data: &[u8]) -> Vec<Step> {
+    let mut b = Bytes { data, pos: 0 };
+    let mut steps = Vec::new();
+    while steps.len() < MAX_STEPS {
+        match decode_step(&mut b) {
+            Some(s) => steps.push(s),
+            None => break,
+        }
+    }
+    steps
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference model.
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct WsModel {
+    balance: u64,
+    granted: u64,
+    spent: u64,
+    refunded: u64,
+    adj_in: u64,
+    adj_out: u64,
+    running: u64,
+    /// The costs of the running generations.
+    held: u64,
+    txns: u64,
+    created_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GenModelState {
+    Running,
+    Succeeded { at: u64 },
+    Refunded { at: u64, reason: RefundReason, refund_txn: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct GenModel {
+    ws: String,
+    feature: String,
+    cost: u64,
+    timeout: u64,
+    started: u64,
+    deadline: u64,
+    usage_txn: u64,
+    state: GenModelState,
+}
+
+#[derive(Debug, Clone)]
+struct TxnModel {
+    at: u64,
+    ws: String,
+    kind: TxnKind,
+    amount: u64,
+    debit: bool,
+    before: u64,
+    after: u64,
+    memo: Option<String>,
+    /// For a refund: reason and stored message.
+    refund: Option<(RefundReason, String)>,
+}
+
+impl TxnModel {
+    fn signed(&self) -> i128 {
+        if self.debit {
+            -i128::from(self.amount)
+        } else {
+            i128::from(self.amount)
+        }
+    }
+}
+
+/// The plain reference model.
+#[derive(Debug, Clone)]
+struct Model {
+    clock: u64,
+    last_at: u64,
+    tolerance: u64,
+    ws: BTreeMap<String, WsModel>,
+    gens: BTreeMap<String, GenModel>,
+    /// Index `i` holds transaction id `i + 1`.
+    txns: Vec<TxnModel>,
+    idem: BTreeMap<String, u64>,
+}
+
+fn overflow(ws: &str, what: &'static str) -> Error {
+    Error::Overflow {
+        workspace: ws.to_string(),
+        what,
+    }
+}
+
+fn truncate(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.to_string();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
+}
+
+fn check_text(field: &'static str, v: &str, max: usize, allow_empty: bool) -> Result<(), Error> {
+    if v.is_empty() && !allow_empty {
+        return Err(InvalidInput::Empty { field, max }.into());
+    }
+    // The pools hold no over-long or control-character text.
+    Ok(())
+}
+
+fn check_amount(field: &'static str, credits: u128) -> Result<(), Error> {
+    if credits == 0 {
+        return Err(InvalidInput::ZeroAmount { field }.into());
+    }
+    if credits > u128::from(MAX_AMOUNT_CREDITS) {
+        return Err(InvalidInput::AmountTooLarge {
+            field,
+            amount: credits,
+            max: MAX_AMOUNT_CREDITS,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl Model {
+    fn new(clock: u64) -> Self {
+        Model {
+            clock,
+            last_at: 0,
+            tolerance: DEFAULT_MAX_CLOCK_REGRESSION_MS,
+            ws: BTreeMap::new(),
+            gens: BTreeMap::new(),
+            txns: Vec::new(),
+            idem: BTreeMap::new(),
+        }
+    }
+
+    /// The time a write would be stamped with, or the clock error.
+    fn effective_now(&self) -> Result<u64, Error> {
+        if self.clock >= self.last_at {
+            Ok(self.clock)
+        } else if self.last_at - self.clock <= self.tolerance {
+            Ok(self.last_at)
+        } else {
+            Err(Error::ClockRegressed {
+                now_ms: self.clock,
+                last_ms: self.last_at,
+                behind_ms: self.last_at - self.clock,
+                tolerance_ms: self.tolerance,
+            })
+        }
+    }
+
+    fn earliest_deadline(&self) -> Option<u64> {
+        self.gens
+            .values()
+            .filter(|g| g.state == GenModelState::Running)
+            .map(|g| g.deadline)
+            .min()
+    }
+
+    fn txn(&self, id: u64) -> &TxnModel {
+        &self.txns[(id - 1) as usize]
+    }
+
+    fn append(&mut self, now: u64, t: TxnModel) -> u64 {
+        debug_assert_eq!(t.at, now);
+        self.txns.push(t);
+        self.last_at = now;
+        self.txns.len() as u64
+    }
+
+    fn receipt(&self, id: u64, replay: bool) -> Receipt {
+        let t = self.txn(id);
+        Receipt {
+            txn_id: id,
+            workspace: t.ws.clone(),
+            kind: t.kind,
+            amount_credits: t.signed() as i64,
+            balance_before_credits: t.before,
+            balance_after_credits: t.after,
+            at_ms: t.at,
+            replay,
+        }
+    }
+
+    /// Credit and Adjust share this path, like the engine.
+    fn movement(
+        &mut self,
+        now: u64,
+        ws: &str,
+        kind: TxnKind,
+        amount: u64,
+        debit: bool,
+        key: &str,
+        memo: &str,
+    ) -> Result<Receipt, Error> {
+        let signed = if debit {
+            -i128::from(amount)
+        } else {
+            i128::from(amount)
+        };
+        if let Some(&id) = self.idem.get(key) {
+            let t = self.txn(id);
+            let stored_memo = t.memo.clone().unwrap_or_default();
+            let differs = if t.kind != kind {
+                Some(("kind", t.kind.to_string(), kind.to_string()))
+            } else if t.ws != ws {
+                Some(("workspace", t.ws.clone(), ws.to_string()))
+            } else if t.signed() != signed {
+                Some(("amount", t.signed().to_string(), signed.to_string()))
+            } else if stored_memo != memo {
+                Some(("memo", format!("{stored_memo:?}"), format!("{memo:?}")))
+            } else {
+                None
+            };
+            if let Some((field, existing, requested)) = differs {
+                return Err(Error::Conflict {
+                    entity: "idempotency key",
+                    id: key.to_string(),
+                    field,
+                    existing,
+                    requested,
+                });
+            }
+            return Ok(self.receipt(id, true));
+        }
+        let mut w = match self.ws.get(ws) {
+            Some(w) => w.clone(),
+            None if kind == TxnKind::Adjustment => {
+                return Err(Error::UnknownWorkspace {
+                    workspace: ws.to_string(),
+                })
+            }
+            None => WsModel {
+                created_at: now,
+                ..WsModel::default()
+            },
+        };
+        let before = w.balance;
+        if debit {
+            w.balance = before
+                .checked_sub(amount)
+                .ok_or_else(|| Error::InsufficientCredits {
+                    workspace: ws.to_string(),
+                    balance_credits: before,
+                    required_credits: amount,
+                })?;
+            w.adj_out = w
+                .adj_out
+                .checked_add(amount)
+                .ok_or_else(|| overflow(ws, "the adjusted-out total"))?;
+        } else {
+            w.balance = before
+                .checked_add(amount)
+                .ok_or_else(|| overflow(ws, "the balance"))?;
+            // Room must remain to refund every running generation.
+            w.balance.checked_add(w.held).ok_or_else(|| {
+                overflow(ws, "the balance plus the credits held by running generations")
+            })?;
+            let total = if kind == TxnKind::Adjustment {
+                &mut w.adj_in
+            } else {
+                &mut w.granted
+            };
+            *total = total
+                .checked_add(amount)
+                .ok_or_else(|| overflow(ws, "the credited total"))?;
+        }
+        w.txns += 1;
+        let after = w.balance;
+        self.ws.insert(ws.to_string(), w);
+        let id = self.append(
+            now,
+            TxnModel {
+                at: now,
+                ws: ws.to_string(),
+                kind,
+                amount,
+                debit,
+                before,
+                after,
+                memo: Some(memo.to_string()),
+                refund: None,
+            },
+        );
+        self.idem.insert(key.to_string(), id);
+        Ok(self.receipt(id, false))
+    }
+
+    fn charge(&self, id: &str, replay: bool) -> Charge {
+        let g = &self.gens[id];
+        let u = self.txn(g.usage_txn);
+        Charge {
+            generation_id: id.to_string(),
+            workspace: g.ws.clone(),
+            usage_txn: g.usage_txn,
+            cost_credits: g.cost,
+            balance_before_credits: u.before,
+            balance_after_credits: u.after,
+            started_at_ms: g.started,
+            deadline_ms: g.deadline,
+            replay,
+        }
+    }
+
+    fn start(&mut self, now: u64, s: &StartGeneration) -> Result<Charge, Error> {
+        check_text("feature", &s.feature, 128, false)?;
+        check_amount("cost", u128::from(s.cost_credits))?;
+        if let Some(t) = s.timeout_ms {
+            if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&t) {
+                return Err(InvalidInput::TimeoutOutOfRange {
+                    timeout_ms: t,
+                    min_ms: MIN_TIMEOUT_MS,
+                    max_ms: MAX_TIMEOUT_MS,
+                }
+                .into());
+            }
+        }
+        if let Some(g) = self.gens.get(&s.generation_id) {
+            let differs = if g.ws != s.workspace {
+                Some(("workspace", g.ws.clone(), s.workspace.clone()))
+            } else if g.feature != s.feature {
+                Some(("feature", g.feature.clone(), s.feature.clone()))
+            } else if g.cost != s.cost_credits {
+                Some(("cost", g.cost.to_string(), s.cost_credits.to_string()))
+            } else {
+                s.timeout_ms
+                    .filter(|t| *t != g.timeout)
+                    .map(|t| ("timeout_ms", g.timeout.to_string(), t.to_string()))
+            };
+            if let Some((field, existing, requested)) = differs {
+                return Err(Error::Conflict {
+                    entity: "generation",
+                    id: s.generation_id.clone(),
+                    field,
+                    existing,
+                    requested,
+                });
+            }
+            return Ok(self.charge(&s.generation_id, true));
+        }
+        let mut w = self
+            .ws
+            .get(&s.workspace)
+            .cloned()
+            .ok_or_else(|| Error::UnknownWorkspace {
+                workspace: s.workspace.clone(),
+            })?;
+        let before = w.balance;
+        w.balance = before
+            .checked_sub(s.cost_credits)
+            .ok_or_else(|| Error::InsufficientCredits {
+                workspace: s.workspace.clone(),
+                balance_credits: before,
+                required_credits: s.cost_credits,
+            })?;
+        w.spent = w
+            .spent
+            .checked_add(s.cost_credits)
+            .ok_or_else(|| overflow(&s.workspace, "the spent total"))?;
+        w.running += 1;
+        w.held = w
+            .held
+            .checked_add(s.cost_credits)
+            .ok_or_else(|| overflow(&s.workspace, "the held credits"))?;
+        w.txns += 1;
+        let timeout = s.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        let deadline = now + timeout;
+        let after = w.balance;
+        self.ws.insert(s.workspace.clone(), w);
+        let usage_txn = self.append(
+            now,
+            TxnModel {
+                at: now,
+                ws: s.workspace.clone(),
+                kind: TxnKind::Usage,
+                amount: s.cost_credits,
+                debit: true,
+                before,
+                after,
+                memo: None,
+                refund: None,
+            },
+        );
+        self.gens.insert(
+            s.generation_id.clone(),
+            GenModel {
+                ws: s.workspace.clone(),
+                feature: s.feature.clone(),
+                cost: s.cost_credits,
+                timeout,
+                started: now,
+                deadline,
+                usage_txn,
+                state: GenModelState::Running,
+            },
+        );
+        Ok(self.charge(&s.generation_id, false))
+    }
+
+    fn refund_receipt(&self, id: &str, refund_txn: u64, replay: bool) -> RefundReceipt {
+        let g = &self.gens[id];
+        let t = self.txn(refund_txn);
+        let (reason, message) = t.refund.clone().expect("a refund transaction");
+        RefundReceipt {
+            generation_id: id.to_string(),
+            workspace: g.ws.clone(),
+            usage_txn: g.usage_txn,
+            refund_txn,
+            amount_credits: t.amount,
+            reason,
+            message,
+            balance_before_credits: t.before,
+            balance_after_credits: t.after,
+            at_ms: t.at,
+            replay,
+        }
+    }
+
+    /// The one refund path: fail, lazy expiry and the sweep.
+    fn refund(
+        &mut self,
+        now: u64,
+        id: &str,
+        reason: RefundReason,
+        message: &str,
+    ) -> Result<RefundReceipt, Error> {
+        let g = self.gens[id].clone();
+        assert_eq!(g.state, GenModelState::Running);
+        let mut w = self.ws[&g.ws].clone();
+        let before = w.balance;
+        w.balance = before
+            .checked_add(g.cost)
+            .ok_or_else(|| overflow(&g.ws, "the balance"))?;
+        w.refunded = w
+            .refunded
+            .checked_add(g.cost)
+            .ok_or_else(|| overflow(&g.ws, "the refunded total"))?;
+        w.running -= 1;
+        w.held -= g.cost;
+        w.txns += 1;
+        let after = w.balance;
+        self.ws.insert(g.ws.clone(), w);
+        let refund_txn = self.append(
+            now,
+            TxnModel {
+                at: now,
+                ws: g.ws.clone(),
+                kind: TxnKind::Refund,
+                amount: g.cost,
+                debit: false,
+                before,
+                after,
+                memo: None,
+                refund: Some((reason, truncate(message))),
+            },
+        );
+        self.gens.get_mut(id).unwrap().state = GenModelState::Refunded {
+            at: now,
+            reason,
+            refund_txn,
+        };
+        Ok(self.refund_receipt(id, refund_txn, false))
+    }
+
+    fn complete(&mut self, now: u64, id: &str) -> Result<Completion, Error> {
+        let g = self
+            .gens
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownGeneration {
+                generation: id.to_string(),
+            })?;
+        match g.state {
+            GenModelState::Succeeded { at } => Ok(Completion {
+                generation_id: id.to_string(),
+                usage_txn: g.usage_txn,
+                completed_at_ms: at,
+                replay: true,
+            }),
+            GenModelState::Refunded {
+                reason, refund_txn, ..
+            } => Err(Error::GenerationRefunded {
+                generation: id.to_string(),
+                reason,
+                refund_txn,
+            }),
+            GenModelState::Running if now >= g.deadline => {
+                let message = format!(
+                    "completion reported at {now} ms, after the deadline at {} ms",
+                    g.deadline
+                );
+                let r = self.refund(now, id, RefundReason::Timeout, &message)?;
+                Err(Error::GenerationRefunded {
+                    generation: id.to_string(),
+                    reason: r.reason,
+                    refund_txn: r.refund_txn,
+                })
+            }
+            GenModelState::Running => {
+                let w = self.ws.get_mut(&g.ws).unwrap();
+                w.running -= 1;
+                w.held -= g.cost;
+                self.gens.get_mut(id).unwrap().state = GenModelState::Succeeded { at: now };
+                Ok(Completion {
+                    generation_id: id.to_string(),
+                    usage_txn: g.usage_txn,
+                    completed_at_ms: now,
+                    replay: false,
+                })
+            }
+        }
+    }
+
+    fn fail(
+        &mut self,
+        now: u64,
+        id: &str,
+        reason: RefundReason,
+        message: &str,
+    ) -> Result<RefundReceipt, Error> {
+        if reason == RefundReason::Timeout {
+            return Err(InvalidInput::ReservedReason.into());
+        }
+        let g = self
+            .gens
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownGeneration {
+                generation: id.to_string(),
+            })?;
+        match g.state {
+            GenModelState::Refunded { refund_txn, .. } => {
+                Ok(self.refund_receipt(id, refund_txn, true))
+            }
+            GenModelState::Succeeded { at } => Err(Error::GenerationSucceeded {
+                generation: id.to_string(),
+                completed_at_ms: at,
+            }),
+            GenModelState::Running if now >= g.deadline => {
+                let late = format!(
+                    "deadline at {} ms passed before the failure was reported ({}: {message})",
+                    g.deadline,
+                    reason.as_str()
+                );
+                self.refund(now, id, RefundReason::Timeout, &late)
+            }
+            GenModelState::Running => self.refund(now, id, reason, message),
+        }
+    }
+
+    /// The sweep, modelled as all-or-nothing: a refund that cannot be written fails the sweep
+    /// and leaves every generation as it was.
+    fn sweep(&mut self, now: u64, limit: u32) -> Result<SweepReport, Error> {
+        if limit == 0 || limit > MAX_SWEEP_LIMIT {
+            return Err(InvalidInput::LimitOutOfRange {
+                field: "sweep limit",
+                value: u64::from(limit),
+                max: u64::from(MAX_SWEEP_LIMIT),
+            }
+            .into());
+        }
+        let mut due: Vec<(u64, String)> = self
+            .gens
+            .iter()
+            .filter(|(_, g)| g.state == GenModelState::Running && g.deadline <= now)
+            .map(|(id, g)| (g.deadline, id.clone()))
+            .collect();
+        due.sort();
+        let more_expired = due.len() > limit as usize;
+        due.truncate(limit as usize);
+        let saved = self.clone();
+        let mut refunds = Vec::new();
+        for (_, id) in due {
+            let timeout = self.gens[&id].timeout;
+            let message = format!(
+                "generation ran past its {} timeout",
+                format_duration_ms(timeout)
+            );
+            match self.refund(now, &id, RefundReason::Timeout, &message) {
+                Ok(r) => refunds.push(r),
+                Err(e) => {
+                    *self = saved;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(SweepReport {
+            refunds,
+            more_expired,
+            next_deadline_ms: self.earliest_deadline(),
+        })
+    }
+
+    /// One operation inside a write transaction stamped `now`.
+    fn apply_op(&mut self, now: u64, op: &Op) -> Result<Outcome, Error> {
+        match op {
+            Op::Credit(c) => {
+                check_amount("amount", u128::from(c.amount_credits))?;
+                check_text("memo", &c.memo, MAX_MEMO_BYTES, true)?;
+                self.movement(
+                    now,
+                    &c.workspace,
+                    c.kind.txn_kind(),
+                    c.amount_credits,
+                    false,
+                    &c.idempotency_key,
+                    &c.memo,
+                )
+                .map(Outcome::Credit)
+            }
+            Op::Adjust(a) => {
+                check_amount("amount", u128::from(a.amount_credits.unsigned_abs()))?;
+                check_text("memo", &a.memo, MAX_MEMO_BYTES, false)?;
+                self.movement(
+                    now,
+                    &a.workspace,
+                    TxnKind::Adjustment,
+                    a.amount_credits.unsigned_abs(),
+                    a.amount_credits < 0,
+                    &a.idempotency_key,
+                    &a.memo,
+                )
+                .map(Outcome::Adjust)
+            }
+            Op::Start(s) => self.start(now, s).map(Outcome::Start),
+            Op::Complete { generation_id } => {
+                self.complete(now, generation_id).map(Outcome::Complete)
+            }
+            Op::Fail {
+                generation_id,
+                reason,
+                message,
+            } => self
+                .fail(now, generation_id, *reason, message)
+                .map(Outcome::Fail),
+            Op::Sweep { limit } => self.sweep(now, *limit).map(Outcome::Sweep),
+        }
+    }
+
+    /// A write transaction holding `ops`.
+    fn apply_batch(&mut self, ops: &[Op]) -> Vec<Result<Outcome, Error>> {
+        match self.effective_now() {
+            Err(e) => ops.iter().map(|_| Err(e.clone())).collect(),
+            Ok(now) => ops.iter().map(|op| self.apply_op(now, op)).collect(),
+        }
+    }
+
+    /// `Ledger::sweep_expired`, with its in-memory idle check.
+    fn sweep_expired(&mut self, limit: u32) -> Result<SweepReport, Error> {
+        if limit == 0 || limit > MAX_SWEEP_LIMIT {
+            return self.sweep(0, limit);
+        }
+        let earliest = self.earliest_deadline();
+        if self.clock.max(self.last_at) < earliest.unwrap_or(u64::MAX) {
+            return Ok(SweepReport {
+                refunds: Vec::new(),
+                more_expired: false,
+                next_deadline_ms: earliest,
+            });
+        }
+        self.apply_batch(&[Op::Sweep { limit }]).remove(0).map(|o| match o {
+            Outcome::Sweep(r) => r,
+            other => unreachable!("{other:?}"),
+        })
+    }
+
+    /// The catch-up sweep that `open` runs; an error fails the open.
+    /// A clock too far behind the log skips it: the ledger still opens, and writes say why.
+    fn open_sweep(&mut self) -> Result<(), Error> {
+        loop {
+            match self.sweep_expired(MAX_SWEEP_LIMIT) {
+                Ok(r) if r.more_expired => continue,
+                Ok(_) | Err(Error::ClockRegressed { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn summary(&self, id: &str, w: &WsModel) -> WorkspaceSummary {
+        WorkspaceSummary {
+            workspace: id.to_string(),
+            balance_credits: w.balance,
+            granted_credits: w.granted,
+            spent_credits: w.spent,
+            refunded_credits: w.refunded,
+            adjusted_in_credits: w.adj_in,
+            adjusted_out_credits: w.adj_out,
+            running_generations: w.running,
+            held_credits: w.held,
+            transactions: w.txns,
+            created_at_ms: w.created_at,
+        }
+    }
+
+    fn view(&self, id: &str, g: &GenModel) -> GenerationView {
+        let now = self.clock.max(self.last_at);
+        GenerationView {
+            generation_id: id.to_string(),
+            workspace: g.ws.clone(),
+            feature: g.feature.clone(),
+            cost_credits: g.cost,
+            timeout_ms: g.timeout,
+            started_at_ms: g.started,
+            deadline_ms: g.deadline,
+            usage_txn: g.usage_txn,
+            state: match g.state {
+                GenModelState::Running => GenerationState::Running,
+                GenModelState::Succeeded { at } => GenerationState::Succeeded {
+                    completed_at_ms: at,
+                },
+                GenModelState::Refunded {
+                    at,
+                    reason,
+                    refund_txn,
+                } => GenerationState::Refunded {
+                    refunded_at_ms: at,
+                    reason,
+                    refund_txn,
+                },
+            },
+            overdue: g.state == GenModelState::Running && now >= g.deadline,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a test case.
+
+/// What one run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunStats {
+    /// Steps run.
+    pub steps: u64,
+    /// Operations run (a batch counts each of its operations).
+    pub ops: u64,
+    /// Operations that returned `Ok`.
+    pub ok: u64,
+    /// Operations that returned an error (each one matched the model's).
+    pub errors: u64,
+    /// Drops and reopens, of which crashes.
+    pub reopens: u64,
+    /// Reopens that rolled back to the durable image.
+    pub crashes: u64,
+    /// Refunds written (any path).
+    pub refunds: u64,
+    /// `verify()` runs, all clean.
+    pub verifies: u64,
+}
+
+impl RunStats {
+    /// Add another run's counts.
+    pub fn add(&mut self, o: &RunStats) {
+        self.steps += o.steps;
+        self.ops += o.ops;
+        self.ok += o.ok;
+        self.errors += o.errors;
+        self.reopens += o.reopens;
+        self.crashes += o.crashes;
+        self.refunds += o.refunds;
+        self.verifies += o.verifies;
+    }
+}
+
+struct Harness {
+    clock: ManualClock,
+    image: Arc<Mutex<Image>>,
+    dead: Arc<AtomicBool>,
+    ledger: Option<Ledger>,
+    model: Model,
+    stats: RunStats,
+}
+
+fn options(clock: &ManualClock) -> Options {
+    Options::default().clock(clock.clone())
+}
+
+impl Harness {
+    fn new() -> Self {
+        let clock = ManualClock::new(START_MS);
+        let image = Arc::new(Mutex::new(Image::default()));
+        let dead = Arc::new(AtomicBool::new(false));
+        let backend = ImageBackend {
+            image: image.clone(),
+            dead: dead.clone(),
+        };
+        let ledger = Ledger::open_backend(backend, options(&clock)).expect("create a new ledger");
+        Harness {
+            clock,
+            image,
+            dead,
+            ledger: Some(ledger),
+            model: Model::new(START_MS),
+            stats: RunStats::default(),
+        }
+    }
+
+    fn ledger(&self) -> &Ledger {
+        self.ledger.as_ref().expect("the ledger is open")
+    }
+
+    fn set_clock(&mut self, t: u64) {
+        self.model.clock = t;
+        self.clock.set_ms(t);
+    }
+
+    fn tally(&mut self, r: &Result<Outcome, Error>) {
+        self.stats.ops += 1;
+        match r {
+            Ok(Outcome::Fail(f)) if !f.replay => self.stats.refunds += 1,
+            Ok(Outcome::Sweep(s)) => self.stats.refunds += s.refunds.len() as u64,
+            Err(Error::GenerationRefunded { .. }) => {}
+            _ => {}
+        }
+        if r.is_ok() {
+            self.stats.ok += 1;
+        } else {
+            self.stats.errors += 1;
+        }
+    }
+
+    fn reopen(&mut self, crash: bool, step: usize) {
+        if crash {
+            // The process dies: nothing it does from now on reaches the image.
+            self.dead.store(true, Ordering::SeqCst);
+        }
+        drop(self.ledger.take());
+        if crash {
+            let mut img = self.image.lock().unwrap();
+            let Image { live, durable } = &mut *img;
+            live.clone_from(durable);
+            self.stats.crashes += 1;
+        }
+        self.stats.reopens += 1;
+        {
+            self.dead = Arc::new(AtomicBool::new(false));
+            let backend = ImageBackend {
+                image: self.image.clone(),
+                dead: self.dead.clone(),
+            };
+            let mut expected = self.model.clone();
+            let want = expected.open_sweep();
+            let got = Ledger::open_backend(backend, options(&self.clock));
+            match (got, want) {
+                (Ok(ledger), Ok(())) => {
+                    self.model = expected;
+                    self.ledger = Some(ledger);
+                    return;
+                }
+                (Err(got), Err(want)) => {
+                    panic!("step {step}: reopen failed: {got:?} (the model agrees: {want:?})")
+                }
+                (got, want) => panic!(
+                    "step {step}: reopen gave {:?}, the model expected {want:?} (clock {}, last {}, earliest {:?})",
+                    got.map(|l| (l.now_ms(), l.next_deadline_ms(), l.verify().map(|r| r.is_clean()))),
+                    self.model.clock, self.model.last_at, self.model.earliest_deadline()
+                ),
+            }
+        }
+    }
+
+    fn step(&mut self, i: usize, step: &Step) {
+        match step {
+            Step::One(op) => {
+                let want = match op {
+                    Op::Sweep { limit } => self.model.sweep_expired(*limit).map(Outcome::Sweep),
+                    _ => self.model.apply_batch(std::slice::from_ref(op)).remove(0),
+                };
+                let l = self.ledger();
+                let got = match op.clone() {
+                    Op::Credit(c) => l.credit(c).map(Outcome::Credit),
+                    Op::Adjust(a) => l.adjust(a).map(Outcome::Adjust),
+                    Op::Start(s) => l.start_generation(s).map(Outcome::Start),
+                    Op::Complete { generation_id } => {
+                        l.complete_generation(&generation_id).map(Outcome::Complete)
+                    }
+                    Op::Fail {
+                        generation_id,
+                        reason,
+                        message,
+                    } => l
+                        .fail_generation(&generation_id, reason, &message)
+                        .map(Outcome::Fail),
+                    Op::Sweep { limit } => l.sweep_expired(limit).map(Outcome::Sweep),
+                };
+                assert_eq!(got, want, "step {i}: {op:?}");
+                self.tally(&got);
+            }
+            Step::Batch(ops) => {
+                let want = self.model.apply_batch(ops);
+                let got = self.ledger().apply(ops);
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g, w, "step {i}, batch op {j}: {:?}", ops[j]);
+                }
+                assert_eq!(got.len(), ops.len(), "step {i}: one result per op");
+                for r in &got {
+                    self.tally(r);
+                }
+            }
+            Step::Forward(d) => {
+                let t = self.model.clock.saturating_add(*d);
+                self.set_clock(t);
+            }
+            Step::Back(d) => {
+                let t = self.model.clock.saturating_sub(*d);
+                self.set_clock(t);
+            }
+            Step::Reopen { crash } => {
+                self.reopen(*crash, i);
+                self.audit(i);
+            }
+        }
+        self.stats.steps += 1;
+        self.compare(i);
+        if (i + 1) % VERIFY_EVERY == 0 {
+            self.audit(i);
+        }
+    }
+
+    /// Every workspace and every generation of the pool, ledger against model.
+    fn compare(&self, i: usize) {
+        let l = self.ledger();
+        let m = &self.model;
+        let got = l.workspaces(None, 1000).expect("list workspaces");
+        let want: Vec<WorkspaceSummary> = m.ws.iter().map(|(id, w)| m.summary(id, w)).collect();
+        assert_eq!(got, want, "step {i}: workspaces differ from the model");
+        for n in 0..GENERATIONS {
+            let id = gen_id(n);
+            let got = l.generation(&id);
+            match m.gens.get(&id) {
+                Some(g) => assert_eq!(got, Ok(m.view(&id, g)), "step {i}: generation {id}"),
+                None => assert_eq!(
+                    got,
+                    Err(Error::UnknownGeneration { generation: id.clone() }),
+                    "step {i}: generation {id} should not exist"
+                ),
+            }
+        }
+        assert_eq!(l.now_ms(), m.clock.max(m.last_at), "step {i}: now_ms");
+        assert_eq!(
+            l.next_deadline_ms(),
+            m.earliest_deadline(),
+            "step {i}: next_deadline_ms"
+        );
+    }
+
+    /// `verify()`, conservation, and the log's length and last entry.
+    fn audit(&mut self, i: usize) {
+        let l = self.ledger();
+        let report = l.verify().expect("verify runs");
+        assert!(report.is_clean(), "step {i}: verify found {report:#?}");
+        let totals = l.totals().expect("totals");
+        assert!(totals.is_conserved(), "step {i}: not conserved: {totals:?}");
+        let n = self.model.txns.len() as u64;
+        assert_eq!(report.checked.transactions, n, "step {i}: transaction count");
+        if n > 0 {
+            let t = l.transaction(n).expect("the last transaction");
+            let mt = self.model.txn(n);
+            assert_eq!(
+                (t.kind, t.at_ms, t.balance_after_credits, t.workspace.as_str()),
+                (mt.kind, mt.at, mt.after, mt.ws.as_str()),
+                "step {i}: the last transaction"
+            );
+        }
+        assert_eq!(
+            l.transaction(n + 1),
+            Err(Error::UnknownTransaction { txn_id: n + 1 }),
+            "step {i}: ids are dense"
+        );
+        self.stats.verifies += 1;
+    }
+}
+
+/// Decode `data` and run it against a ledger and the model. Panics on the first difference.
+pub fn run(data: &[u8]) -> RunStats {
+    let steps = decode(data);
+    let mut h = Harness::new();
+    for (i, s) in steps.iter().enumerate() {
+        h.step(i, s);
+    }
+    // At the end: audit, then a crash and one more audit of what survived.
+    h.audit(steps.len());
+    h.reopen(true, steps.len());
+    h.compare(steps.len());
+    h.audit(steps.len());
+    h.stats
+}
