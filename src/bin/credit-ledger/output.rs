@@ -99,13 +99,13 @@ impl Table {
         }
         let fmt = |cells: &[String]| {
             let mut line = String::new();
-            for i in 0..n {
+            for (i, (width, align)) in widths.iter().zip(&self.align).enumerate() {
                 let cell = cells.get(i).map_or("", String::as_str);
-                let pad = widths[i].saturating_sub(cell.chars().count());
+                let pad = width.saturating_sub(cell.chars().count());
                 if i > 0 {
                     line.push_str("  ");
                 }
-                match self.align[i] {
+                match align {
                     Align::Left => {
                         line.push_str(cell);
                         if i + 1 < n {

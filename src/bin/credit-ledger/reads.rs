@@ -400,8 +400,13 @@ pub fn verify(ctx: &Context, out: &mut Out) -> Result<(), CliError> {
         }))?;
     } else {
         out.line(format!(
-            "Checked: {} transactions, {} workspaces, {} generations ({} running), {} history entries, {} idempotency keys",
-            c.transactions, c.workspaces, c.generations, c.running, c.history_entries, c.idempotency_keys
+            "Checked: {}, {}, {} ({} running), {}, {}",
+            count(c.transactions, "transaction", "transactions"),
+            count(c.workspaces, "workspace", "workspaces"),
+            count(c.generations, "generation", "generations"),
+            c.running,
+            count(c.history_entries, "history entry", "history entries"),
+            count(c.idempotency_keys, "idempotency key", "idempotency keys"),
         ))?;
         if report.is_clean() {
             out.line("OK: every balance, link, index and checksum is consistent")?;
@@ -435,6 +440,11 @@ pub fn verify(ctx: &Context, out: &mut Out) -> Result<(), CliError> {
             ),
         })
     }
+}
+
+/// `1 workspace`, `2 workspaces`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn pct(x: f64) -> String {

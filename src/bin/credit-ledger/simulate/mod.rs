@@ -119,14 +119,8 @@ fn fresh_file(ctx: &Context) -> Result<PathBuf, CliError> {
         return Ok(path);
     }
     let dir = std::env::temp_dir();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    for attempt in 0..100u32 {
-        let path = dir.join(format!(
-            "credit-ledger-sim-{}-{stamp}-{attempt}.redb",
-            std::process::id()
-        ));
+    for n in 0..1000u32 {
+        let path = dir.join(format!("credit-ledger-sim-{}-{n}.redb", std::process::id()));
         if !path.exists() {
             return Ok(path);
         }

@@ -114,16 +114,30 @@ impl<'a> Report<'a> {
                 ),
             },
             eq_check("running at the end", i.totals.running_generations, 0),
-            eq_check("workspaces", i.totals.workspaces, u64::from(i.params.workspaces)),
+            eq_check(
+                "workspaces",
+                i.totals.workspaces,
+                u64::from(i.params.workspaces),
+            ),
             eq_check("transactions", i.audit.checked.transactions, t.transactions),
             eq_check("generations started", t.started, i.params.generations),
             eq_check("completed", t.completed, t.expected_completed),
             Check {
                 name: "refunds by reason",
-                ok: ledger_by_reason == expected_by_reason && observed_by_reason == expected_by_reason,
-                detail: format!(
-                    "ledger {ledger_by_reason:?}, receipts {observed_by_reason:?}, expected {expected_by_reason:?}"
-                ),
+                ok: ledger_by_reason == expected_by_reason
+                    && observed_by_reason == expected_by_reason,
+                detail: if ledger_by_reason == expected_by_reason
+                    && observed_by_reason == expected_by_reason
+                {
+                    format!(
+                        "the ledger's stats, the receipts and the simulation agree on {} refunds",
+                        expected_by_reason.values().sum::<u64>()
+                    )
+                } else {
+                    format!(
+                        "ledger {ledger_by_reason:?}, receipts {observed_by_reason:?}, simulation {expected_by_reason:?}"
+                    )
+                },
             },
             eq_check("unexpected results", t.unexpected, 0),
         ];
@@ -339,6 +353,10 @@ impl<'a> Report<'a> {
         } else {
             format!("Result: FAILED ({})", self.failure_summary())
         });
+        lines.push(format!(
+            "Explore it with: credit-ledger --db {} history ws-0000 (delete the file when done)",
+            i.db.display()
+        ));
         lines
     }
 }

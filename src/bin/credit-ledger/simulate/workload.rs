@@ -181,13 +181,11 @@ impl Executor {
                 })
                 .collect();
             for h in handles {
-                match h.join() {
-                    Ok(done) => {
-                        for (c, r) in done {
-                            per_chunk[c] = r;
-                        }
+                // A worker that panicked leaves its chunks empty: they count as unexpected.
+                if let Ok(done) = h.join() {
+                    for (c, r) in done {
+                        per_chunk[c] = r;
                     }
-                    Err(_) => {} // a worker panicked; its chunks stay empty and count as unexpected
                 }
             }
         });
