@@ -62,8 +62,12 @@ fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
     match e {
         redb::DatabaseError::DatabaseAlreadyOpen => Error::AlreadyOpen { path: shown },
         // redb reports "not a redb database" (another format, random bytes) as InvalidData.
+        // A file too short for redb's header is not a ledger either.
         redb::DatabaseError::Storage(redb::StorageError::Io(io))
-            if io.kind() == std::io::ErrorKind::InvalidData =>
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
         {
             Error::NotALedger {
                 path: shown,
@@ -78,6 +82,36 @@ fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
             detail: other.to_string(),
         },
     }
+}
+
+/// Run `f`, turning a panic into an error. redb asserts (or indexes out of bounds) on some kinds
+/// of damaged pages instead of returning an error; a caller of the ledger must get a typed error
+/// for a damaged file, never a panic, so opening and every read run under this guard. The panic
+/// message is still printed by the process's panic hook: replacing a process-wide hook is not a
+/// library's call to make.
+fn no_panic<T>(on_panic: impl FnOnce(String) -> Error, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(on_panic(format!(
+            "the storage engine failed on damaged data ({message}); run `verify` and restore from a backup"
+        )))
+    })
+}
+
+/// [`no_panic`] for a read: a panic becomes [`Error::Corruption`].
+fn read_guard<T>(what: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    no_panic(
+        |detail| Error::Corruption {
+            table: what,
+            key: String::new(),
+            detail,
+        },
+        f,
+    )
 }
 
 impl Ledger {
@@ -102,12 +136,16 @@ impl Ledger {
                 });
             }
         }
-        let mut builder = redb::Builder::new();
-        builder.set_cache_size(options.cache_size_bytes);
-        let db = builder
-            .create(path)
-            .map_err(|e| map_open_error(path, e))?;
-        Self::init(db, Some(path.to_path_buf()), options)
+        let not_ledger = |detail| Error::NotALedger {
+            path: path.display().to_string(),
+            detail,
+        };
+        no_panic(not_ledger, || {
+            let mut builder = redb::Builder::new();
+            builder.set_cache_size(options.cache_size_bytes);
+            let db = builder.create(path).map_err(|e| map_open_error(path, e))?;
+            Self::init(db, Some(path.to_path_buf()), options)
+        })
     }
 
     /// A ledger that lives in memory only, with default [`Options`]. For tests and demos.
@@ -129,11 +167,17 @@ impl Ledger {
         backend: impl redb::StorageBackend,
         options: Options,
     ) -> Result<Ledger> {
-        let db = redb::Builder::new()
-            .set_cache_size(options.cache_size_bytes)
-            .create_with_backend(backend)
-            .map_err(|e| map_open_error(Path::new("<backend>"), e))?;
-        Self::init(db, None, options)
+        let not_ledger = |detail| Error::NotALedger {
+            path: "<backend>".into(),
+            detail,
+        };
+        no_panic(not_ledger, || {
+            let db = redb::Builder::new()
+                .set_cache_size(options.cache_size_bytes)
+                .create_with_backend(backend)
+                .map_err(|e| map_open_error(Path::new("<backend>"), e))?;
+            Self::init(db, None, options)
+        })
     }
 
     fn init(db: Database, path: Option<PathBuf>, options: Options) -> Result<Ledger> {
@@ -504,7 +548,7 @@ impl Ledger {
     /// A workspace's balance, running totals and running generations.
     pub fn balance(&self, workspace: &str) -> Result<WorkspaceSummary> {
         validate::id("workspace", workspace)?;
-        query::workspace_summary(&self.read()?, workspace)
+        read_guard("workspaces", || query::workspace_summary(&self.read()?, workspace))
     }
 
     /// Workspaces in id order, after `after`, at most `limit` (1..=1000).
@@ -514,25 +558,27 @@ impl Ledger {
             u64::from(limit),
             u64::from(crate::limits::MAX_PAGE_LIMIT),
         )?;
-        query::list_workspaces(&self.read()?, after, limit)
+        read_guard("workspaces", || query::list_workspaces(&self.read()?, after, limit))
     }
 
     /// The sums over all workspaces, for a conservation check:
     /// `granted - spent + refunded + adjusted_in - adjusted_out == balance`.
     pub fn totals(&self) -> Result<LedgerTotals> {
-        query::totals(&self.read()?)
+        read_guard("workspaces", || query::totals(&self.read()?))
     }
 
     /// A generation's lifecycle: charge, deadline, state, refund.
     pub fn generation(&self, generation_id: &str) -> Result<GenerationView> {
         validate::id("generation id", generation_id)?;
-        query::generation_view(&self.read()?, generation_id, self.now_ms())
+        read_guard("generations", || {
+            query::generation_view(&self.read()?, generation_id, self.now_ms())
+        })
     }
 
     /// One transaction's credit summary: balance before, the action, the new balance, and the
     /// links between a Usage and its Refund.
     pub fn transaction(&self, txn_id: u64) -> Result<TransactionView> {
-        query::transaction_view(&self.read()?, txn_id)
+        read_guard("transactions", || query::transaction_view(&self.read()?, txn_id))
     }
 
     /// A page of a workspace's history, newest first, filtered. Pass the returned
@@ -544,7 +590,9 @@ impl Ledger {
         page: &PageRequest,
     ) -> Result<HistoryPage> {
         validate::id("workspace", workspace)?;
-        query::history::history(&self.read()?, workspace, filter, page)
+        read_guard("workspace_history", || {
+            query::history::history(&self.read()?, workspace, filter, page)
+        })
     }
 
     /// Failures and refunds by reason and by feature within `window`.
@@ -554,12 +602,12 @@ impl Ledger {
                 return Err(InvalidInput::EmptyWindow { since_ms, until_ms }.into());
             }
         }
-        query::stats::stats(&self.read()?, window)
+        read_guard("transactions", || query::stats::stats(&self.read()?, window))
     }
 
     /// Check every invariant of the stored ledger. An empty report means healthy.
     pub fn verify(&self) -> Result<AuditReport> {
-        audit::verify(&self.read()?)
+        read_guard("(audit)", || audit::verify(&self.read()?))
     }
 }
 
