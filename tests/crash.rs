@@ -1,11 +1,12 @@
 //! Crash consistency at every I/O event of a scripted workload.
 //!
 //! A fault-free run of a ~200-operation script (credits, starts, completions, failures,
-//! sweeps, replays, lazy expiry, clock jumps) counts its storage events (writes and syncs) and
-//! records the ledger's observable state after every operation. Then, for **every** event N of
-//! that run and for both crash modes (every unsynced write lost; a random subset landed with
-//! one torn), the script runs again on a [`FaultyBackend`] that crashes at event N. The
-//! post-crash image is reopened and checked:
+//! sweeps, replays, lazy expiry, clock jumps) on a recording [`FaultyBackend`] counts its
+//! storage events (writes and syncs), records every storage call, and records the ledger's
+//! observable state after every operation. Then, for **every** event N of that run, in three
+//! crash modes (every unsynced write lost; a random subset landed with one write torn; and, at
+//! each sync, the sync completed but the caller never heard), it takes the image a crash at
+//! event N leaves, reopens it and checks:
 //!
 //! 1. every acknowledged operation is there: the state is at least the state after the last
 //!    acknowledged operation;
@@ -14,12 +15,21 @@
 //! 3. `verify()` is clean and credits are conserved;
 //! 4. retrying the in-flight operation with the same ids gives exactly one effect: the state
 //!    then equals the fault-free state after it (one charge, one refund), and the receipt is
-//!    the fault-free receipt (marked as a replay when the operation had landed).
+//!    the fault-free receipt (marked as a replay when the operation had landed). A sweep has no
+//!    ids: retried, it may refund more expired generations, never one already refunded.
+//!
+//! The crash images are computed from the recorded calls ([`CrashImages`]): the script is
+//! deterministic, so a run that crashes at event N issues exactly the calls of the fault-free
+//! run up to N. A sample of crash points is also run live (the script runs on a backend that
+//! really crashes at N, every acknowledged answer must equal the fault-free one, and a write
+//! after the crash must fail), and the live image must equal the computed one byte for byte.
+//! Computing the images keeps the test to seconds instead of re-running the script thousands
+//! of times.
 //!
 //! A second reopen of the same image uses the default `sweep_on_open`, with the clock at the
 //! in-flight operation's time: the catch-up sweep may refund what expired, but must not touch
-//! anything that had finished; then the rest of the script runs to its end, and the final
-//! balances and generation outcomes must match the fault-free run's.
+//! anything that had finished; then (for one point in 16) the rest of the script runs to its
+//! end, and the final balances and generation outcomes must match the fault-free run's.
 
 #[path = "support/faulty.rs"]
 mod faulty;
