@@ -304,6 +304,7 @@ fn failed_commits_leave_exactly_one_charge_or_refund_after_retry() {
     let mut checked = 0;
     let mut landed_count = 0;
     let mut lost_count = 0;
+    let mut errors: std::collections::BTreeMap<String, u32> = Default::default();
     for case in cases() {
         let p = probe(&case);
         for fault in faults(&p) {
@@ -325,6 +326,11 @@ fn failed_commits_leave_exactly_one_charge_or_refund_after_retry() {
                 Err(e) => e,
             };
             assert!(is_clear_storage_error(&e), "{ctx}: unexpected error {e:?}");
+            let kind = match &e {
+                Error::CommitUncertain { .. } => "CommitUncertain",
+                _ => "Storage",
+            };
+            *errors.entry(format!("{}: {kind}", fault.name)).or_insert(0) += 1;
 
             // In process: redb latches the I/O error, so this Ledger refuses every further
             // write and read with a storage error that says to reopen; it never answers wrongly.
@@ -422,5 +428,6 @@ fn failed_commits_leave_exactly_one_charge_or_refund_after_retry() {
     println!(
         "commit-error cases checked: {checked} (the failed commit had landed in {landed_count}, not in {lost_count})"
     );
+    println!("errors returned by the failing operation: {errors:?}");
     assert!(landed_count > 0 && lost_count > 0);
 }
