@@ -256,29 +256,36 @@ pub fn run(
     // grant. Generation i is paid by workspace i % workspaces.
     let per_ws = p.generations.div_ceil(u64::from(p.workspaces));
     let purchase = per_ws.saturating_mul(MAX_COST).max(1);
-    let mut ops = Vec::with_capacity(p.workspaces as usize * 2);
-    for w in 0..u64::from(p.workspaces) {
-        let ws = workspace_id(w);
-        ops.push(Op::Credit(
-            Credit::purchase(&ws, purchase, format!("order-{w}")).memo("simulated purchase"),
-        ));
-        ops.push(Op::Credit(
-            Credit::grant(&ws, TRIAL_GRANT, format!("trial-{w}")).memo("trial credits"),
-        ));
-    }
-    let n = ops.len() as u64;
-    let t = Instant::now();
-    let results = exec.run(ops);
-    tally.time("fund", n, t.elapsed());
-    for r in results {
-        match r {
-            Ok(Outcome::Credit(rc)) if !rc.replay => {
-                tally.granted += u128::from(rc.amount_credits.unsigned_abs());
-                tally.transactions += 1;
-            }
-            Err(e) if fatal(&e) => return Err(e),
-            other => tally.unexpected(format!("fund: {other:?}")),
+    let workspaces = u64::from(p.workspaces);
+    let mut w0 = 0;
+    while w0 < workspaces {
+        // In waves too, so that a million workspaces do not mean two million queued requests.
+        let w1 = (w0 + 5_000).min(workspaces);
+        let mut ops = Vec::with_capacity(((w1 - w0) * 2) as usize);
+        for w in w0..w1 {
+            let ws = workspace_id(w);
+            ops.push(Op::Credit(
+                Credit::purchase(&ws, purchase, format!("order-{w}")).memo("simulated purchase"),
+            ));
+            ops.push(Op::Credit(
+                Credit::grant(&ws, TRIAL_GRANT, format!("trial-{w}")).memo("trial credits"),
+            ));
         }
+        let n = ops.len() as u64;
+        let t = Instant::now();
+        let results = exec.run(ops);
+        tally.time("fund", n, t.elapsed());
+        for r in results {
+            match r {
+                Ok(Outcome::Credit(rc)) if !rc.replay => {
+                    tally.granted += u128::from(rc.amount_credits.unsigned_abs());
+                    tally.transactions += 1;
+                }
+                Err(e) if fatal(&e) => return Err(e),
+                other => tally.unexpected(format!("fund: {other:?}")),
+            }
+        }
+        w0 = w1;
     }
 
     let wave_size = wave_size(p.generations);
