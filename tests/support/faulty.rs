@@ -25,6 +25,13 @@
 //! Besides crashes, [`Plan::FailAt`] makes one event return an error without crashing (an
 //! `fsync` or `write` error), choosing whether the failed sync's data became durable anyway.
 //!
+//! To test every crash point of a long workload cheaply, run it once on
+//! [`FaultyBackend::recording`], take its [`IoLog`], and let [`CrashImages`] compute the image a
+//! crash at each event would leave (the same code path as a live crash, so the images are
+//! identical for a deterministic workload; confirm on a sample of live crashes).
+//!
+//! Use it from a test with `#[path = "support/faulty.rs"] mod faulty;`.
+//!
 //! A backend is `Clone`; clones share one state, so a test keeps a clone to inspect the backend
 //! that it handed to [`credit_ledger::Ledger::open_backend`].
 #![allow(dead_code)]
