@@ -145,7 +145,7 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
     }
     let bar = indicatif::ProgressBar::new(total);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} generations started ({per_sec})",
+        "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} generations, eta {eta}",
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
