@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 use std::sync::mpsc;
 use std::time::Duration;
 

@@ -81,7 +81,8 @@ fn seeded_operation_sequences_match_the_model() {
     }
     println!(
         "model: seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
-         matched), {} refunds, {} reopens ({} crashes), {} clean verify() runs, in {:.1} s",
+         matched), {} refunds, {} reopens ({} crashes), {} clean verify() runs, in {:.1} s; \
+         errors by kind: {:?}",
         total.steps,
         total.ops,
         total.ok,
@@ -90,7 +91,8 @@ fn seeded_operation_sequences_match_the_model() {
         total.reopens,
         total.crashes,
         total.verifies,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        total.error_kinds
     );
     assert!(cases >= MIN_CASES);
     // The generator must really reach the interesting paths, or the test proves little.

@@ -28,9 +28,9 @@ use credit_ledger::limits::{
     MAX_MESSAGE_BYTES, MAX_SWEEP_LIMIT, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS,
 };
 use credit_ledger::{
-    format_duration_ms, Adjust, Charge, Completion, Credit, Error, GenerationState,
-    GenerationView, InvalidInput, Ledger, ManualClock, Op, Options, Outcome, Receipt,
-    RefundReason, RefundReceipt, StartGeneration, SweepReport, TxnKind, WorkspaceSummary,
+    format_duration_ms, Adjust, Charge, Completion, Credit, Error, GenerationState, GenerationView,
+    InvalidInput, Ledger, ManualClock, Op, Options, Outcome, Receipt, RefundReason, RefundReceipt,
+    StartGeneration, SweepReport, TxnKind, WorkspaceSummary,
 };
 
 /// Most operations one input is decoded into.
@@ -42,8 +42,19 @@ const VERIFY_EVERY: usize = 16;
 const START_MS: u64 = 1_700_000_000_000;
 
 const WORKSPACES: [&str; 4] = ["ws-a", "ws-b", "ws-c", "ws-unknown"];
-const GENERATIONS: usize = 10;
-const KEYS: usize = 8;
+const GENERATIONS: usize = 20;
+const KEYS: usize = 24;
+/// The usual amount of each idempotency key, so that reusing a key is mostly a replay.
+const KEY_AMOUNTS: [u64; 8] = [
+    40,
+    25,
+    60,
+    MAX_AMOUNT_CREDITS,
+    5,
+    100,
+    12,
+    MAX_AMOUNT_CREDITS - 9,
+];
 const FEATURES: [&str; 2] = ["Quick Video", "Image Upscale"];
 const MEMOS: [&str; 3] = ["", "promo", "goodwill"];
 const TIMEOUTS: [u64; 4] = [MIN_TIMEOUT_MS, 30_000, 600_000, DEFAULT_TIMEOUT_MS];
@@ -63,6 +74,8 @@ fn key_id(i: usize) -> String {
 struct Image {
     live: Vec<u8>,
     durable: Vec<u8>,
+    /// Byte ranges of `live` written since the last sync.
+    dirty: Vec<(usize, usize)>,
 }
 
 /// A redb backend over a shared in-memory image. `dead` cuts this handle off (a crash).
@@ -105,15 +118,28 @@ impl redb::StorageBackend for ImageBackend {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.check()?;
         let len = usize::try_from(len).map_err(|_| io_err("length out of range"))?;
-        self.image.lock().unwrap().live.resize(len, 0);
+        let mut img = self.image.lock().unwrap();
+        let old = img.live.len();
+        img.live.resize(len, 0);
+        img.dirty.push((old.min(len), old.max(len)));
         Ok(())
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
         self.check()?;
         let mut img = self.image.lock().unwrap();
-        let Image { live, durable } = &mut *img;
-        durable.clone_from(live);
+        let Image {
+            live,
+            durable,
+            dirty,
+        } = &mut *img;
+        durable.resize(live.len(), 0);
+        for (start, end) in dirty.drain(..) {
+            let end = end.min(live.len());
+            if start < end {
+                durable[start..end].copy_from_slice(&live[start..end]);
+            }
+        }
         Ok(())
     }
 
@@ -126,6 +152,7 @@ impl redb::StorageBackend for ImageBackend {
             .get_mut(start..start + data.len())
             .ok_or_else(|| io_err("write past the end"))?;
         dst.copy_from_slice(data);
+        img.dirty.push((start, start + data.len()));
         Ok(())
     }
 }
@@ -172,23 +199,38 @@ pub enum Step {
 
 fn decode_amount(b: &mut Bytes<'_>) -> Option<u64> {
     Some(match b.u8()? {
-        0..=3 => 0,                               // invalid
-        4..=5 => MAX_AMOUNT_CREDITS,              // pushes totals towards overflow
-        6 => MAX_AMOUNT_CREDITS + 1,              // invalid: too large
+        0..=3 => 0,                                   // invalid
+        4..=5 => MAX_AMOUNT_CREDITS,                  // pushes totals towards overflow
+        6 => MAX_AMOUNT_CREDITS + 1,                  // invalid: too large
         7 => MAX_AMOUNT_CREDITS - u64::from(b.u8()?), // large
-        x => u64::from(x % 60) + 1,               // ordinary
+        x => u64::from(x % 60) + 1,                   // ordinary
     })
 }
 
 fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
     Some(match b.below(16)? {
         0..=2 => {
-            let ws = WORKSPACES[b.below(3)?].to_string();
-            let amount = decode_amount(b)?;
+            let k = b.below(KEYS)?;
             let flags = b.u8()?;
-            let key = key_id(flags as usize % KEYS);
-            let memo = MEMOS[(flags as usize / KEYS) % MEMOS.len()];
-            let credit = if flags & 0x80 != 0 {
+            // Mostly the key's usual request (a reuse replays it); sometimes anything.
+            let (ws, amount, memo, grant) = if flags & 0xc0 != 0 {
+                (
+                    WORKSPACES[k % 3],
+                    KEY_AMOUNTS[k % 8],
+                    MEMOS[k % 3],
+                    k % 2 == 1,
+                )
+            } else {
+                let memo = MEMOS[(flags as usize >> 1) % MEMOS.len()];
+                (
+                    WORKSPACES[b.below(3)?],
+                    decode_amount(b)?,
+                    memo,
+                    flags & 1 == 1,
+                )
+            };
+            let (ws, key) = (ws.to_string(), key_id(k));
+            let credit = if grant {
                 Credit::grant(ws, amount, key)
             } else {
                 Credit::purchase(ws, amount, key)
@@ -225,6 +267,13 @@ fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
                 x => u64::from(x % 8) + 1,
             };
             let mut start = StartGeneration::new(id, ws, feature, cost);
+            if flags & 0x20 == 0 {
+                // The generation's usual request, so that a reuse is mostly a replay.
+                let n = start.generation_id[4..].parse::<usize>().unwrap_or(0);
+                start.workspace = WORKSPACES[n % 3].to_string();
+                start.feature = FEATURES[n % 2].to_string();
+                start.cost_credits = (n % 7) as u64 + 1;
+            }
             match flags >> 6 {
                 0 | 1 => {}
                 2 => start = start.timeout_ms(TIMEOUTS[b.below(TIMEOUTS.len())?]),
@@ -274,14 +323,14 @@ fn decode_step(b: &mut Bytes<'_>) -> Option<Step> {
             Step::Batch(ops)
         }
         22..=26 => Step::Forward(match b.below(8)? {
-            0..=3 => u64::from(b.u16()?),          // up to a minute
-            4 | 5 => u64::from(b.u16()?) * 20,      // up to ~22 minutes
+            0..=3 => u64::from(b.u16()?),                  // up to a minute
+            4 | 5 => u64::from(b.u16()?) * 20,             // up to ~22 minutes
             6 => DEFAULT_TIMEOUT_MS + u64::from(b.u16()?), // past the default deadline
-            _ => MAX_TIMEOUT_MS,                    // past every deadline
+            _ => MAX_TIMEOUT_MS,                           // past every deadline
         }),
         27..=29 => Step::Back(match b.below(4)? {
             0..=2 => u64::from(b.u16()?) % DEFAULT_MAX_CLOCK_REGRESSION_MS + 1, // tolerated
-            _ => DEFAULT_MAX_CLOCK_REGRESSION_MS + 1 + u64::from(b.u16()?),    // refused
+            _ => DEFAULT_MAX_CLOCK_REGRESSION_MS + 1 + u64::from(b.u16()?),     // refused
         }),
         _ => Step::Reopen {
             crash: b.u8()? & 1 == 0,
@@ -323,8 +372,14 @@ struct WsModel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GenModelState {
     Running,
-    Succeeded { at: u64 },
-    Refunded { at: u64, reason: RefundReason, refund_txn: u64 },
+    Succeeded {
+        at: u64,
+    },
+    Refunded {
+        at: u64,
+        reason: RefundReason,
+        refund_txn: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -480,6 +535,7 @@ impl Model {
     }
 
     /// Credit and Adjust share this path, like the engine.
+    #[allow(clippy::too_many_arguments)]
     fn movement(
         &mut self,
         now: u64,
@@ -551,7 +607,10 @@ impl Model {
                 .ok_or_else(|| overflow(ws, "the balance"))?;
             // Room must remain to refund every running generation.
             w.balance.checked_add(w.held).ok_or_else(|| {
-                overflow(ws, "the balance plus the credits held by running generations")
+                overflow(
+                    ws,
+                    "the balance plus the credits held by running generations",
+                )
             })?;
             let total = if kind == TxnKind::Adjustment {
                 &mut w.adj_in
@@ -643,13 +702,14 @@ impl Model {
                 workspace: s.workspace.clone(),
             })?;
         let before = w.balance;
-        w.balance = before
-            .checked_sub(s.cost_credits)
-            .ok_or_else(|| Error::InsufficientCredits {
-                workspace: s.workspace.clone(),
-                balance_credits: before,
-                required_credits: s.cost_credits,
-            })?;
+        w.balance =
+            before
+                .checked_sub(s.cost_credits)
+                .ok_or_else(|| Error::InsufficientCredits {
+                    workspace: s.workspace.clone(),
+                    balance_credits: before,
+                    required_credits: s.cost_credits,
+                })?;
         w.spent = w
             .spent
             .checked_add(s.cost_credits)
@@ -955,10 +1015,12 @@ impl Model {
                 next_deadline_ms: earliest,
             });
         }
-        self.apply_batch(&[Op::Sweep { limit }]).remove(0).map(|o| match o {
-            Outcome::Sweep(r) => r,
-            other => unreachable!("{other:?}"),
-        })
+        self.apply_batch(&[Op::Sweep { limit }])
+            .remove(0)
+            .map(|o| match o {
+                Outcome::Sweep(r) => r,
+                other => unreachable!("{other:?}"),
+            })
     }
 
     /// The catch-up sweep that `open` runs; an error fails the open.
@@ -1024,7 +1086,7 @@ impl Model {
 // Running a test case.
 
 /// What one run did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct RunStats {
     /// Steps run.
     pub steps: u64,
@@ -1042,6 +1104,23 @@ pub struct RunStats {
     pub refunds: u64,
     /// `verify()` runs, all clean.
     pub verifies: u64,
+    /// The errors returned (each matched by the model), by kind.
+    pub error_kinds: BTreeMap<&'static str, u64>,
+}
+
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidInput(_) => "InvalidInput",
+        Error::UnknownWorkspace { .. } => "UnknownWorkspace",
+        Error::UnknownGeneration { .. } => "UnknownGeneration",
+        Error::InsufficientCredits { .. } => "InsufficientCredits",
+        Error::Overflow { .. } => "Overflow",
+        Error::Conflict { .. } => "Conflict",
+        Error::GenerationRefunded { .. } => "GenerationRefunded",
+        Error::GenerationSucceeded { .. } => "GenerationSucceeded",
+        Error::ClockRegressed { .. } => "ClockRegressed",
+        _ => "other",
+    }
 }
 
 impl RunStats {
@@ -1055,6 +1134,9 @@ impl RunStats {
         self.crashes += o.crashes;
         self.refunds += o.refunds;
         self.verifies += o.verifies;
+        for (k, v) in &o.error_kinds {
+            *self.error_kinds.entry(k).or_default() += v;
+        }
     }
 }
 
@@ -1105,13 +1187,14 @@ impl Harness {
         match r {
             Ok(Outcome::Fail(f)) if !f.replay => self.stats.refunds += 1,
             Ok(Outcome::Sweep(s)) => self.stats.refunds += s.refunds.len() as u64,
-            Err(Error::GenerationRefunded { .. }) => {}
             _ => {}
         }
-        if r.is_ok() {
-            self.stats.ok += 1;
-        } else {
-            self.stats.errors += 1;
+        match r {
+            Ok(_) => self.stats.ok += 1,
+            Err(e) => {
+                self.stats.errors += 1;
+                *self.stats.error_kinds.entry(error_kind(e)).or_default() += 1;
+            }
         }
     }
 
@@ -1123,35 +1206,41 @@ impl Harness {
         drop(self.ledger.take());
         if crash {
             let mut img = self.image.lock().unwrap();
-            let Image { live, durable } = &mut *img;
+            let Image {
+                live,
+                durable,
+                dirty,
+            } = &mut *img;
             live.clone_from(durable);
+            dirty.clear();
             self.stats.crashes += 1;
         }
         self.stats.reopens += 1;
-        {
-            self.dead = Arc::new(AtomicBool::new(false));
-            let backend = ImageBackend {
-                image: self.image.clone(),
-                dead: self.dead.clone(),
-            };
-            let mut expected = self.model.clone();
-            let want = expected.open_sweep();
-            let got = Ledger::open_backend(backend, options(&self.clock));
-            match (got, want) {
-                (Ok(ledger), Ok(())) => {
-                    self.model = expected;
-                    self.ledger = Some(ledger);
-                    return;
-                }
-                (Err(got), Err(want)) => {
-                    panic!("step {step}: reopen failed: {got:?} (the model agrees: {want:?})")
-                }
-                (got, want) => panic!(
-                    "step {step}: reopen gave {:?}, the model expected {want:?} (clock {}, last {}, earliest {:?})",
-                    got.map(|l| (l.now_ms(), l.next_deadline_ms(), l.verify().map(|r| r.is_clean()))),
-                    self.model.clock, self.model.last_at, self.model.earliest_deadline()
-                ),
+        self.dead = Arc::new(AtomicBool::new(false));
+        let backend = ImageBackend {
+            image: self.image.clone(),
+            dead: self.dead.clone(),
+        };
+        // Opening runs the catch-up sweep: the model runs it too.
+        let mut expected = self.model.clone();
+        let want = expected.open_sweep();
+        let got = Ledger::open_backend(backend, options(&self.clock));
+        match (got, want) {
+            (Ok(ledger), Ok(())) => {
+                self.model = expected;
+                self.ledger = Some(ledger);
             }
+            (Err(got), Err(want)) => {
+                panic!("step {step}: reopen failed: {got:?} (the model agrees: {want:?})")
+            }
+            (got, want) => panic!(
+                "step {step}: reopen gave {:?}, the model expected {want:?} \
+                 (clock {}, last {}, earliest {:?})",
+                got.map(|l| (l.now_ms(), l.next_deadline_ms())),
+                self.model.clock,
+                self.model.last_at,
+                self.model.earliest_deadline()
+            ),
         }
     }
 
@@ -1227,7 +1316,9 @@ impl Harness {
                 Some(g) => assert_eq!(got, Ok(m.view(&id, g)), "step {i}: generation {id}"),
                 None => assert_eq!(
                     got,
-                    Err(Error::UnknownGeneration { generation: id.clone() }),
+                    Err(Error::UnknownGeneration {
+                        generation: id.clone()
+                    }),
                     "step {i}: generation {id} should not exist"
                 ),
             }
@@ -1248,12 +1339,20 @@ impl Harness {
         let totals = l.totals().expect("totals");
         assert!(totals.is_conserved(), "step {i}: not conserved: {totals:?}");
         let n = self.model.txns.len() as u64;
-        assert_eq!(report.checked.transactions, n, "step {i}: transaction count");
+        assert_eq!(
+            report.checked.transactions, n,
+            "step {i}: transaction count"
+        );
         if n > 0 {
             let t = l.transaction(n).expect("the last transaction");
             let mt = self.model.txn(n);
             assert_eq!(
-                (t.kind, t.at_ms, t.balance_after_credits, t.workspace.as_str()),
+                (
+                    t.kind,
+                    t.at_ms,
+                    t.balance_after_credits,
+                    t.workspace.as_str()
+                ),
                 (mt.kind, mt.at, mt.after, mt.ws.as_str()),
                 "step {i}: the last transaction"
             );
@@ -1279,5 +1378,5 @@ pub fn run(data: &[u8]) -> RunStats {
     h.reopen(true, steps.len());
     h.compare(steps.len());
     h.audit(steps.len());
-    h.stats
+    h.stats.clone()
 }
