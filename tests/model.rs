@@ -7,6 +7,9 @@
 //!   else: `MODEL_REPLAY=fuzz/artifacts/ops_model/crash-... cargo test --test model -- --nocapture`.
 //!
 //! Every input in `tests/data/model-crashes/` is replayed on every run, as a regression test.
+//! `mixed-crashes-overflow-clock.bin` is a seeded input kept because one run of it reaches
+//! crashes, overflow, a regressed clock, lazy expiry, conflicts and refusals; fuzzer crash
+//! inputs worth keeping go next to it.
 
 #[path = "support/model.rs"]
 mod model;
@@ -130,4 +133,8 @@ fn saved_crash_inputs_replay_cleanly() {
         );
     }
     println!("model: replayed {} saved input(s)", files.len());
+    assert!(
+        !files.is_empty(),
+        "no saved inputs found: tests/data/model-crashes/ ships at least one"
+    );
 }
