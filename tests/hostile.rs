@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use credit_ledger::{
-    Credit, Error, HistoryFilter, Ledger, ManualClock, Options, PageRequest, RefundReason,
+    Credit, Error, HistoryFilter, Ledger, ManualClock, Op, Options, PageRequest, RefundReason,
     StartGeneration, TimeWindow, TxnKind,
 };
 
@@ -225,6 +225,19 @@ fn examine_inline(path: &Path, original: Option<&str>) -> Answer {
     };
     let read = read_everything(&ledger);
     let audit = ledger.verify();
+    // Writes to the damaged file must answer too (Ok or a typed error), through both the
+    // single-operation path and a batch.
+    let _ = ledger.credit(Credit::purchase("workspace-1", 1, "hostile-probe"));
+    let _ = ledger.apply(&[
+        Op::Start(StartGeneration::new(
+            "hostile-gen",
+            "workspace-2",
+            "Probe",
+            1,
+        )),
+        Op::Sweep { limit: 100 },
+    ]);
+    let _ = ledger.fail_generation("gen-0-1", RefundReason::SystemError, "probe");
     match (read, audit) {
         (_, Ok(report)) if !report.is_clean() => Answer::AuditReported(format!(
             "{} violation(s), first: {:?}",
