@@ -29,8 +29,8 @@ use credit_ledger::limits::{
 };
 use credit_ledger::{
     format_duration_ms, Adjust, Charge, Completion, Credit, Error, GenerationState, GenerationView,
-    InvalidInput, Ledger, ManualClock, Op, Options, Outcome, Receipt, RefundReason, RefundReceipt,
-    StartGeneration, SweepReport, TxnKind, WorkspaceSummary,
+    HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options, Outcome, PageRequest, Receipt,
+    RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind, WorkspaceSummary,
 };
 
 /// Most operations one input is decoded into.
@@ -406,6 +406,8 @@ struct TxnModel {
     memo: Option<String>,
     /// For a refund: reason and stored message.
     refund: Option<(RefundReason, String)>,
+    /// For a usage or a refund: the generation.
+    gen: Option<String>,
 }
 
 impl TxnModel {
@@ -636,6 +638,7 @@ impl Model {
                 after,
                 memo: Some(memo.to_string()),
                 refund: None,
+                gen: None,
             },
         );
         self.idem.insert(key.to_string(), id);
@@ -736,6 +739,7 @@ impl Model {
                 after,
                 memo: None,
                 refund: None,
+                gen: Some(s.generation_id.clone()),
             },
         );
         self.gens.insert(
@@ -809,6 +813,7 @@ impl Model {
                 after,
                 memo: None,
                 refund: Some((reason, truncate(message))),
+                gen: Some(id.to_string()),
             },
         );
         self.gens.get_mut(id).unwrap().state = GenModelState::Refunded {
@@ -1331,6 +1336,71 @@ impl Harness {
         );
     }
 
+    /// Every workspace's whole history, oldest first, against the model's log.
+    fn compare_history(&self, i: usize) {
+        let l = self.ledger();
+        let m = &self.model;
+        for ws in m.ws.keys() {
+            let mut got = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = l
+                    .history(
+                        ws,
+                        &HistoryFilter::all(),
+                        &PageRequest {
+                            limit: 1000,
+                            cursor: cursor.take(),
+                            oldest_first: true,
+                        },
+                    )
+                    .expect("history");
+                got.extend(page.entries.into_iter().map(|e| {
+                    (
+                        e.id,
+                        e.kind,
+                        e.status,
+                        i128::from(e.amount_credits),
+                        e.balance_before_credits,
+                        e.balance_after_credits,
+                        e.at_ms,
+                        e.generation_id,
+                        e.reason,
+                    )
+                }));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let want: Vec<_> = m
+                .txns
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| &t.ws == ws)
+                .map(|(n, t)| {
+                    let status = match (t.kind, t.gen.as_ref().map(|g| m.gens[g].state)) {
+                        (TxnKind::Usage, Some(GenModelState::Running)) => Status::Pending,
+                        (TxnKind::Usage, Some(GenModelState::Refunded { .. })) => Status::Failed,
+                        _ => Status::Completed,
+                    };
+                    (
+                        n as u64 + 1,
+                        t.kind,
+                        status,
+                        t.signed(),
+                        t.before,
+                        t.after,
+                        t.at,
+                        t.gen.clone(),
+                        t.refund.as_ref().map(|r| r.0),
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "step {i}: history of {ws}");
+        }
+    }
+
     /// `verify()`, conservation, and the log's length and last entry.
     fn audit(&mut self, i: usize) {
         let l = self.ledger();
@@ -1362,6 +1432,7 @@ impl Harness {
             Err(Error::UnknownTransaction { txn_id: n + 1 }),
             "step {i}: ids are dense"
         );
+        self.compare_history(i);
         self.stats.verifies += 1;
     }
 }
