@@ -224,3 +224,96 @@ fn damage_to_the_last_record_fails_the_open_with_a_named_error() {
         other => panic!("expected Corruption, got {other:?}"),
     }
 }
+
+const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
+const HISTORY: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("workspace_history");
+const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+
+#[test]
+fn a_second_refund_of_the_same_generation_is_named() {
+    let f = fixture();
+    {
+        let db = redb::Database::open(&f.path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(TRANSACTIONS).unwrap();
+            let refund = t.get(f.refund_txn).unwrap().unwrap().value().to_vec();
+            let last = t.last().unwrap().unwrap().0.value();
+            t.insert(last + 1, refund.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let ledger = reopen(&f);
+    let report = ledger.verify().unwrap();
+    let dup = report
+        .violations
+        .iter()
+        .find(|v| v.invariant == Invariant::DuplicateRefund)
+        .unwrap_or_else(|| panic!("{:#?}", report.violations));
+    assert_eq!(dup.generation.as_deref(), Some("g1"));
+    assert!(dup.txn_ids.contains(&f.refund_txn), "{dup:?}");
+}
+
+#[test]
+fn a_lost_deadline_entry_is_named() {
+    let (dir, clock) = (tempfile::tempdir().unwrap(), ManualClock::new(T0_MS));
+    let path = dir.path().join("d.redb");
+    let deadline = {
+        let ledger = Ledger::open_with(&path, options(&clock)).unwrap();
+        fund(&ledger, "ws", 100);
+        ledger
+            .start_generation(StartGeneration::new("run", "ws", "Image", 3))
+            .unwrap()
+            .deadline_ms
+    };
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        assert!(w
+            .open_table(DEADLINES)
+            .unwrap()
+            .remove((deadline, "run"))
+            .unwrap()
+            .is_some());
+        w.commit().unwrap();
+    }
+    let ledger = Ledger::open_with(&path, options(&clock)).unwrap();
+    let report = ledger.verify().unwrap();
+    assert_eq!(report.violations.len(), 1, "{:#?}", report.violations);
+    let v = &report.violations[0];
+    assert_eq!(v.invariant, Invariant::DeadlineIndex);
+    assert_eq!(v.generation.as_deref(), Some("run"));
+}
+
+#[test]
+fn stray_index_entries_are_named() {
+    let f = fixture();
+    {
+        let db = redb::Database::open(&f.path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(HISTORY)
+            .unwrap()
+            .insert(("ws", 5u8, f.usage_txn), ())
+            .unwrap();
+        w.open_table(IDEMPOTENCY)
+            .unwrap()
+            .insert("forged-key", f.refund_txn)
+            .unwrap();
+        w.open_table(DEADLINES)
+            .unwrap()
+            .insert((T0_MS, "g2"), ())
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let ledger = reopen(&f);
+    let report = ledger.verify().unwrap();
+    let named = |inv: Invariant, needle: &str| {
+        report
+            .violations
+            .iter()
+            .any(|v| v.invariant == inv && v.detail.contains(needle))
+    };
+    assert!(named(Invariant::HistoryIndex, &format!("#{}", f.usage_txn)), "{report:#?}");
+    assert!(named(Invariant::IdempotencyIndex, "forged-key"), "{report:#?}");
+    assert!(named(Invariant::DeadlineIndex, "g2"), "{report:#?}");
+}
