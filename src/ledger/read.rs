@@ -1,0 +1,101 @@
+//! The read methods: each runs in one redb read transaction, a consistent snapshot that never
+//! blocks writers.
+
+use redb::{ReadTransaction, ReadableDatabase};
+
+use super::open::no_panic;
+use super::Ledger;
+use crate::audit::{self, AuditReport};
+use crate::error::{Error, InvalidInput, Result};
+use crate::model::validate;
+use crate::query::{
+    self, GenerationView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest, Stats, TimeWindow,
+    TransactionView, WorkspaceSummary,
+};
+
+impl Ledger {
+    /// Run `f` on a fresh read transaction. A redb panic on damaged data becomes
+    /// [`Error::Corruption`] naming `table`.
+    fn read<T>(
+        &self,
+        table: &'static str,
+        f: impl FnOnce(&ReadTransaction) -> Result<T>,
+    ) -> Result<T> {
+        self.with_db(|db| {
+            no_panic(
+                |detail| Error::Corruption {
+                    table,
+                    key: String::new(),
+                    detail,
+                },
+                || f(&db.begin_read()?),
+            )
+        })
+    }
+
+    /// A workspace's balance, running totals and running generations.
+    pub fn balance(&self, workspace: &str) -> Result<WorkspaceSummary> {
+        validate::id("workspace", workspace)?;
+        self.read("workspaces", |r| query::workspace_summary(r, workspace))
+    }
+
+    /// Workspaces in id order, after `after`, at most `limit` (1..=1000).
+    pub fn workspaces(&self, after: Option<&str>, limit: u32) -> Result<Vec<WorkspaceSummary>> {
+        validate::limit(
+            "page limit",
+            u64::from(limit),
+            u64::from(crate::limits::MAX_PAGE_LIMIT),
+        )?;
+        self.read("workspaces", |r| query::list_workspaces(r, after, limit))
+    }
+
+    /// The sums over all workspaces, for a conservation check:
+    /// `granted - spent + refunded + adjusted_in - adjusted_out == balance`.
+    pub fn totals(&self) -> Result<LedgerTotals> {
+        self.read("workspaces", query::totals)
+    }
+
+    /// A generation's lifecycle: charge, deadline, state, refund.
+    pub fn generation(&self, generation_id: &str) -> Result<GenerationView> {
+        validate::id("generation id", generation_id)?;
+        let now_ms = self.now_ms();
+        self.read("generations", |r| {
+            query::generation_view(r, generation_id, now_ms)
+        })
+    }
+
+    /// One transaction's credit summary: balance before, the action, the new balance, and the
+    /// links between a Usage and its Refund.
+    pub fn transaction(&self, txn_id: u64) -> Result<TransactionView> {
+        self.read("transactions", |r| query::transaction_view(r, txn_id))
+    }
+
+    /// A page of a workspace's history, newest first, filtered. Pass the returned
+    /// `next_cursor` to get the next page; a page costs the same at any depth.
+    pub fn history(
+        &self,
+        workspace: &str,
+        filter: &HistoryFilter,
+        page: &PageRequest,
+    ) -> Result<HistoryPage> {
+        validate::id("workspace", workspace)?;
+        self.read("workspace_history", |r| {
+            query::history::history(r, workspace, filter, page)
+        })
+    }
+
+    /// Failures and refunds by reason and by feature within `window`.
+    pub fn stats(&self, window: TimeWindow) -> Result<Stats> {
+        if let (Some(since_ms), Some(until_ms)) = (window.since_ms, window.until_ms) {
+            if since_ms > until_ms {
+                return Err(InvalidInput::EmptyWindow { since_ms, until_ms }.into());
+            }
+        }
+        self.read("transactions", |r| query::stats::stats(r, window))
+    }
+
+    /// Check every invariant of the stored ledger. An empty report means healthy.
+    pub fn verify(&self) -> Result<AuditReport> {
+        self.read("(audit)", audit::verify)
+    }
+}
