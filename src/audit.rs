@@ -211,14 +211,25 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
         if rec.at_ms < prev_at {
             report.add(
                 Invariant::TimeWentBackwards,
-                format!("#{id} at {} ms is before #{prev_id} at {prev_at} ms", rec.at_ms),
+                format!(
+                    "#{id} at {} ms is before #{prev_id} at {prev_at} ms",
+                    rec.at_ms
+                ),
                 vec![prev_id, id],
                 None,
                 None,
             );
         }
         (prev_id, prev_crc, prev_at) = (id, this_crc, rec.at_ms.max(prev_at));
-        check_txn(&mut report, &mut accs, &mut links, &rec, &gens, &idem, &history)?;
+        check_txn(
+            &mut report,
+            &mut accs,
+            &mut links,
+            &rec,
+            &gens,
+            &idem,
+            &history,
+        )?;
     }
 
     // 2. Generations: running ones have their deadline entry; count what the log must match.
@@ -259,8 +270,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
         // Some generation lacks its Usage or its Refund: find which.
         for entry in gens.iter()? {
             let (k, v) = entry?;
-            if let Ok(g) = codec::decode::<GenerationRecord>("generations", &k.value(), v.value())
-            {
+            if let Ok(g) = codec::decode::<GenerationRecord>("generations", &k.value(), v.value()) {
                 check_generation(&mut report, &g, &txns);
             }
         }
@@ -481,7 +491,10 @@ fn check_generation_link(
         } else {
             report.add(
                 link,
-                format!("#{id} charges generation `{gen_id}`, whose Usage is #{}", g.usage_txn),
+                format!(
+                    "#{id} charges generation `{gen_id}`, whose Usage is #{}",
+                    g.usage_txn
+                ),
                 vec![id, g.usage_txn],
                 Some(gen_id),
                 Some(ws),
@@ -492,7 +505,10 @@ fn check_generation_link(
     if rec.refund.as_ref().map(|d| d.usage_txn) != Some(g.usage_txn) {
         report.add(
             link,
-            format!("refund #{id} does not name Usage #{} it reverses", g.usage_txn),
+            format!(
+                "refund #{id} does not name Usage #{} it reverses",
+                g.usage_txn
+            ),
             vec![id, g.usage_txn],
             Some(gen_id),
             Some(ws),

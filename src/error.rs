@@ -87,7 +87,9 @@ pub enum InvalidInput {
     #[error("reason `timeout` is assigned by the ledger when a deadline passes; report the failure with the reason the service gave (for example system-error)")]
     ReservedReason,
     /// A history cursor that this ledger did not hand out.
-    #[error("cursor `{cursor}` is not a cursor this ledger returned; start again without a cursor")]
+    #[error(
+        "cursor `{cursor}` is not a cursor this ledger returned; start again without a cursor"
+    )]
     BadCursor {
         /// The cursor given.
         cursor: String,
@@ -111,7 +113,9 @@ pub enum Error {
     InvalidInput(InvalidInput),
 
     /// No workspace has this id. A workspace comes into being with its first credit.
-    #[error("unknown workspace `{workspace}`; a workspace exists once it has received its first credit")]
+    #[error(
+        "unknown workspace `{workspace}`; a workspace exists once it has received its first credit"
+    )]
     UnknownWorkspace {
         /// The workspace asked for.
         workspace: String,
@@ -294,9 +298,9 @@ impl Error {
             | Error::Conflict { .. }
             | Error::GenerationRefunded { .. }
             | Error::GenerationSucceeded { .. } => ErrorCategory::Refused,
-            Error::Corruption { .. } | Error::NotALedger { .. } | Error::UnsupportedFormat { .. } => {
-                ErrorCategory::Corruption
-            }
+            Error::Corruption { .. }
+            | Error::NotALedger { .. }
+            | Error::UnsupportedFormat { .. } => ErrorCategory::Corruption,
             Error::AlreadyOpen { .. }
             | Error::Storage { .. }
             | Error::CommitUncertain { .. }

@@ -5,9 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::{fund, options, T0_MS};
-use credit_ledger::{
-    Error, Invariant, Ledger, ManualClock, RefundReason, StartGeneration,
-};
+use credit_ledger::{Error, Invariant, Ledger, ManualClock, RefundReason, StartGeneration};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const TRANSACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("transactions");
@@ -313,7 +311,13 @@ fn stray_index_entries_are_named() {
             .iter()
             .any(|v| v.invariant == inv && v.detail.contains(needle))
     };
-    assert!(named(Invariant::HistoryIndex, &format!("#{}", f.usage_txn)), "{report:#?}");
-    assert!(named(Invariant::IdempotencyIndex, "forged-key"), "{report:#?}");
+    assert!(
+        named(Invariant::HistoryIndex, &format!("#{}", f.usage_txn)),
+        "{report:#?}"
+    );
+    assert!(
+        named(Invariant::IdempotencyIndex, "forged-key"),
+        "{report:#?}"
+    );
     assert!(named(Invariant::DeadlineIndex, "g2"), "{report:#?}");
 }

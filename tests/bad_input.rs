@@ -146,11 +146,20 @@ fn amounts_that_overflow_are_refused() {
     ledger
         .credit(Credit::purchase("rich", MAX_AMOUNT_CREDITS, "m2"))
         .unwrap();
-    assert_eq!(ledger.balance("rich").unwrap().balance_credits, u64::MAX - 1);
+    assert_eq!(
+        ledger.balance("rich").unwrap().balance_credits,
+        u64::MAX - 1
+    );
     let before = snapshot(&ledger);
     let r = ledger.credit(Credit::purchase("rich", 2, "m3"));
     assert!(
-        matches!(r, Err(Error::Overflow { what: "the balance", .. })),
+        matches!(
+            r,
+            Err(Error::Overflow {
+                what: "the balance",
+                ..
+            })
+        ),
         "{r:?}"
     );
     assert!(r.unwrap_err().to_string().contains("overflow"));
@@ -264,14 +273,15 @@ fn other_limits_are_enforced() {
     let (ledger, _c) = setup();
     let before = snapshot(&ledger);
     assert!(matches!(
-        ledger.start_generation(
-            StartGeneration::new("g", "ws", "Quick Video", 1).timeout_ms(10)
-        ),
+        ledger.start_generation(StartGeneration::new("g", "ws", "Quick Video", 1).timeout_ms(10)),
         Err(Error::InvalidInput(InvalidInput::TimeoutOutOfRange { .. }))
     ));
     assert!(matches!(
         ledger.adjust(Adjust::new("ws", 5, "k", "")),
-        Err(Error::InvalidInput(InvalidInput::Empty { field: "memo", .. }))
+        Err(Error::InvalidInput(InvalidInput::Empty {
+            field: "memo",
+            ..
+        }))
     ));
     let too_many: Vec<_> = (0..credit_ledger::limits::MAX_BATCH_OPS + 1)
         .map(|_| credit_ledger::Op::Sweep { limit: 1 })
@@ -305,7 +315,10 @@ fn reused_credit_keys_replay_or_conflict() {
     for (req, field) in [
         (Credit::purchase("ws", 11, "order-7").memo("pack"), "amount"),
         (Credit::grant("ws", 10, "order-7").memo("pack"), "kind"),
-        (Credit::purchase("ws2", 10, "order-7").memo("pack"), "workspace"),
+        (
+            Credit::purchase("ws2", 10, "order-7").memo("pack"),
+            "workspace",
+        ),
         (Credit::purchase("ws", 10, "order-7"), "memo"),
     ] {
         match ledger.credit(req) {

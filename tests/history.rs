@@ -20,7 +20,12 @@ fn big_history() -> (credit_ledger::Ledger, credit_ledger::ManualClock) {
     let mut i = 0;
     while n < 10_000 {
         let g = format!("g{i}");
-        ops.push(Op::Start(StartGeneration::new(&g, "ws", ["Quick Video", "Image"][i % 2], 3)));
+        ops.push(Op::Start(StartGeneration::new(
+            &g,
+            "ws",
+            ["Quick Video", "Image"][i % 2],
+            3,
+        )));
         n += 1;
         match i % 4 {
             0 => ops.push(Op::Complete { generation_id: g }),
@@ -39,7 +44,12 @@ fn big_history() -> (credit_ledger::Ledger, credit_ledger::ManualClock) {
             _ => {} // stays running
         }
         if i % 50 == 0 {
-            ops.push(Op::Start(StartGeneration::new(format!("n{i}"), "noise", "Image", 1)));
+            ops.push(Op::Start(StartGeneration::new(
+                format!("n{i}"),
+                "noise",
+                "Image",
+                1,
+            )));
         }
         i += 1;
         if ops.len() >= 500 {
@@ -65,7 +75,10 @@ fn pages_visit_every_entry_exactly_once_in_order() {
     let all = all_history(&ledger, "ws", &HistoryFilter::all());
     assert_eq!(all.len() as u64, summary.transactions);
     let ids: Vec<u64> = all.iter().map(|t| t.id).collect();
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first, no repeats");
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats"
+    );
     assert!(all.iter().all(|t| t.workspace == "ws"));
 
     // Oldest first visits the same entries in the opposite order.
@@ -109,7 +122,10 @@ fn kind_and_status_filters_combine() {
         all.iter().filter(|t| pred(t)).map(|t| t.id).collect()
     };
     let got = |f: HistoryFilter| -> Vec<u64> {
-        all_history(&ledger, "ws", &f).iter().map(|t| t.id).collect()
+        all_history(&ledger, "ws", &f)
+            .iter()
+            .map(|t| t.id)
+            .collect()
     };
 
     let refunds = got(HistoryFilter::all().kinds([TxnKind::Refund]));
@@ -201,7 +217,11 @@ fn page_limits_and_cursors_are_checked() {
         ));
     }
     assert!(matches!(
-        ledger.history("ws", &HistoryFilter::all(), &PageRequest::after(10, "bogus")),
+        ledger.history(
+            "ws",
+            &HistoryFilter::all(),
+            &PageRequest::after(10, "bogus")
+        ),
         Err(Error::InvalidInput(InvalidInput::BadCursor { .. }))
     ));
     assert!(matches!(

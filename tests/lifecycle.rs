@@ -56,7 +56,10 @@ fn seed_example_refund_shows_in_history() {
     assert_eq!(r.kind, TxnKind::Refund);
     assert_eq!(r.amount_credits, 12);
     assert_eq!(r.status, Status::Completed);
-    assert_eq!((r.balance_before_credits, r.balance_after_credits), (88, 100));
+    assert_eq!(
+        (r.balance_before_credits, r.balance_after_credits),
+        (88, 100)
+    );
     assert_eq!(r.reason, Some(RefundReason::ModelFailure));
     assert_eq!(r.message.as_deref(), Some("model crashed"));
     assert_eq!(r.refund_of, Some(charge.usage_txn));
@@ -102,7 +105,10 @@ fn timeout_sweep_refunds_once_and_only_after_the_deadline() {
     let again = ledger.sweep_expired(100).unwrap();
     assert!(again.refunds.is_empty());
     assert_eq!(refunds(&ledger, "ws").len(), 1);
-    assert_eq!(refunds(&ledger, "ws")[0].reason, Some(RefundReason::Timeout));
+    assert_eq!(
+        refunds(&ledger, "ws")[0].reason,
+        Some(RefundReason::Timeout)
+    );
     assert_healthy(&ledger);
 }
 
@@ -126,7 +132,10 @@ fn sweep_respects_its_limit_and_reports_what_is_left() {
     assert_eq!((second.refunds.len(), third.refunds.len()), (10, 5));
     assert!(!third.more_expired);
     assert_eq!(refunds(&ledger, "ws").len(), 25);
-    assert!(matches!(ledger.sweep_expired(0), Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        ledger.sweep_expired(0),
+        Err(Error::InvalidInput(_))
+    ));
     assert_healthy(&ledger);
 }
 
@@ -349,7 +358,10 @@ fn idempotent_start_charges_once_and_conflicts_name_the_field() {
     let cases = [
         (StartGeneration::new("g", "ws", "Quick Video", 13), "cost"),
         (StartGeneration::new("g", "ws", "Slow Video", 12), "feature"),
-        (StartGeneration::new("g", "other", "Quick Video", 12), "workspace"),
+        (
+            StartGeneration::new("g", "other", "Quick Video", 12),
+            "workspace",
+        ),
         (quick_video("g").timeout_ms(5 * MINUTE_MS), "timeout_ms"),
     ];
     for (req, field) in cases {
@@ -422,7 +434,9 @@ fn stats_count_refunds_by_reason_and_feature() {
     .into_iter()
     .enumerate()
     {
-        ledger.start_generation(quick_video(&format!("f{i}"))).unwrap();
+        ledger
+            .start_generation(quick_video(&format!("f{i}")))
+            .unwrap();
         ledger
             .fail_generation(&format!("f{i}"), reason, "x")
             .unwrap();

@@ -17,10 +17,13 @@ fn everything(ledger: &Ledger) -> String {
         }
     }
     for g in ["g0", "g1", "g2", "g3"] {
-        out += &format!("{:?}\n", ledger.generation(g).map(|mut v| {
-            v.overdue = false; // depends on the clock at read time
-            v
-        }));
+        out += &format!(
+            "{:?}\n",
+            ledger.generation(g).map(|mut v| {
+                v.overdue = false; // depends on the clock at read time
+                v
+            })
+        );
     }
     out += &format!("{:?}\n", ledger.stats(TimeWindow::all()).unwrap());
     out += &format!("{:?}\n", ledger.totals().unwrap());
@@ -39,14 +42,22 @@ fn reads_survive_a_restart_and_ids_and_time_continue() {
         for i in 0..4 {
             clock.advance_ms(MINUTE_MS);
             ledger
-                .start_generation(StartGeneration::new(format!("g{i}"), "a", "Quick Video", 12))
+                .start_generation(StartGeneration::new(
+                    format!("g{i}"),
+                    "a",
+                    "Quick Video",
+                    12,
+                ))
                 .unwrap();
         }
         ledger.complete_generation("g0").unwrap();
         ledger
             .fail_generation("g1", RefundReason::InvalidInput, "bad prompt")
             .unwrap();
-        let last = ledger.credit(Credit::grant("b", 5, "promo")).unwrap().txn_id;
+        let last = ledger
+            .credit(Credit::grant("b", 5, "promo"))
+            .unwrap()
+            .txn_id;
         (everything(&ledger), last)
     };
 
@@ -113,5 +124,9 @@ fn an_empty_file_is_not_silently_a_new_ledger() {
         Err(Error::NotALedger { detail, .. }) => assert!(detail.contains("empty"), "{detail}"),
         other => panic!("expected NotALedger, got {other:?}"),
     }
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing written");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "nothing written"
+    );
 }

@@ -9,7 +9,6 @@
 //! The first terminal transition wins. Repeating it replays the original receipt; a
 //! contradicting call is an error that names the state the generation is in.
 
-
 use super::Ctx;
 use crate::error::{Error, InvalidInput};
 use crate::model::limits::{MAX_FEATURE_BYTES, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS};
@@ -292,7 +291,10 @@ fn refund_receipt(
     let detail = rec.refund.as_ref().ok_or_else(|| Error::Corruption {
         table: "transactions",
         key: rec.id.to_string(),
-        detail: format!("generation `{}` names it as its refund, but it is not one", gen.id),
+        detail: format!(
+            "generation `{}` names it as its refund, but it is not one",
+            gen.id
+        ),
     })?;
     Ok(RefundReceipt {
         generation_id: gen.id.clone(),
@@ -317,7 +319,11 @@ pub(super) fn refund(
     reason: RefundReason,
     message: &str,
 ) -> Result<RefundReceipt, Error> {
-    assert_eq!(gen.state, GenState::Running, "only a running generation is refunded");
+    assert_eq!(
+        gen.state,
+        GenState::Running,
+        "only a running generation is refunded"
+    );
     let mut ws = tables::get_workspace(&ctx.workspaces, &gen.workspace)?
         .ok_or_else(|| missing_workspace(&gen))?;
     let overflow = |what| Error::Overflow {

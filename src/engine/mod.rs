@@ -153,7 +153,10 @@ impl<'txn> Ctx<'txn> {
 
     pub fn insert_deadline(&mut self, deadline_ms: u64, generation: &str) -> Result<(), Error> {
         self.deadlines_changed = true;
-        let r = self.deadlines.insert((deadline_ms, generation), ()).map(drop);
+        let r = self
+            .deadlines
+            .insert((deadline_ms, generation), ())
+            .map(drop);
         self.write(r)
     }
 

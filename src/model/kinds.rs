@@ -289,7 +289,10 @@ mod tests {
     fn unknown_names_are_typed_errors() {
         assert!(matches!(
             "melted".parse::<RefundReason>(),
-            Err(Error::InvalidInput(InvalidInput::UnknownName { field: "reason", .. }))
+            Err(Error::InvalidInput(InvalidInput::UnknownName {
+                field: "reason",
+                ..
+            }))
         ));
         assert!("".parse::<TxnKind>().is_err());
         assert!("done".parse::<Status>().is_err());

@@ -150,7 +150,11 @@ pub(crate) fn history(
     filter: &HistoryFilter,
     page: &PageRequest,
 ) -> Result<HistoryPage, Error> {
-    validate::limit("page limit", u64::from(page.limit), u64::from(MAX_PAGE_LIMIT))?;
+    validate::limit(
+        "page limit",
+        u64::from(page.limit),
+        u64::from(MAX_PAGE_LIMIT),
+    )?;
     if let Some(f) = &filter.feature {
         validate::text("feature", f, MAX_FEATURE_BYTES, false)?;
     }
@@ -209,7 +213,11 @@ pub(crate) fn history(
             .enumerate()
             .filter_map(|(i, (h, _))| h.map(|id| (i, id)))
             .reduce(|a, b| {
-                let b_first = if page.oldest_first { b.1 < a.1 } else { b.1 > a.1 };
+                let b_first = if page.oldest_first {
+                    b.1 < a.1
+                } else {
+                    b.1 > a.1
+                };
                 if b_first {
                     b
                 } else {
@@ -251,7 +259,10 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         for id in [1, 255, u64::MAX] {
-            assert_eq!(decode_cursor(&encode_cursor(false, id), false).ok(), Some(id));
+            assert_eq!(
+                decode_cursor(&encode_cursor(false, id), false).ok(),
+                Some(id)
+            );
             assert_eq!(decode_cursor(&encode_cursor(true, id), true).ok(), Some(id));
             assert!(decode_cursor(&encode_cursor(true, id), false).is_err());
         }

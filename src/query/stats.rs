@@ -102,7 +102,10 @@ pub(crate) fn stats(rtx: &ReadTransaction, window: TimeWindow) -> Result<Stats, 
                 s.refunds += 1;
                 s.refunded_credits = s.refunded_credits.saturating_add(rec.amount_credits);
                 if let Some(d) = &rec.refund {
-                    let r = s.by_reason.entry(d.reason.as_str().to_string()).or_default();
+                    let r = s
+                        .by_reason
+                        .entry(d.reason.as_str().to_string())
+                        .or_default();
                     r.refunds += 1;
                     r.refunded_credits = r.refunded_credits.saturating_add(rec.amount_credits);
                 }

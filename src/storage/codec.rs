@@ -66,7 +66,10 @@ pub(crate) fn decode<T: DeserializeOwned>(
         )));
     }
     if bytes.len() > MAX_RECORD_BYTES {
-        return Err(corrupt(format!("record is {} bytes, over the limit", bytes.len())));
+        return Err(corrupt(format!(
+            "record is {} bytes, over the limit",
+            bytes.len()
+        )));
     }
     let body = &bytes[..bytes.len() - 4];
     let stored = record_crc(bytes);
@@ -119,7 +122,10 @@ mod tests {
         assert_eq!(bytes[0], FORMAT_VERSION);
         let back: GenerationRecord = decode("generations", &"gen-1", &bytes).unwrap();
         assert_eq!(back, sample());
-        assert_eq!(record_crc(&bytes), crc32fast::hash(&bytes[..bytes.len() - 4]));
+        assert_eq!(
+            record_crc(&bytes),
+            crc32fast::hash(&bytes[..bytes.len() - 4])
+        );
     }
 
     #[test]
@@ -138,7 +144,13 @@ mod tests {
         let bytes = encode(&sample());
         for len in 0..bytes.len() {
             let r: Result<GenerationRecord, _> = decode("generations", &"k", &bytes[..len]);
-            assert!(matches!(r, Err(Error::Corruption { table: "generations", .. })));
+            assert!(matches!(
+                r,
+                Err(Error::Corruption {
+                    table: "generations",
+                    ..
+                })
+            ));
         }
         let r: Result<GenerationRecord, _> = decode("generations", &"k", &[0xff; 40]);
         assert!(r.is_err());
@@ -152,7 +164,13 @@ mod tests {
         let crc = crc32fast::hash(&bytes[..n - 4]);
         bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
         let r: Result<GenerationRecord, _> = decode("generations", &"k", &bytes);
-        assert!(matches!(r, Err(Error::UnsupportedFormat { found: 2, supported: 1 })));
+        assert!(matches!(
+            r,
+            Err(Error::UnsupportedFormat {
+                found: 2,
+                supported: 1
+            })
+        ));
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub fn options(clock: &ManualClock) -> Options {
 
 /// Give `ws` `amount` credits with a fresh key.
 pub fn fund(ledger: &Ledger, ws: &str, amount: u64) {
-    let key = format!("fund-{ws}-{}", ledger.totals().unwrap().workspaces + rand_suffix());
+    let key = format!(
+        "fund-{ws}-{}",
+        ledger.totals().unwrap().workspaces + rand_suffix()
+    );
     ledger.credit(Credit::purchase(ws, amount, key)).unwrap();
 }
 
