@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use credit_ledger::{Ledger, StartGeneration};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 mod common;
 
@@ -37,7 +37,9 @@ fn run(ledger: &Arc<Ledger>, threads: usize, ops: u64, round: u64) -> Duration {
         }
     });
     // Report the time of exactly `ops` operations.
-    started.elapsed().mul_f64(ops as f64 / (per_thread * threads as u64) as f64)
+    started
+        .elapsed()
+        .mul_f64(ops as f64 / (per_thread * threads as u64) as f64)
 }
 
 fn concurrent(c: &mut Criterion) {

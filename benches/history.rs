@@ -3,8 +3,8 @@
 //! back), reached with the cursor of the page before it. Fixtures are built once under
 //! `target/bench-fixtures/`.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use credit_ledger::{HistoryFilter, Ledger, ManualClock, PageRequest, TxnKind};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 mod common;
 

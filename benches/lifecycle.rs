@@ -5,8 +5,8 @@
 //! commit; larger batches use `Ledger::apply`, one write transaction and one fsync per batch.
 //! Throughput is per operation.
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use credit_ledger::{Ledger, Op, Outcome, RefundReason, StartGeneration};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 
 mod common;
 

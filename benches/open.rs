@@ -19,8 +19,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion};
 use credit_ledger::{Ledger, ManualClock, StartGeneration};
+use criterion::{BenchmarkId, Criterion};
 
 mod common;
 
@@ -32,15 +32,17 @@ const ACKED: u64 = 200;
 fn crash_child(path: &str) -> ! {
     let clock = ManualClock::new(common::T0_MS);
     let quick_repair = std::env::var_os(QUICK_REPAIR_ENV).is_some();
-    let ledger = Ledger::open_with(
-        path,
-        common::options(&clock).quick_repair(quick_repair),
-    )
-    .expect("child open");
+    let ledger = Ledger::open_with(path, common::options(&clock).quick_repair(quick_repair))
+        .expect("child open");
     let mut out = std::io::stdout().lock();
     for i in 0u64.. {
         ledger
-            .start_generation(StartGeneration::new(format!("crash-{i}"), "ws-1", "Quick Video", 2))
+            .start_generation(StartGeneration::new(
+                format!("crash-{i}"),
+                "ws-1",
+                "Quick Video",
+                2,
+            ))
             .expect("child start");
         use std::io::Write;
         writeln!(out, "{i}").expect("child stdout");

@@ -10,8 +10,8 @@
 //!
 //! The 10k, 100k and 1M ledgers are fixtures built once under `target/bench-fixtures/`.
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use credit_ledger::{Ledger, ManualClock, Op, Outcome, StartGeneration};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 
 mod common;
 

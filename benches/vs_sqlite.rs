@@ -66,7 +66,11 @@ fn lifecycle(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     let ids = fresh_ids(&mut next, batch);
-                    assert_eq!(db.borrow_mut().start_batch(&starts(&ids, TIMEOUT_MS), now.get()), batch);
+                    assert_eq!(
+                        db.borrow_mut()
+                            .start_batch(&starts(&ids, TIMEOUT_MS), now.get()),
+                        batch
+                    );
                     ids
                 },
                 |ids| assert_eq!(db.borrow_mut().complete_batch(&ids, now.get()), batch),
@@ -77,7 +81,11 @@ fn lifecycle(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     let ids = fresh_ids(&mut next, batch);
-                    assert_eq!(db.borrow_mut().start_batch(&starts(&ids, TIMEOUT_MS), now.get()), batch);
+                    assert_eq!(
+                        db.borrow_mut()
+                            .start_batch(&starts(&ids, TIMEOUT_MS), now.get()),
+                        batch
+                    );
                     ids
                 },
                 |ids| assert_eq!(db.borrow_mut().fail_batch(&ids, now.get()), batch),
@@ -91,7 +99,10 @@ fn lifecycle(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let ids = fresh_ids(&mut next, 1000);
-                assert_eq!(db.borrow_mut().start_batch(&starts(&ids, 1_000), now.get()), 1000);
+                assert_eq!(
+                    db.borrow_mut().start_batch(&starts(&ids, 1_000), now.get()),
+                    1000
+                );
                 now.set(now.get() + 1_000);
             },
             |()| assert_eq!(db.borrow_mut().sweep(1000, now.get()), 1000),

@@ -113,7 +113,11 @@ pub fn running_fixture(n: u64) -> PathBuf {
         let ledger = Ledger::open_with(path, options(&clock)).expect("open fixture");
         for w in 0..FIXTURE_WORKSPACES {
             ledger
-                .credit(Credit::purchase(format!("ws-{w}"), 1 << 50, format!("fund-{w}")))
+                .credit(Credit::purchase(
+                    format!("ws-{w}"),
+                    1 << 50,
+                    format!("fund-{w}"),
+                ))
                 .expect("fund");
         }
         let mut rng = Rng::new(SEED ^ n);
@@ -172,7 +176,13 @@ pub fn history_workload(txns: u64) -> (Vec<HistoryEvent>, HistoryShape) {
         refunds += u64::from(fails);
         g += 1;
     }
-    (events, HistoryShape { txns: count, refunds })
+    (
+        events,
+        HistoryShape {
+            txns: count,
+            refunds,
+        },
+    )
 }
 
 /// One generation of a history fixture.
@@ -245,7 +255,14 @@ pub fn sqlite_history_fixture(txns: u64) -> PathBuf {
         for chunk in events.chunks(8192) {
             let starts: Vec<(String, String, i64, i64)> = chunk
                 .iter()
-                .map(|e| (e.generation.clone(), "hist".to_string(), e.cost as i64, 150 * 60_000))
+                .map(|e| {
+                    (
+                        e.generation.clone(),
+                        "hist".to_string(),
+                        e.cost as i64,
+                        150 * 60_000,
+                    )
+                })
                 .collect();
             assert_eq!(db.start_batch(&starts, T0_MS as i64), chunk.len());
             let failed: Vec<String> = chunk
@@ -263,7 +280,11 @@ pub fn sqlite_history_fixture(txns: u64) -> PathBuf {
         }
         let n: i64 = db
             .conn
-            .query_row("SELECT COUNT(*) FROM transactions WHERE workspace = 'hist'", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM transactions WHERE workspace = 'hist'",
+                [],
+                |r| r.get(0),
+            )
             .expect("count");
         assert_eq!(n as u64, shape.txns);
         db.conn

@@ -343,7 +343,16 @@ impl SqlLedger {
             } else {
                 "model-failure"
             };
-            Self::refund(&tx, id, &ws, cost, usage_txn, reason, "model crashed", now_ms);
+            Self::refund(
+                &tx,
+                id,
+                &ws,
+                cost,
+                usage_txn,
+                reason,
+                "model crashed",
+                now_ms,
+            );
             done += 1;
         }
         tx.commit().expect("commit");
@@ -393,25 +402,22 @@ impl SqlLedger {
                  ORDER BY id DESC LIMIT ?4",
             )
             .expect("prepare")
-            .query_map(
-                params![ws, kind, before.unwrap_or(i64::MAX), limit],
-                |r| {
-                    Ok(Row {
-                        id: r.get(0)?,
-                        at_ms: r.get(1)?,
-                        kind: r.get(2)?,
-                        status: r.get(3)?,
-                        amount: r.get(4)?,
-                        balance_before: r.get(5)?,
-                        balance_after: r.get(6)?,
-                        title: r.get(7)?,
-                        generation_id: r.get(8)?,
-                        reason: r.get(9)?,
-                        message: r.get(10)?,
-                        refund_of: r.get(11)?,
-                    })
-                },
-            )
+            .query_map(params![ws, kind, before.unwrap_or(i64::MAX), limit], |r| {
+                Ok(Row {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    status: r.get(3)?,
+                    amount: r.get(4)?,
+                    balance_before: r.get(5)?,
+                    balance_after: r.get(6)?,
+                    title: r.get(7)?,
+                    generation_id: r.get(8)?,
+                    reason: r.get(9)?,
+                    message: r.get(10)?,
+                    refund_of: r.get(11)?,
+                })
+            })
             .expect("query")
             .collect::<Result<_, _>>()
             .expect("rows")
