@@ -46,14 +46,14 @@ pub struct Options {
     /// Write redb's allocator state with each commit, so that reopening after a crash needs no
     /// full repair scan. Default: off.
     ///
-    /// Quick repair makes every durable commit two-phase: two fsyncs instead of one. Measured on
-    /// a 2-core VM (see BENCHMARKS.md), one durable `start` took about 470 µs with it and about
-    /// 290 µs without. Without it, reopening after a crash repairs the file by reading all of
-    /// it: with 1M generations (a 570 MB file) that took 0.57 s after `kill -9` (file in the
-    /// page cache) and about 5 s after dropping the page cache (as after a power cut); with it,
-    /// 2 to 30 ms. A desktop app commits far more often than it crashes, so the default is
-    /// off; turn it on for ledgers that large, where seconds of repair after a power cut are
-    /// not acceptable.
+    /// Quick repair makes every durable commit two-phase: two fsyncs instead of one. Measured
+    /// on a 2-core VM (see BENCHMARKS.md), one durable `start` took about 470 µs with it and
+    /// about 290 µs without. Without it, reopening after a crash repairs the file by reading
+    /// all of it: with 1M generations (a 570 MB file) that took about 0.5 s after `kill -9`
+    /// (file in the page cache) and about 5 s after dropping the page cache (as after a power
+    /// cut); with it, 2 to 30 ms. A desktop app commits far more often than it crashes, so the
+    /// default is off; turn it on for ledgers that large, where seconds of repair after a
+    /// power cut are not acceptable.
     pub quick_repair: bool,
     /// Refund everything that expired while the ledger was closed, during `open`. Default: on.
     pub sweep_on_open: bool,
