@@ -120,7 +120,7 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
         return Ok(receipt(&rec, true));
     }
 
-    let mut ws = match tables::get_workspace(&ctx.workspaces, m.workspace)? {
+    let mut ws = match ctx.workspace(m.workspace)? {
         Some(ws) => ws,
         None if m.kind == TxnKind::Adjustment => {
             return Err(Error::UnknownWorkspace {

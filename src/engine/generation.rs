@@ -95,11 +95,11 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
         return Ok(charge(&gen, &usage, true));
     }
 
-    let mut ws = tables::get_workspace(&ctx.workspaces, &req.workspace)?.ok_or_else(|| {
-        Error::UnknownWorkspace {
+    let mut ws = ctx
+        .workspace(&req.workspace)?
+        .ok_or_else(|| Error::UnknownWorkspace {
             workspace: req.workspace.clone(),
-        }
-    })?;
+        })?;
     let before = ws.balance_credits;
     ws.balance_credits =
         before
@@ -203,7 +203,8 @@ pub(super) fn complete(ctx: &mut Ctx<'_>, generation_id: &str) -> Result<Complet
             })
         }
         GenState::Running => {
-            let mut ws = tables::get_workspace(&ctx.workspaces, &gen.workspace)?
+            let mut ws = ctx
+                .workspace(&gen.workspace)?
                 .ok_or_else(|| missing_workspace(&gen))?;
             ws.running_generations = ws
                 .running_generations
@@ -324,7 +325,8 @@ pub(super) fn refund(
         GenState::Running,
         "only a running generation is refunded"
     );
-    let mut ws = tables::get_workspace(&ctx.workspaces, &gen.workspace)?
+    let mut ws = ctx
+        .workspace(&gen.workspace)?
         .ok_or_else(|| missing_workspace(&gen))?;
     let overflow = |what| Error::Overflow {
         workspace: gen.workspace.clone(),

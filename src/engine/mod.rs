@@ -9,6 +9,8 @@ mod credit;
 mod generation;
 mod sweep;
 
+use std::collections::HashMap;
+
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::error::Error;
@@ -79,6 +81,10 @@ pub(crate) struct Ctx<'txn> {
     pub deadlines_changed: bool,
     /// A write failed half-way: the transaction must be aborted.
     pub broken: bool,
+    /// Workspace records read or changed in this transaction, and whether each changed. A
+    /// batch of operations on one workspace reads its record once and writes it once, in
+    /// [`Ctx::flush`], instead of once per operation.
+    workspace_cache: HashMap<String, (WorkspaceRecord, bool)>,
 }
 
 impl<'txn> Ctx<'txn> {
@@ -101,6 +107,7 @@ impl<'txn> Ctx<'txn> {
             dirty: false,
             deadlines_changed: false,
             broken: false,
+            workspace_cache: HashMap::new(),
         })
     }
 
@@ -136,10 +143,45 @@ impl<'txn> Ctx<'txn> {
         })
     }
 
+    /// A workspace's record as this transaction sees it.
+    pub fn workspace(&mut self, id: &str) -> Result<Option<WorkspaceRecord>, Error> {
+        if let Some((rec, _)) = self.workspace_cache.get(id) {
+            return Ok(Some(rec.clone()));
+        }
+        let rec = tables::get_workspace(&self.workspaces, id)?;
+        if let Some(r) = &rec {
+            self.workspace_cache
+                .insert(id.to_string(), (r.clone(), false));
+        }
+        Ok(rec)
+    }
+
+    /// Change a workspace's record; it reaches the table in [`Ctx::flush`].
     pub fn put_workspace(&mut self, id: &str, rec: &WorkspaceRecord) -> Result<(), Error> {
-        let bytes = codec::encode(rec);
-        let r = self.workspaces.insert(id, bytes.as_slice()).map(drop);
-        self.write(r)
+        self.dirty = true;
+        self.workspace_cache
+            .insert(id.to_string(), (rec.clone(), true));
+        Ok(())
+    }
+
+    /// Write the changed workspace records. Call once, after the last operation and before
+    /// the commit.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let changed: Vec<(String, WorkspaceRecord)> = self
+            .workspace_cache
+            .drain()
+            .filter(|(_, (_, changed))| *changed)
+            .map(|(id, (rec, _))| (id, rec))
+            .collect();
+        for (id, rec) in changed {
+            let bytes = codec::encode(&rec);
+            let r = self
+                .workspaces
+                .insert(id.as_str(), bytes.as_slice())
+                .map(drop);
+            self.write(r)?;
+        }
+        Ok(())
     }
 
     pub fn put_generation(&mut self, rec: &GenerationRecord) -> Result<(), Error> {

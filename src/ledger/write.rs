@@ -129,6 +129,9 @@ impl Ledger {
                     break;
                 }
             }
+            if !ctx.broken {
+                ctx.flush()?;
+            }
             if ctx.broken {
                 let e = results
                     .pop()
