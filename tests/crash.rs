@@ -163,22 +163,7 @@ fn script() -> Vec<Step> {
 }
 
 fn exec(ledger: &Ledger, op: &Op) -> Result<Outcome, Error> {
-    match op.clone() {
-        Op::Credit(c) => ledger.credit(c).map(Outcome::Credit),
-        Op::Adjust(a) => ledger.adjust(a).map(Outcome::Adjust),
-        Op::Start(s) => ledger.start_generation(s).map(Outcome::Start),
-        Op::Complete { generation_id } => ledger
-            .complete_generation(&generation_id)
-            .map(Outcome::Complete),
-        Op::Fail {
-            generation_id,
-            reason,
-            message,
-        } => ledger
-            .fail_generation(&generation_id, reason, &message)
-            .map(Outcome::Fail),
-        Op::Sweep { limit } => ledger.sweep_expired(limit).map(Outcome::Sweep),
-    }
+    ledger.execute(op.clone())
 }
 
 /// The same outcome with every `replay` flag cleared.

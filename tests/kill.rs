@@ -138,22 +138,7 @@ fn round_ops(round: u64) -> Vec<(u64, Op)> {
 }
 
 fn exec(ledger: &Ledger, op: &Op) -> Result<Outcome, Error> {
-    match op.clone() {
-        Op::Credit(c) => ledger.credit(c).map(Outcome::Credit),
-        Op::Adjust(a) => ledger.adjust(a).map(Outcome::Adjust),
-        Op::Start(s) => ledger.start_generation(s).map(Outcome::Start),
-        Op::Complete { generation_id } => ledger
-            .complete_generation(&generation_id)
-            .map(Outcome::Complete),
-        Op::Fail {
-            generation_id,
-            reason,
-            message,
-        } => ledger
-            .fail_generation(&generation_id, reason, &message)
-            .map(Outcome::Fail),
-        Op::Sweep { limit } => ledger.sweep_expired(limit).map(Outcome::Sweep),
-    }
+    ledger.execute(op.clone())
 }
 
 /// What the child reports for one acknowledged operation.

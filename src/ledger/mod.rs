@@ -164,6 +164,26 @@ impl Ledger {
         self.commit_batch(ops)
     }
 
+    /// Run one operation on its own: durable when it returns, group-committed with
+    /// concurrent callers. The typed methods ([`credit`](Self::credit),
+    /// [`start_generation`](Self::start_generation)...) are this with a typed receipt; this
+    /// form suits callers that replay a stream of [`Op`]s one by one.
+    ///
+    /// ```
+    /// use credit_ledger::{Credit, Ledger, Op, Outcome};
+    /// let ledger = Ledger::in_memory()?;
+    /// let out = ledger.execute(Op::Credit(Credit::grant("ws", 5, "welcome")))?;
+    /// assert!(matches!(out, Outcome::Credit(r) if r.balance_after_credits == 5));
+    /// # Ok::<(), credit_ledger::Error>(())
+    /// ```
+    pub fn execute(&self, op: Op) -> Result<Outcome> {
+        match op {
+            // The sweep's idle check needs no write transaction.
+            Op::Sweep { limit } => self.sweep_expired(limit).map(Outcome::Sweep),
+            op => self.submit(op),
+        }
+    }
+
     /// Add credits to a workspace, creating it on its first credit. Retrying with the same
     /// idempotency key returns the original receipt with `replay: true`.
     pub fn credit(&self, credit: Credit) -> Result<Receipt> {

@@ -212,23 +212,7 @@ impl Executor {
     }
 
     fn one(&self, op: &Op) -> Result<Outcome, Error> {
-        let l = &self.ledger;
-        match op {
-            Op::Credit(c) => l.credit(c.clone()).map(Outcome::Credit),
-            Op::Adjust(a) => l.adjust(a.clone()).map(Outcome::Adjust),
-            Op::Start(s) => l.start_generation(s.clone()).map(Outcome::Start),
-            Op::Complete { generation_id } => {
-                l.complete_generation(generation_id).map(Outcome::Complete)
-            }
-            Op::Fail {
-                generation_id,
-                reason,
-                message,
-            } => l
-                .fail_generation(generation_id, *reason, message)
-                .map(Outcome::Fail),
-            Op::Sweep { limit } => l.sweep_expired(*limit).map(Outcome::Sweep),
-        }
+        self.ledger.execute(op.clone())
     }
 }
 
