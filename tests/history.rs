@@ -229,3 +229,40 @@ fn page_limits_and_cursors_are_checked() {
         Err(Error::UnknownWorkspace { .. })
     ));
 }
+
+#[test]
+fn a_rare_feature_filter_pages_in_bounded_steps() {
+    use credit_ledger::limits::HISTORY_SCAN_BUDGET;
+    let (ledger, _clock) = ledger();
+    fund(&ledger, "ws", 100_000);
+    // One "Video" far back, then more "Image" entries than one page may examine.
+    ledger
+        .start_generation(StartGeneration::new("v", "ws", "Video", 1))
+        .unwrap();
+    let images = HISTORY_SCAN_BUDGET as usize + 5_000;
+    for chunk in (0..images).collect::<Vec<_>>().chunks(2_000) {
+        let ops: Vec<Op> = chunk
+            .iter()
+            .map(|i| Op::Start(StartGeneration::new(format!("i{i}"), "ws", "Image", 1)))
+            .collect();
+        for r in ledger.apply(&ops) {
+            r.unwrap();
+        }
+    }
+    let filter = HistoryFilter::all().feature("Video");
+    let first = ledger
+        .history("ws", &filter, &PageRequest::first(50))
+        .unwrap();
+    // The page stopped at the scan budget: nothing yet, and a cursor to go on.
+    assert!(first.entries.is_empty());
+    let cursor = first
+        .next_cursor
+        .expect("a cursor after a budget-limited page");
+    let second = ledger
+        .history("ws", &filter, &PageRequest::after(50, cursor))
+        .unwrap();
+    assert_eq!(second.entries.len(), 1);
+    assert_eq!(second.entries[0].generation_id.as_deref(), Some("v"));
+    // Reading the whole filtered history visits the one match exactly once.
+    assert_eq!(all_history(&ledger, "ws", &filter).len(), 1);
+}
