@@ -1,0 +1,337 @@
+//! The per-record checks of the audit: a transaction against its generation and indexes, and
+//! the reverse passes that name the ids involved when a count disagrees.
+
+use std::collections::HashMap;
+
+use redb::ReadableTable;
+
+use super::{AuditReport, Invariant};
+use crate::error::Error;
+use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::TxnKind;
+use crate::storage::tables::{self, usage_category, Category};
+
+/// Links proved from the log's side, to be matched against counts of the other side.
+#[derive(Default)]
+pub(super) struct Links {
+    /// Usages whose generation names them as its Usage.
+    pub usages: u64,
+    /// Refunds whose generation names them as its Refund.
+    pub refunds: u64,
+    /// Transactions carrying an idempotency key that points back at them.
+    pub keyed: u64,
+}
+
+/// A workspace's sums, recomputed from its transactions.
+#[derive(Default)]
+pub(super) struct Acc {
+    pub rec: WorkspaceRecord,
+    pub last_txn: u64,
+}
+
+pub(super) fn check_txn(
+    report: &mut AuditReport,
+    accs: &mut HashMap<String, Acc>,
+    links: &mut Links,
+    rec: &TxnRecord,
+    gens: &impl ReadableTable<&'static str, &'static [u8]>,
+    idem: &impl ReadableTable<&'static str, u64>,
+    history: &impl ReadableTable<(&'static str, u8, u64), ()>,
+) -> Result<(), Error> {
+    let id = rec.id;
+    let ws = rec.workspace.as_str();
+    let acc = accs.entry(rec.workspace.clone()).or_default();
+    if rec.balance_before_credits != acc.rec.balance_credits {
+        report.add(
+            Invariant::BalanceChain,
+            format!(
+                "#{id} starts from {} credits, but the workspace stood at {} after #{}",
+                rec.balance_before_credits, acc.rec.balance_credits, acc.last_txn
+            ),
+            vec![acc.last_txn, id],
+            None,
+            Some(ws),
+        );
+    }
+    let after = i128::from(rec.balance_before_credits) + rec.signed_amount();
+    if after != i128::from(rec.balance_after_credits) {
+        report.add(
+            Invariant::BalanceArithmetic,
+            format!(
+                "#{id}: {} {:+} != {}",
+                rec.balance_before_credits,
+                rec.signed_amount(),
+                rec.balance_after_credits
+            ),
+            vec![id],
+            None,
+            Some(ws),
+        );
+    }
+    let a = rec.amount_credits;
+    let r = &mut acc.rec;
+    r.balance_credits = rec.balance_after_credits;
+    r.txn_count = r.txn_count.saturating_add(1);
+    let total = match (rec.kind, rec.debit) {
+        (TxnKind::Purchase | TxnKind::Grant, _) => &mut r.granted_credits,
+        (TxnKind::Usage, _) => &mut r.spent_credits,
+        (TxnKind::Refund, _) => &mut r.refunded_credits,
+        (TxnKind::Adjustment, false) => &mut r.adjusted_in_credits,
+        (TxnKind::Adjustment, true) => &mut r.adjusted_out_credits,
+    };
+    *total = total.saturating_add(a);
+    acc.last_txn = id;
+
+    if let Some(key) = &rec.idempotency_key {
+        if idem.get(key.as_str())?.map(|v| v.value()) == Some(id) {
+            links.keyed += 1;
+        } else {
+            report.add(
+                Invariant::IdempotencyIndex,
+                format!("#{id} carries key `{key}`, which does not point back at it"),
+                vec![id],
+                None,
+                Some(ws),
+            );
+        }
+    }
+
+    let category = match rec.kind {
+        TxnKind::Usage => check_generation_link(report, links, rec, gens)?.map(usage_category),
+        TxnKind::Refund => {
+            check_generation_link(report, links, rec, gens)?;
+            Some(Category::Refund)
+        }
+        kind => Some(Category::of(kind, crate::model::Status::Completed)),
+    };
+    if let Some(cat) = category {
+        if history.get((ws, cat as u8, id))?.is_none() {
+            report.add(
+                Invariant::HistoryIndex,
+                format!("#{id} has no history entry ({ws}, {}, #{id})", cat as u8),
+                vec![id],
+                None,
+                Some(ws),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Check a Usage or Refund against its generation; count it in `links` when the generation
+/// names it back. Returns the generation's state when the generation could be read.
+fn check_generation_link(
+    report: &mut AuditReport,
+    links: &mut Links,
+    rec: &TxnRecord,
+    gens: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<GenState>, Error> {
+    let (id, ws, a) = (rec.id, rec.workspace.as_str(), rec.amount_credits);
+    let gen_id = rec.generation_id.as_deref().unwrap_or("");
+    let gen = match tables::get_generation(gens, gen_id) {
+        Ok(g) => g,
+        Err(_) => return Ok(None), // reported by the generations pass
+    };
+    let link = if rec.kind == TxnKind::Usage {
+        Invariant::UsageLink
+    } else {
+        Invariant::RefundLink
+    };
+    let Some(g) = gen else {
+        report.add(
+            link,
+            format!("#{id} names generation `{gen_id}`, which does not exist"),
+            vec![id],
+            Some(gen_id),
+            Some(ws),
+        );
+        return Ok(None);
+    };
+    if g.cost_credits != a || g.workspace != rec.workspace {
+        report.add(
+            link,
+            format!(
+                "#{id} moves {a} credits in `{ws}`, but the generation costs {} in `{}`",
+                g.cost_credits, g.workspace
+            ),
+            vec![id, g.usage_txn],
+            Some(gen_id),
+            Some(ws),
+        );
+    }
+    if rec.kind == TxnKind::Usage {
+        if g.usage_txn == id {
+            links.usages += 1;
+        } else {
+            report.add(
+                link,
+                format!(
+                    "#{id} charges generation `{gen_id}`, whose Usage is #{}",
+                    g.usage_txn
+                ),
+                vec![id, g.usage_txn],
+                Some(gen_id),
+                Some(ws),
+            );
+        }
+        return Ok(Some(g.state));
+    }
+    if rec.refund.as_ref().map(|d| d.usage_txn) != Some(g.usage_txn) {
+        report.add(
+            link,
+            format!(
+                "refund #{id} does not name Usage #{} it reverses",
+                g.usage_txn
+            ),
+            vec![id, g.usage_txn],
+            Some(gen_id),
+            Some(ws),
+        );
+    }
+    match g.state {
+        GenState::Refunded { refund_txn, .. } if refund_txn == id => links.refunds += 1,
+        GenState::Refunded { refund_txn, .. } => report.add(
+            Invariant::DuplicateRefund,
+            format!("generation `{gen_id}` was refunded by #{refund_txn} and again by #{id}"),
+            vec![refund_txn, id],
+            Some(gen_id),
+            Some(ws),
+        ),
+        GenState::Succeeded { .. } => report.add(
+            Invariant::RefundOfSucceeded,
+            format!("generation `{gen_id}` succeeded, yet #{id} refunds it"),
+            vec![g.usage_txn, id],
+            Some(gen_id),
+            Some(ws),
+        ),
+        GenState::Running => report.add(
+            Invariant::RefundLink,
+            format!("generation `{gen_id}` is still running, yet #{id} refunds it"),
+            vec![g.usage_txn, id],
+            Some(gen_id),
+            Some(ws),
+        ),
+    }
+    Ok(Some(g.state))
+}
+
+/// The generation's own links: its Usage exists, and a refunded one has its Refund. Run only
+/// when the counts of step 2 disagree, to name the generations involved.
+pub(super) fn check_generation(
+    report: &mut AuditReport,
+    g: &GenerationRecord,
+    txns: &impl ReadableTable<u64, &'static [u8]>,
+) {
+    let is = |id: u64, kind: TxnKind| {
+        matches!(
+            tables::get_txn(txns, id),
+            Ok(Some(ref r)) if r.kind == kind && r.generation_id.as_deref() == Some(g.id.as_str())
+        )
+    };
+    if !is(g.usage_txn, TxnKind::Usage) {
+        report.add(
+            Invariant::UsageLink,
+            format!("Usage #{} of generation `{}` is missing", g.usage_txn, g.id),
+            vec![g.usage_txn],
+            Some(&g.id),
+            Some(&g.workspace),
+        );
+    }
+    if let GenState::Refunded { refund_txn, .. } = g.state {
+        if !is(refund_txn, TxnKind::Refund) {
+            report.add(
+                Invariant::RefundLink,
+                format!(
+                    "generation `{}` is refunded, but its Refund #{refund_txn} is missing",
+                    g.id
+                ),
+                vec![refund_txn],
+                Some(&g.id),
+                Some(&g.workspace),
+            );
+        }
+    }
+}
+
+/// Name the deadline entries that do not belong to a running generation with that deadline.
+/// Run only when there are more entries than running generations.
+pub(super) fn check_deadlines(
+    report: &mut AuditReport,
+    deadlines: &impl ReadableTable<(u64, &'static str), ()>,
+    gens: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(), Error> {
+    for entry in deadlines.iter()? {
+        let (k, _) = entry?;
+        let (deadline_ms, gen_id) = k.value();
+        let ok = matches!(
+            tables::get_generation(gens, gen_id),
+            Ok(Some(ref g)) if g.state == GenState::Running && g.deadline_ms == deadline_ms
+        );
+        if !ok {
+            report.add(
+                Invariant::DeadlineIndex,
+                format!("deadline entry ({deadline_ms}, `{gen_id}`) names no running generation with that deadline"),
+                vec![],
+                Some(gen_id),
+                None,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Name the history entries that do not file an existing transaction of that workspace under
+/// its right category. Run only when the entry count differs from the transaction count.
+pub(super) fn check_history(
+    report: &mut AuditReport,
+    index: &impl ReadableTable<(&'static str, u8, u64), ()>,
+    txns: &impl ReadableTable<u64, &'static [u8]>,
+    gens: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(), Error> {
+    for entry in index.iter()? {
+        let (k, _) = entry?;
+        let (ws, cat, id) = k.value();
+        let Ok(Some(rec)) = tables::get_txn(txns, id) else {
+            report.add(
+                Invariant::HistoryIndex,
+                format!("history entry ({ws}, {cat}, #{id}) points at no readable transaction"),
+                vec![id],
+                None,
+                Some(ws),
+            );
+            continue;
+        };
+        let expected = match rec.kind {
+            TxnKind::Usage => {
+                match tables::get_generation(gens, rec.generation_id.as_deref().unwrap_or("")) {
+                    Ok(Some(g)) => usage_category(g.state),
+                    _ => continue, // the missing generation is reported elsewhere
+                }
+            }
+            kind => Category::of(kind, crate::model::Status::Completed),
+        };
+        if rec.workspace != ws || Some(expected) != Category::from_u8(cat) {
+            report.add(
+                Invariant::HistoryIndex,
+                format!(
+                    "history entry ({ws}, {cat}, #{id}) should be ({}, {}, #{id})",
+                    rec.workspace, expected as u8
+                ),
+                vec![id],
+                None,
+                Some(ws),
+            );
+        }
+    }
+    let (entries, logged) = (index.len()?, txns.len()?);
+    if entries != logged {
+        report.add(
+            Invariant::HistoryIndex,
+            format!("{entries} history entries for {logged} transactions"),
+            vec![],
+            None,
+            None,
+        );
+    }
+    Ok(())
+}
