@@ -12,7 +12,7 @@
 use super::Ctx;
 use crate::error::{Error, InvalidInput};
 use crate::model::limits::{MAX_FEATURE_BYTES, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS};
-use crate::model::records::{GenState, GenerationRecord, RefundDetail, TxnRecord};
+use crate::model::records::{GenState, GenerationRecord, RefundDetail, TxnRecord, WorkspaceRecord};
 use crate::model::{
     validate, Charge, Completion, RefundReason, RefundReceipt, StartGeneration, TxnKind,
 };
@@ -203,27 +203,9 @@ pub(super) fn complete(ctx: &mut Ctx<'_>, generation_id: &str) -> Result<Complet
             })
         }
         GenState::Running => {
-            let mut ws = ctx
-                .workspace(&gen.workspace)?
-                .ok_or_else(|| missing_workspace(&gen))?;
-            ws.running_generations = ws
-                .running_generations
-                .checked_sub(1)
-                .ok_or_else(|| running_underflow(&gen))?;
-            ws.held_credits = ws
-                .held_credits
-                .checked_sub(gen.cost_credits)
-                .ok_or_else(|| running_underflow(&gen))?;
-            gen.state = GenState::Succeeded { at_ms: ctx.now_ms };
-            ctx.put_workspace(&gen.workspace, &ws)?;
-            ctx.put_generation(&gen)?;
-            ctx.remove_deadline(gen.deadline_ms, &gen.id)?;
-            ctx.move_usage(
-                &gen.workspace,
-                gen.usage_txn,
-                Category::UsagePending,
-                usage_category(gen.state),
-            )?;
+            let ws = release(ctx, &gen)?;
+            let state = GenState::Succeeded { at_ms: ctx.now_ms };
+            finish(ctx, &mut gen, state, &ws)?;
             Ok(Completion {
                 generation_id: gen.id,
                 usage_txn: gen.usage_txn,
@@ -325,9 +307,7 @@ pub(super) fn refund(
         GenState::Running,
         "only a running generation is refunded"
     );
-    let mut ws = ctx
-        .workspace(&gen.workspace)?
-        .ok_or_else(|| missing_workspace(&gen))?;
+    let mut ws = release(ctx, &gen)?;
     let overflow = |what| Error::Overflow {
         workspace: gen.workspace.clone(),
         what,
@@ -340,14 +320,6 @@ pub(super) fn refund(
         .refunded_credits
         .checked_add(gen.cost_credits)
         .ok_or_else(|| overflow("the refunded total"))?;
-    ws.running_generations = ws
-        .running_generations
-        .checked_sub(1)
-        .ok_or_else(|| running_underflow(&gen))?;
-    ws.held_credits = ws
-        .held_credits
-        .checked_sub(gen.cost_credits)
-        .ok_or_else(|| running_underflow(&gen))?;
     ws.txn_count = ws
         .txn_count
         .checked_add(1)
@@ -378,19 +350,48 @@ pub(super) fn refund(
         },
         Category::Refund,
     )?;
-    gen.state = GenState::Refunded {
+    let state = GenState::Refunded {
         at_ms: ctx.now_ms,
         reason,
         refund_txn: rec.id,
     };
-    ctx.put_workspace(&gen.workspace, &ws)?;
-    ctx.put_generation(&gen)?;
+    finish(ctx, &mut gen, state, &ws)?;
+    refund_receipt(&gen, &rec, false)
+}
+
+/// The workspace of a running generation, with that generation taken off its running count
+/// and its held credits: the first step of every way a generation ends.
+fn release(ctx: &mut Ctx<'_>, gen: &GenerationRecord) -> Result<WorkspaceRecord, Error> {
+    let mut ws = ctx
+        .workspace(&gen.workspace)?
+        .ok_or_else(|| missing_workspace(gen))?;
+    ws.running_generations = ws
+        .running_generations
+        .checked_sub(1)
+        .ok_or_else(|| running_underflow(gen))?;
+    ws.held_credits = ws
+        .held_credits
+        .checked_sub(gen.cost_credits)
+        .ok_or_else(|| running_underflow(gen))?;
+    Ok(ws)
+}
+
+/// Write the end of a running generation: its new `state`, its workspace `ws`, its deadline
+/// entry gone, and its Usage filed under the status the new state shows.
+fn finish(
+    ctx: &mut Ctx<'_>,
+    gen: &mut GenerationRecord,
+    state: GenState,
+    ws: &WorkspaceRecord,
+) -> Result<(), Error> {
+    gen.state = state;
+    ctx.put_workspace(&gen.workspace, ws)?;
+    ctx.put_generation(gen)?;
     ctx.remove_deadline(gen.deadline_ms, &gen.id)?;
     ctx.move_usage(
         &gen.workspace,
         gen.usage_txn,
         Category::UsagePending,
         usage_category(gen.state),
-    )?;
-    refund_receipt(&gen, &rec, false)
+    )
 }
