@@ -63,6 +63,59 @@ pub(crate) struct EngineConfig {
     pub default_timeout_ms: u64,
 }
 
+/// What [`run`] did to a write transaction.
+pub(crate) struct Applied {
+    /// One result per operation.
+    pub results: Vec<Result<Outcome, Error>>,
+    /// The writer state after the batch.
+    pub state: WriterState,
+    /// Something was written: commit the transaction.
+    pub dirty: bool,
+    /// The earliest running deadline, when the deadline index changed.
+    pub earliest: Option<Option<u64>>,
+}
+
+/// Apply `ops` at `now_ms` inside `txn`. The live write path and the journal replay both go
+/// through here, so that replaying a batch does exactly what running it did.
+///
+/// An `Err` means a write failed half-way: the caller must abort `txn`.
+pub(crate) fn run(
+    txn: &WriteTransaction,
+    state: WriterState,
+    now_ms: u64,
+    config: EngineConfig,
+    ops: &[Op],
+) -> Result<Applied, Error> {
+    let mut ctx = Ctx::open(txn, state, now_ms, config)?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(ctx.apply(op));
+        if ctx.broken {
+            break;
+        }
+    }
+    if !ctx.broken {
+        ctx.flush()?;
+    }
+    if ctx.broken {
+        return Err(results
+            .pop()
+            .and_then(|r| r.err())
+            .unwrap_or_else(|| Error::storage("a write failed")));
+    }
+    let earliest = if ctx.deadlines_changed {
+        Some(ctx.earliest_deadline()?)
+    } else {
+        None
+    };
+    Ok(Applied {
+        results,
+        state: ctx.state,
+        dirty: ctx.dirty,
+        earliest,
+    })
+}
+
 /// One write transaction's worth of open tables and state.
 pub(crate) struct Ctx<'txn> {
     pub workspaces: Table<'txn, &'static str, &'static [u8]>,

@@ -1,6 +1,8 @@
 //! [`Ledger`]: the public operations. Opening lives in `open.rs`, the write path in
-//! `write.rs`, group commit in `commit.rs`, and the reads in `read.rs`.
+//! `write.rs`, group commit in `commit.rs`, the journal's replay and checkpoints in
+//! `checkpoint.rs`, and the reads in `read.rs`.
 
+mod checkpoint;
 mod commit;
 mod open;
 mod options;
@@ -18,6 +20,7 @@ pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
 use crate::engine::WriterState;
 use crate::error::{Error, Result};
 use crate::model::limits::{MAX_BATCH_OPS, MAX_SWEEP_LIMIT};
+use crate::storage::journal::Journal;
 use crate::model::{
     validate, Adjust, Charge, Completion, Credit, Op, Outcome, Receipt, RefundReason,
     RefundReceipt, StartGeneration, SweepReport,
@@ -63,6 +66,9 @@ pub struct Ledger {
     writer: Mutex<Option<WriterState>>,
     /// The last commit failed: reopen the database before the next write.
     needs_reopen: AtomicBool,
+    /// The write-ahead journal of a file ledger with `Durability::Immediate`; locked only by
+    /// the writer, after `writer`.
+    journal: Mutex<Option<Journal>>,
     group: GroupCommit,
     /// The earliest running deadline, so an idle sweep check needs no I/O.
     earliest_deadline_ms: AtomicU64,

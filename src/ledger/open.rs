@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable};
 
+use super::checkpoint;
 use super::commit::GroupCommit;
-use super::{Ledger, Options, Source};
+use super::{Durability, Ledger, Options, Source};
 use crate::error::{Error, Result};
 use crate::model::limits::MAX_SWEEP_LIMIT;
 use crate::storage::tables;
@@ -203,12 +204,17 @@ impl Ledger {
 
     fn init(db: Database, source: Source, options: Options) -> Result<Ledger> {
         ensure_schema(&db, Path::new(&source.to_string()))?;
+        let journal = match journal_path(&source, &options) {
+            Some(path) => Some(checkpoint::recover(&db, path)?),
+            None => None,
+        };
         let ledger = Ledger {
             db: RwLock::new(Some(db)),
             source,
             options,
             writer: Mutex::new(None),
             needs_reopen: AtomicBool::new(false),
+            journal: Mutex::new(journal),
             group: GroupCommit::default(),
             earliest_deadline_ms: AtomicU64::new(0),
             last_at_ms: AtomicU64::new(0),
@@ -262,9 +268,23 @@ impl Ledger {
             Source::Fixed(_) => return Ok(()),
         };
         ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
+        if let Some(path) = journal_path(&self.source, &self.options) {
+            // The journal may hold commits the reopened file does not: replay them.
+            *self.journal.lock() = Some(checkpoint::recover(&fresh, path)?);
+        }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");
         Ok(())
+    }
+}
+
+/// The ledger file whose journal a ledger opened from `source` with `options` keeps, if any.
+fn journal_path<'a>(source: &'a Source, options: &Options) -> Option<&'a Path> {
+    match source {
+        Source::File(path) if options.journal && options.durability == Durability::Immediate => {
+            Some(path)
+        }
+        _ => None,
     }
 }
 

@@ -43,20 +43,32 @@ pub struct Options {
     pub cache_size_bytes: usize,
     /// How far the clock may step back before writes are refused. Default: one minute.
     pub max_clock_regression_ms: u64,
-    /// Write redb's allocator state with each commit, so that reopening after a crash needs no
-    /// full repair scan. Default: off.
+    /// Write redb's allocator state with each durable commit of a ledger *without* a journal,
+    /// so that reopening after a crash needs no full repair scan. Default: off.
     ///
-    /// Quick repair makes every durable commit two-phase: two fsyncs instead of one. Measured
-    /// on a 2-core VM (see BENCHMARKS.md), one durable `start` took about 470 µs with it and
-    /// about 290 µs without. Without it, reopening after a crash repairs the file by reading
-    /// all of it: with 1M generations (a 570 MB file) that took about 0.5 s after `kill -9`
-    /// (file in the page cache) and about 5 s after dropping the page cache (as after a power
-    /// cut); with it, 2 to 30 ms. A desktop app commits far more often than it crashes, so the
-    /// default is off; turn it on for ledgers that large, where seconds of repair after a
-    /// power cut are not acceptable.
+    /// With the journal (the default for file ledgers), the only durable redb commits are
+    /// checkpoints, and they always use quick repair: its second fsync is paid once per
+    /// checkpoint, not per write. Without a journal it is paid on every commit: measured on a
+    /// 2-core VM (see BENCHMARKS.md), one durable `start` took about 470 µs with it and about
+    /// 290 µs without. Without it, reopening after a crash repairs the file by reading all of
+    /// it: with 1M generations (a 570 MB file) that took about 0.5 s after `kill -9` (file in
+    /// the page cache) and about 5 s after dropping the page cache (as after a power cut); with
+    /// it, 2 to 30 ms.
     pub quick_repair: bool,
     /// Refund everything that expired while the ledger was closed, during `open`. Default: on.
     pub sweep_on_open: bool,
+    /// Make each commit durable through a write-ahead journal, `<file>.journal` next to the
+    /// ledger file, instead of a durable redb commit. Default: on. Only file ledgers with
+    /// [`Durability::Immediate`] have a journal.
+    ///
+    /// Why: a durable redb commit syncs 15 to 17 scattered pages per operation; the journal
+    /// syncs one sequential page, and redb makes the journaled commits durable in bulk at a
+    /// checkpoint (when the journal is full, and on close). Measured on a 2-core VM (see
+    /// BENCHMARKS.md), one durable `start` takes about half the time with it. Acknowledged
+    /// writes survive `kill -9` and power loss either way: opening the ledger replays the
+    /// journal. The price is a second file: copy the ledger file alone only after
+    /// [`Ledger::checkpoint`](crate::Ledger::checkpoint) or a clean close.
+    pub journal: bool,
 }
 
 impl Default for Options {
@@ -69,6 +81,7 @@ impl Default for Options {
             max_clock_regression_ms: DEFAULT_MAX_CLOCK_REGRESSION_MS,
             quick_repair: false,
             sweep_on_open: true,
+            journal: true,
         }
     }
 }
@@ -107,6 +120,12 @@ impl Options {
     /// Turn redb's quick repair on or off.
     pub fn quick_repair(mut self, on: bool) -> Self {
         self.quick_repair = on;
+        self
+    }
+
+    /// Turn the write-ahead journal on or off; see [`Options::journal`].
+    pub fn journal(mut self, on: bool) -> Self {
+        self.journal = on;
         self
     }
 

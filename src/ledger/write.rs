@@ -5,9 +5,10 @@ use std::sync::atomic::Ordering;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{Durability, Ledger, NO_DEADLINE};
-use crate::engine::{Ctx, EngineConfig, WriterState};
+use crate::engine::{self, EngineConfig, WriterState};
 use crate::error::{Error, Result};
 use crate::model::{Op, Outcome, RefundReceipt};
+use crate::storage::journal::{self, Journal};
 use crate::storage::tables;
 
 /// What a committed batch hands back: each op's result, the writer state after it, and the
@@ -79,7 +80,8 @@ impl Ledger {
             Ok(t) => t,
             Err(e) => return all(e),
         };
-        match self.with_db(|db| self.run_batch(db, ops, state, now_ms)) {
+        let mut journal = self.journal.lock();
+        match self.with_db(|db| self.run_batch(db, ops, state, now_ms, journal.as_mut())) {
             Ok((results, new_state, earliest)) => {
                 *writer = Some(new_state);
                 self.last_at_ms
@@ -88,6 +90,7 @@ impl Ledger {
                     self.earliest_deadline_ms
                         .store(earliest.unwrap_or(NO_DEADLINE), Ordering::SeqCst);
                 }
+                drop(journal);
                 drop(writer);
                 // Only now, after the durable commit, do the refunds exist: tell the app.
                 self.log_refunds(state.next_txn_id, &results);
@@ -110,48 +113,56 @@ impl Ledger {
         ops: &[Op],
         state: WriterState,
         now_ms: u64,
+        journal: Option<&mut Journal>,
     ) -> Result<Committed> {
         let mut txn = db.begin_write()?;
-        txn.set_durability(match self.options.durability {
-            Durability::Immediate => redb::Durability::Immediate,
-            Durability::None => redb::Durability::None,
-        })?;
-        txn.set_quick_repair(self.options.quick_repair);
         let config = EngineConfig {
             default_timeout_ms: self.options.default_timeout_ms,
         };
-        let (results, new_state, dirty, earliest) = {
-            let mut ctx = Ctx::open(&txn, state, now_ms, config)?;
-            let mut results = Vec::with_capacity(ops.len());
-            for op in ops {
-                results.push(ctx.apply(op));
-                if ctx.broken {
-                    break;
+        let applied = engine::run(&txn, state, now_ms, config, ops)?;
+        if !applied.dirty {
+            txn.abort()?;
+            return Ok((applied.results, state, None));
+        }
+        match journal {
+            None => {
+                txn.set_durability(match self.options.durability {
+                    Durability::Immediate => redb::Durability::Immediate,
+                    Durability::None => redb::Durability::None,
+                })?;
+                txn.set_quick_repair(self.options.quick_repair);
+                txn.commit()?;
+            }
+            Some(journal) => {
+                let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops);
+                if journal.fits(payload.len()) {
+                    // The journal entry is the commit point: once it is synced, a crash
+                    // replays it. redb commits without a sync, and only after the entry is
+                    // durable, so no reader ever sees a write that a crash could take back.
+                    let seq = journal.next_seq();
+                    tables::put_meta_u64(
+                        &mut txn.open_table(tables::META)?,
+                        tables::META_JOURNAL_SEQ_KEY,
+                        seq,
+                    )?;
+                    journal.append(seq, &payload)?;
+                    txn.set_durability(redb::Durability::None)?;
+                    txn.commit()?;
+                } else {
+                    // Too big for what is left of the journal: commit durably to redb. That
+                    // makes every earlier journaled commit durable too, a checkpoint.
+                    tables::put_meta_u64(
+                        &mut txn.open_table(tables::META)?,
+                        tables::META_JOURNAL_SEQ_KEY,
+                        journal.last_seq(),
+                    )?;
+                    txn.set_quick_repair(true);
+                    txn.commit()?;
+                    journal.reset();
                 }
             }
-            if !ctx.broken {
-                ctx.flush()?;
-            }
-            if ctx.broken {
-                let e = results
-                    .pop()
-                    .and_then(|r| r.err())
-                    .unwrap_or_else(|| Error::storage("a write failed"));
-                return Err(e);
-            }
-            let earliest = if ctx.deadlines_changed {
-                Some(ctx.earliest_deadline()?)
-            } else {
-                None
-            };
-            (results, ctx.state, ctx.dirty, earliest)
-        };
-        if !dirty {
-            txn.abort()?;
-            return Ok((results, state, None));
         }
-        txn.commit()?;
-        Ok((results, new_state, earliest))
+        Ok((applied.results, applied.state, applied.earliest))
     }
 
     /// Emit an info event for every refund a committed batch wrote: failure reports, sweep

@@ -5,12 +5,12 @@
 //! same receipt with `replay: true` and changes nothing; sending a *different* request under the
 //! same id is an [`Error::Conflict`](crate::Error::Conflict) that names the field.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{CreditKind, RefundReason, TxnKind};
 
 /// Add credits to a workspace (creating it if needed): a Purchase or a Grant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credit {
     /// The workspace to credit.
     pub workspace: String,
@@ -60,7 +60,7 @@ impl Credit {
 }
 
 /// An operator's signed correction. It never takes a balance below zero.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Adjust {
     /// The workspace, which must exist.
     pub workspace: String,
@@ -90,7 +90,7 @@ impl Adjust {
 }
 
 /// Charge a workspace for a generation and start its clock.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartGeneration {
     /// The caller's id for the generation; it is also the idempotency key of the charge.
     pub generation_id: String,
@@ -129,7 +129,7 @@ impl StartGeneration {
 }
 
 /// One write, for [`Ledger::apply`](crate::Ledger::apply) and group commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// See [`Ledger::credit`](crate::Ledger::credit).
     Credit(Credit),

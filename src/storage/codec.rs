@@ -18,8 +18,12 @@ const FRAME_BYTES: usize = 1 + 4;
 /// the bound stops a corrupt length prefix from asking for gigabytes.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_RECORD_BYTES>()
+/// The largest journal payload: the operations of one group commit. A batch that encodes to
+/// more is committed straight to redb instead of through the journal.
+pub(crate) const MAX_JOURNAL_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+fn config<const LIMIT: usize>() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
 }
 
 /// Frame `value` as a record.
@@ -28,7 +32,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out.push(FORMAT_VERSION);
     // The records are plain structs of integers, strings, options and enums, which bincode's
     // serde encoder always accepts; a failure here is a bug in this crate.
-    bincode::serde::encode_into_std_write(value, &mut out, config())
+    bincode::serde::encode_into_std_write(value, &mut out, config::<MAX_RECORD_BYTES>())
         .expect("invariant: ledger records always encode");
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -54,6 +58,19 @@ pub(crate) fn decode<T: DeserializeOwned>(
     key: &dyn std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, Error> {
+    decode_limited::<T, MAX_RECORD_BYTES>(table, key, bytes)
+}
+
+/// [`decode`] for a journal payload, which may be up to [`MAX_JOURNAL_PAYLOAD_BYTES`].
+pub(crate) fn decode_journal<T: DeserializeOwned>(seq: u64, bytes: &[u8]) -> Result<T, Error> {
+    decode_limited::<T, MAX_JOURNAL_PAYLOAD_BYTES>("journal", &seq, bytes)
+}
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, Error> {
     let corrupt = |detail: String| Error::Corruption {
         table,
         key: key.to_string(),
@@ -65,7 +82,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
             bytes.len()
         )));
     }
-    if bytes.len() > MAX_RECORD_BYTES {
+    if bytes.len() > LIMIT {
         return Err(corrupt(format!(
             "record is {} bytes, over the limit",
             bytes.len()
@@ -86,7 +103,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
             supported: FORMAT_VERSION,
         });
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(&body[1..], config())
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(&body[1..], config::<LIMIT>())
         .map_err(|e| corrupt(format!("undecodable payload: {e}")))?;
     if used != body.len() - 1 {
         return Err(corrupt(format!(

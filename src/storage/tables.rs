@@ -32,6 +32,10 @@ pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new(
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
+/// The `meta` key holding the ledger's random id, which its journal entries carry.
+pub(crate) const META_LEDGER_ID_KEY: &str = "ledger_id";
+/// The `meta` key holding the sequence number of the last journal entry redb holds.
+pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: u8 = 1;
 
@@ -130,6 +134,33 @@ pub(crate) fn get_workspace(
         Some(v) => Ok(Some(codec::decode("workspaces", &id, v.value())?)),
         None => Ok(None),
     }
+}
+
+/// A `u64` kept in `meta`, or `None` when it was never written.
+pub(crate) fn get_meta_u64(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<u64>, Error> {
+    match meta.get(key)? {
+        None => Ok(None),
+        Some(v) => match <[u8; 8]>::try_from(v.value()) {
+            Ok(b) => Ok(Some(u64::from_le_bytes(b))),
+            Err(_) => Err(Error::Corruption {
+                table: "meta",
+                key: key.to_string(),
+                detail: format!("{} bytes where 8 were expected", v.value().len()),
+            }),
+        },
+    }
+}
+
+pub(crate) fn put_meta_u64(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    value: u64,
+) -> Result<(), Error> {
+    meta.insert(key, value.to_le_bytes().as_slice())?;
+    Ok(())
 }
 
 #[cfg(test)]

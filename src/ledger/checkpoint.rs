@@ -1,0 +1,162 @@
+//! The journal's life cycle: replay on open, checkpoints, and the checkpoint on close.
+//!
+//! A file ledger opened with [`Durability::Immediate`](super::Durability::Immediate) makes each
+//! group commit durable by appending it to its journal (see [`crate::storage::journal`]) and
+//! commits it to redb without a sync. A *checkpoint* is a durable redb commit: it makes every
+//! earlier commit durable in the ledger file, so the journal can start over. Checkpoints happen
+//! when the journal is full, when a batch is too big for it, on [`Ledger::checkpoint`], and
+//! when the ledger is dropped.
+
+use std::hash::{BuildHasher, Hasher};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use redb::{Database, ReadableDatabase};
+
+use super::Ledger;
+use crate::engine::{self, EngineConfig, WriterState};
+use crate::error::Result;
+use crate::storage::journal::{self, Journal};
+use crate::storage::tables;
+
+/// A random id for a new ledger, so that a journal left behind by another ledger of the same
+/// name is never replayed into this one.
+fn random_ledger_id() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Open the journal of the ledger file at `ledger` and replay into `db` every entry that redb
+/// does not hold yet, in one durable commit. The journal comes back empty.
+pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
+    let (id, applied_seq) = {
+        let rtx = db.begin_read()?;
+        let meta = rtx.open_table(tables::META)?;
+        (
+            tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)?,
+            tables::get_meta_u64(&meta, tables::META_JOURNAL_SEQ_KEY)?.unwrap_or(0),
+        )
+    };
+    let id = match id {
+        Some(id) => id,
+        // The first open with a journal: give the file its id. (Only ledgers with a journal
+        // get one, so that files on custom backends stay byte-for-byte reproducible.)
+        None => {
+            let id = random_ledger_id();
+            let txn = db.begin_write()?;
+            tables::put_meta_u64(
+                &mut txn.open_table(tables::META)?,
+                tables::META_LEDGER_ID_KEY,
+                id,
+            )?;
+            txn.commit()?;
+            id
+        }
+    };
+    let (mut journal, batches) = Journal::open(journal::path_for(ledger), id, applied_seq)?;
+    if !batches.is_empty() {
+        let mut txn = db.begin_write()?;
+        txn.set_quick_repair(true);
+        let mut state = WriterState::load(&txn.open_table(tables::TRANSACTIONS)?)?;
+        let mut ops = 0;
+        for batch in &batches {
+            let config = EngineConfig {
+                default_timeout_ms: batch.default_timeout_ms,
+            };
+            state = engine::run(&txn, state, batch.now_ms, config, &batch.ops)?.state;
+            ops += batch.ops.len();
+        }
+        tables::put_meta_u64(
+            &mut txn.open_table(tables::META)?,
+            tables::META_JOURNAL_SEQ_KEY,
+            journal.last_seq(),
+        )?;
+        txn.commit()?;
+        tracing::info!(
+            ledger = %ledger.display(),
+            entries = batches.len(),
+            ops,
+            "replayed the journal after an unclean stop"
+        );
+    }
+    journal.reset();
+    Ok(journal)
+}
+
+impl Ledger {
+    /// Make every acknowledged write durable in the ledger file itself and empty the journal.
+    ///
+    /// Call it before copying the ledger file while the ledger is open (a backup): between
+    /// checkpoints, the newest writes are durable in the `<file>.journal` next to it, and a copy
+    /// of the ledger file alone would miss them. Dropping the ledger checkpoints too. A ledger
+    /// without a journal (in memory, on a custom backend, or with
+    /// [`Options::journal`](super::Options::journal) off) has nothing to do.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use credit_ledger::{Credit, Ledger};
+    /// let ledger = Ledger::open(dir.path().join("ledger.redb"))?;
+    /// ledger.credit(Credit::grant("ws", 5, "welcome"))?;
+    /// ledger.checkpoint()?;
+    /// // `ledger.redb` alone now holds the grant.
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn checkpoint(&self) -> Result<()> {
+        self.check_poison()?;
+        let mut writer = self.writer.lock();
+        if self.needs_reopen.load(Ordering::SeqCst) {
+            // Reopening replays the journal and checkpoints it.
+            self.reopen()?;
+            self.needs_reopen.store(false, Ordering::SeqCst);
+            *writer = None;
+            return Ok(());
+        }
+        let mut journal = self.journal.lock();
+        let Some(j) = journal.as_mut() else {
+            return Ok(());
+        };
+        if j.is_empty() {
+            return Ok(());
+        }
+        let seq = j.last_seq();
+        let committed = self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_quick_repair(true);
+            tables::put_meta_u64(
+                &mut txn.open_table(tables::META)?,
+                tables::META_JOURNAL_SEQ_KEY,
+                seq,
+            )?;
+            txn.commit()?;
+            Ok(())
+        });
+        match committed {
+            Ok(()) => {
+                j.reset();
+                Ok(())
+            }
+            Err(e) => {
+                *writer = None;
+                self.needs_reopen.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if self.journal.get_mut().is_some() {
+            if let Err(e) = self.checkpoint() {
+                // Nothing is lost: the journal still holds the writes, and the next open
+                // replays them.
+                tracing::warn!(ledger = %self.source, error = %e, "checkpoint on close failed");
+            }
+        }
+    }
+}
