@@ -20,11 +20,11 @@ pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
 use crate::engine::WriterState;
 use crate::error::{Error, Result};
 use crate::model::limits::{MAX_BATCH_OPS, MAX_SWEEP_LIMIT};
-use crate::storage::journal::Journal;
 use crate::model::{
     validate, Adjust, Charge, Completion, Credit, Op, Outcome, Receipt, RefundReason,
     RefundReceipt, StartGeneration, SweepReport,
 };
+use crate::storage::journal::Journal;
 use commit::GroupCommit;
 
 /// "No running generation" in the earliest-deadline cache.

@@ -113,7 +113,11 @@ pub(crate) struct Journal {
 impl Journal {
     /// Open the journal at `path` and read the entries after `applied_seq` that belong to
     /// `ledger_id`. A missing file is an empty journal.
-    pub fn open(path: PathBuf, ledger_id: u64, applied_seq: u64) -> Result<(Journal, Vec<Batch>), Error> {
+    pub fn open(
+        path: PathBuf,
+        ledger_id: u64,
+        applied_seq: u64,
+    ) -> Result<(Journal, Vec<Batch>), Error> {
         let mut journal = Journal {
             path,
             file: None,
@@ -122,7 +126,11 @@ impl Journal {
             allocated_bytes: 0,
             last_seq: applied_seq,
         };
-        let file = match OpenOptions::new().read(true).write(true).open(&journal.path) {
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&journal.path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((journal, Vec::new())),
             Err(e) => return Err(io_error(&journal.path, "cannot open it", e)),
@@ -137,8 +145,10 @@ impl Journal {
         while offset + HEADER_BYTES as u64 <= len {
             file.read_exact_at(&mut header, offset)
                 .map_err(|e| io_error(&journal.path, "cannot read it", e))?;
-            let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
-            let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or_default());
+            let u32_at =
+                |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
+            let u64_at =
+                |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or_default());
             let payload_len = u32_at(4) as usize;
             let seq = u64_at(16);
             let next = journal.last_seq.checked_add(1);
@@ -212,7 +222,10 @@ impl Journal {
     /// Append entry `seq` and sync it. When this returns `Ok`, the entry survives a crash.
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), Error> {
         assert_eq!(seq, self.next_seq(), "journal entries are consecutive");
-        assert!(self.fits(payload.len()), "the caller checks that an entry fits");
+        assert!(
+            self.fits(payload.len()),
+            "the caller checks that an entry fits"
+        );
         let total = entry_bytes(payload.len());
         let end = self.write_offset + total;
         if end > self.allocated_bytes {
@@ -328,11 +341,19 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x40;
             std::fs::write(&path, &damaged).unwrap();
-            assert_eq!(Journal::open(path.clone(), 1, 0).unwrap().1.len(), 1, "flip at {at}");
+            assert_eq!(
+                Journal::open(path.clone(), 1, 0).unwrap().1.len(),
+                1,
+                "flip at {at}"
+            );
         }
         for len in [4096, 4096 + 27, 4096 + 40] {
             std::fs::write(&path, &bytes[..len]).unwrap();
-            assert_eq!(Journal::open(path.clone(), 1, 0).unwrap().1.len(), 1, "cut at {len}");
+            assert_eq!(
+                Journal::open(path.clone(), 1, 0).unwrap().1.len(),
+                1,
+                "cut at {len}"
+            );
         }
     }
 
