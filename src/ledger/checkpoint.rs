@@ -48,7 +48,10 @@ pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
         // get one, so that files on custom backends stay byte-for-byte reproducible.)
         None => {
             let id = random_ledger_id();
-            let txn = db.begin_write()?;
+            let mut txn = db.begin_write()?;
+            // Every durable commit of a journaled ledger saves the allocator state, so that
+            // the reopen after a crash needs no full repair scan.
+            txn.set_quick_repair(true);
             tables::put_meta_u64(
                 &mut txn.open_table(tables::META)?,
                 tables::META_LEDGER_ID_KEY,
