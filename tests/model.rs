@@ -39,8 +39,8 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Run one input; on a panic, save the input where it can be replayed, then fail.
-fn run_or_save(input: &[u8], label: &str) -> model::RunStats {
-    match std::panic::catch_unwind(|| model::run(input)) {
+fn run_or_save(run: fn(&[u8]) -> model::RunStats, input: &[u8], label: &str) -> model::RunStats {
+    match std::panic::catch_unwind(|| run(input)) {
         Ok(stats) => stats,
         Err(panic) => {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/model-failures");
@@ -58,12 +58,24 @@ fn run_or_save(input: &[u8], label: &str) -> model::RunStats {
 
 #[test]
 fn seeded_operation_sequences_match_the_model() {
+    seeded(model::run, "image", 30);
+}
+
+/// The same, on a file ledger with its write-ahead journal: every crash replays the journal.
+#[test]
+fn seeded_operation_sequences_match_the_model_through_the_journal() {
+    seeded(model::run_journal, "journal", 15);
+}
+
+/// Run seeded inputs through `run` for the time budget (`MODEL_BUDGET_SECS`, or
+/// `default_secs`).
+fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     if std::env::var_os("MODEL_REPLAY").is_some() {
         eprintln!("MODEL_REPLAY is set: only the replay test runs");
         return;
     }
     let seed = env_u64("MODEL_SEED").unwrap_or(0x00C0_FFEE_2026);
-    let budget = Duration::from_secs(env_u64("MODEL_BUDGET_SECS").unwrap_or(30));
+    let budget = Duration::from_secs(env_u64("MODEL_BUDGET_SECS").unwrap_or(default_secs));
     const MIN_CASES: u64 = 20;
     const MAX_CASES: u64 = 100_000;
     let mut rng = Rng(seed);
@@ -78,12 +90,12 @@ fn seeded_operation_sequences_match_the_model() {
             256 + (rng.next() % 1536) as usize
         };
         let input = rng.bytes(len);
-        let stats = run_or_save(&input, &format!("seed-{seed:x}-case-{cases}"));
+        let stats = run_or_save(run, &input, &format!("{mode}-seed-{seed:x}-case-{cases}"));
         total.add(&stats);
         cases += 1;
     }
     println!(
-        "model: seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
+        "model ({mode}): seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
          matched), {} refunds, {} reopens ({} crashes), {} clean verify() runs, in {:.1} s; \
          errors by kind: {:?}",
         total.steps,
@@ -125,6 +137,7 @@ fn saved_crash_inputs_replay_cleanly() {
         let input = std::fs::read(file)
             .unwrap_or_else(|e| panic!("cannot read saved input {}: {e}", file.display()));
         let stats = model::run(&input);
+        model::run_journal(&input);
         println!(
             "replayed {}: {} steps, {} operations",
             file.display(),

@@ -17,6 +17,12 @@
 //! image (its later writes fail), drops it, rolls the live bytes back to the durable image and
 //! reopens: exactly what a power cut after the last fsync leaves behind. A "close" drops and
 //! reopens cleanly.
+//!
+//! [`run_journal`] runs the same steps on a real file ledger with its write-ahead journal (the
+//! default for files). There a "crash" copies the ledger file and its journal while the ledger
+//! is still open (the bytes a `kill -9` leaves: the ledger file as of its last checkpoint plus
+//! whatever redb flushed since, and the journal), then opens the copy, which replays the
+//! journal.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -1145,10 +1151,43 @@ impl RunStats {
     }
 }
 
+/// Where the harness's ledger lives.
+enum Storage {
+    /// The in-memory image backend (no journal).
+    Image {
+        image: Arc<Mutex<Image>>,
+        dead: Arc<AtomicBool>,
+    },
+    /// Files in a scratch folder, with the journal; each crash moves on to a copy.
+    Files {
+        dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        copies: u32,
+    },
+}
+
+/// `<file>.journal`, next to a ledger file.
+fn journal_of(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".journal");
+    path.with_file_name(name)
+}
+
+/// A scratch folder, in memory when the system has one (fsync is then free), so that the
+/// journal mode runs about as many steps as the image mode.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("a temporary folder")
+}
+
 struct Harness {
     clock: ManualClock,
-    image: Arc<Mutex<Image>>,
-    dead: Arc<AtomicBool>,
+    storage: Storage,
     ledger: Option<Ledger>,
     model: Model,
     stats: RunStats,
@@ -1170,8 +1209,25 @@ impl Harness {
         let ledger = Ledger::open_backend(backend, options(&clock)).expect("create a new ledger");
         Harness {
             clock,
-            image,
-            dead,
+            storage: Storage::Image { image, dead },
+            ledger: Some(ledger),
+            model: Model::new(START_MS),
+            stats: RunStats::default(),
+        }
+    }
+
+    fn new_journal() -> Self {
+        let clock = ManualClock::new(START_MS);
+        let dir = scratch_dir();
+        let path = dir.path().join("ledger-0.redb");
+        let ledger = Ledger::open_with(&path, options(&clock)).expect("create a new ledger");
+        Harness {
+            clock,
+            storage: Storage::Files {
+                dir,
+                path,
+                copies: 0,
+            },
             ledger: Some(ledger),
             model: Model::new(START_MS),
             stats: RunStats::default(),
@@ -1204,32 +1260,59 @@ impl Harness {
     }
 
     fn reopen(&mut self, crash: bool, step: usize) {
-        if crash {
-            // The process dies: nothing it does from now on reaches the image.
-            self.dead.store(true, Ordering::SeqCst);
-        }
-        drop(self.ledger.take());
-        if crash {
-            let mut img = self.image.lock().unwrap();
-            let Image {
-                live,
-                durable,
-                dirty,
-            } = &mut *img;
-            live.clone_from(durable);
-            dirty.clear();
-            self.stats.crashes += 1;
-        }
-        self.stats.reopens += 1;
-        self.dead = Arc::new(AtomicBool::new(false));
-        let backend = ImageBackend {
-            image: self.image.clone(),
-            dead: self.dead.clone(),
+        let reopen: Box<dyn FnOnce() -> Result<Ledger, Error>> = match &mut self.storage {
+            Storage::Image { image, dead } => {
+                if crash {
+                    // The process dies: nothing it does from now on reaches the image.
+                    dead.store(true, Ordering::SeqCst);
+                }
+                drop(self.ledger.take());
+                if crash {
+                    let mut img = image.lock().unwrap();
+                    let Image {
+                        live,
+                        durable,
+                        dirty,
+                    } = &mut *img;
+                    live.clone_from(durable);
+                    dirty.clear();
+                    self.stats.crashes += 1;
+                }
+                *dead = Arc::new(AtomicBool::new(false));
+                let backend = ImageBackend {
+                    image: image.clone(),
+                    dead: dead.clone(),
+                };
+                let options = options(&self.clock);
+                Box::new(move || Ledger::open_backend(backend, options))
+            }
+            Storage::Files { dir, path, copies } => {
+                if crash {
+                    // What `kill -9` leaves: the files as they are now, before any close.
+                    *copies += 1;
+                    let copy = dir.path().join(format!("ledger-{copies}.redb"));
+                    std::fs::copy(&*path, &copy).expect("copy the ledger file");
+                    if journal_of(path).exists() {
+                        std::fs::copy(journal_of(path), journal_of(&copy))
+                            .expect("copy the journal");
+                    }
+                    drop(self.ledger.take());
+                    let _ = std::fs::remove_file(&*path);
+                    let _ = std::fs::remove_file(journal_of(path));
+                    *path = copy;
+                    self.stats.crashes += 1;
+                } else {
+                    drop(self.ledger.take());
+                }
+                let (path, options) = (path.clone(), options(&self.clock));
+                Box::new(move || Ledger::open_with(path, options))
+            }
         };
+        self.stats.reopens += 1;
         // Opening runs the catch-up sweep: the model runs it too.
         let mut expected = self.model.clone();
         let want = expected.open_sweep();
-        let got = Ledger::open_backend(backend, options(&self.clock));
+        let got = reopen();
         match (got, want) {
             (Ok(ledger), Ok(())) => {
                 self.model = expected;
@@ -1439,8 +1522,17 @@ impl Harness {
 
 /// Decode `data` and run it against a ledger and the model. Panics on the first difference.
 pub fn run(data: &[u8]) -> RunStats {
+    run_on(data, Harness::new())
+}
+
+/// [`run`] on a file ledger with its journal; a crash is a copy of the files taken while the
+/// ledger is open.
+pub fn run_journal(data: &[u8]) -> RunStats {
+    run_on(data, Harness::new_journal())
+}
+
+fn run_on(data: &[u8], mut h: Harness) -> RunStats {
     let steps = decode(data);
-    let mut h = Harness::new();
     for (i, s) in steps.iter().enumerate() {
         h.step(i, s);
     }
