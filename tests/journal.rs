@@ -317,3 +317,49 @@ fn a_damaged_entry_that_passes_its_checksum_is_a_typed_error_and_garbage_is_igno
     }
     drop(ledger);
 }
+
+#[test]
+fn a_journal_that_cannot_be_written_fails_the_write_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let a = dir.path().join("a.redb");
+    let ledger = open(&a, &clock);
+    ledger
+        .credit(Credit::purchase("ws", 100, "order-1"))
+        .unwrap();
+    drop(ledger);
+
+    // Every write to the journal now fails with "no space left on device".
+    let full = Path::new("/dev/full");
+    assert!(full.exists(), "this test needs Linux's /dev/full");
+    std::fs::remove_file(journal_of(&a)).unwrap();
+    std::os::unix::fs::symlink(full, journal_of(&a)).unwrap();
+    let ledger = open(&a, &clock);
+    let before = snapshot(&ledger);
+    let start = || StartGeneration::new("g1", "ws", "Quick Video", 30);
+    match ledger.start_generation(start()) {
+        Err(e @ (Error::Storage { .. } | Error::CommitUncertain { .. })) => {
+            assert!(e.to_string().contains("journal"), "{e}")
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    // Nothing is visible: the charge never reached redb.
+    assert_same(&snapshot(&ledger), &before, "after the failed write");
+    assert!(matches!(
+        ledger.generation("g1"),
+        Err(Error::UnknownGeneration { .. })
+    ));
+    assert_healthy(&ledger);
+
+    // Space comes back: the retry with the same id charges exactly once, on the same Ledger.
+    std::fs::remove_file(journal_of(&a)).unwrap();
+    let charge = ledger.start_generation(start()).unwrap();
+    assert!(!charge.replay);
+    assert_eq!(charge.balance_after_credits, 70);
+    assert!(ledger.start_generation(start()).unwrap().replay);
+    assert_healthy(&ledger);
+    drop(ledger);
+    let reopened = open(&a, &clock);
+    assert_eq!(reopened.balance("ws").unwrap().balance_credits, 70);
+    assert_healthy(&reopened);
+}

@@ -247,8 +247,14 @@ impl Journal {
         })?;
         file.write_all_at(&buf, self.write_offset)
             .map_err(|e| io_error(&self.path, "cannot write an entry", e))?;
-        file.sync_data()
-            .map_err(|e| io_error(&self.path, "cannot sync an entry", e))?;
+        // A failed write leaves an entry whose checksum fails: it never counts. A failed sync
+        // may or may not have made it durable, and a reopen replays whatever the file holds.
+        file.sync_data().map_err(|e| Error::CommitUncertain {
+            message: format!(
+                "journal `{}`: cannot sync an entry: {e}",
+                self.path.display()
+            ),
+        })?;
         self.write_offset = end;
         self.last_seq = seq;
         Ok(())
