@@ -327,12 +327,14 @@ fn a_journal_that_cannot_be_written_fails_the_write_and_changes_nothing() {
     ledger
         .credit(Credit::purchase("ws", 100, "order-1"))
         .unwrap();
+    assert!(journal_of(&a).exists());
     drop(ledger);
+    // A clean close checkpoints and removes the journal.
+    assert!(!journal_of(&a).exists());
 
     // Every write to the journal now fails with "no space left on device".
     let full = Path::new("/dev/full");
     assert!(full.exists(), "this test needs Linux's /dev/full");
-    std::fs::remove_file(journal_of(&a)).unwrap();
     std::os::unix::fs::symlink(full, journal_of(&a)).unwrap();
     let ledger = open(&a, &clock);
     let before = snapshot(&ledger);

@@ -5,7 +5,7 @@
 //! commits it to redb without a sync. A *checkpoint* is a durable redb commit: it makes every
 //! earlier commit durable in the ledger file, so the journal can start over. Checkpoints happen
 //! when the journal is full, when a batch is too big for it, on [`Ledger::checkpoint`], and
-//! when the ledger is dropped.
+//! when the ledger is dropped, which then deletes the journal file.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
@@ -96,7 +96,8 @@ impl Ledger {
     ///
     /// Call it before copying the ledger file while the ledger is open (a backup): between
     /// checkpoints, the newest writes are durable in the `<file>.journal` next to it, and a copy
-    /// of the ledger file alone would miss them. Dropping the ledger checkpoints too. A ledger
+    /// of the ledger file alone would miss them. Dropping the ledger checkpoints too, and
+    /// deletes the journal file. A ledger
     /// without a journal (in memory, on a custom backend, or with
     /// [`Options::journal`](super::Options::journal) off) has nothing to do.
     ///
@@ -154,11 +155,22 @@ impl Ledger {
 
 impl Drop for Ledger {
     fn drop(&mut self) {
-        if self.journal.get_mut().is_some() {
-            if let Err(e) = self.checkpoint() {
-                // Nothing is lost: the journal still holds the writes, and the next open
-                // replays them.
-                tracing::warn!(ledger = %self.source, error = %e, "checkpoint on close failed");
+        if self.journal.get_mut().is_none() {
+            return;
+        }
+        match self.checkpoint() {
+            // redb holds everything: the journal file goes, as SQLite's WAL does on close.
+            Ok(()) => {
+                if let Some(journal) = self.journal.get_mut().take() {
+                    if let Err(e) = journal.remove() {
+                        tracing::warn!(ledger = %self.source, error = %e, "cannot remove the journal");
+                    }
+                }
+            }
+            // Nothing is lost: the journal still holds the writes, and the next open replays
+            // them.
+            Err(e) => {
+                tracing::warn!(ledger = %self.source, error = %e, "checkpoint on close failed")
             }
         }
     }

@@ -214,6 +214,17 @@ impl Journal {
             && self.write_offset + entry_bytes(payload_len) <= JOURNAL_CAPACITY_BYTES
     }
 
+    /// Delete the file: for a clean close, after a checkpoint, when redb holds every entry.
+    /// The next open starts a new journal.
+    pub fn remove(self) -> Result<(), Error> {
+        drop(self.file);
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&self.path, "cannot remove it", e)),
+        }
+    }
+
     /// Start over at offset 0: redb now holds every entry (a checkpoint committed).
     pub fn reset(&mut self) {
         self.write_offset = 0;
