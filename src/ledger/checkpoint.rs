@@ -31,6 +31,16 @@ fn random_ledger_id() -> u64 {
     h.finish()
 }
 
+/// Write one `meta` value in a durable commit. Every durable commit of a journaled ledger saves
+/// redb's allocator state (quick repair), so that the reopen after a crash needs no repair walk.
+fn commit_meta(db: &Database, key: &str, value: u64) -> Result<()> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    tables::put_meta_u64(&mut txn.open_table(tables::META)?, key, value)?;
+    txn.commit()?;
+    Ok(())
+}
+
 /// Open the journal of the ledger file at `ledger` and replay into `db` every entry that redb
 /// does not hold yet, in one durable commit. The journal comes back empty.
 pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
@@ -48,16 +58,7 @@ pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
         // get one, so that files on custom backends stay byte-for-byte reproducible.)
         None => {
             let id = random_ledger_id();
-            let mut txn = db.begin_write()?;
-            // Every durable commit of a journaled ledger saves the allocator state, so that
-            // the reopen after a crash needs no full repair scan.
-            txn.set_quick_repair(true);
-            tables::put_meta_u64(
-                &mut txn.open_table(tables::META)?,
-                tables::META_LEDGER_ID_KEY,
-                id,
-            )?;
-            txn.commit()?;
+            commit_meta(db, tables::META_LEDGER_ID_KEY, id)?;
             id
         }
     };
@@ -128,17 +129,7 @@ impl Ledger {
             return Ok(());
         }
         let seq = j.last_seq();
-        let committed = self.with_db(|db| {
-            let mut txn = db.begin_write()?;
-            txn.set_quick_repair(true);
-            tables::put_meta_u64(
-                &mut txn.open_table(tables::META)?,
-                tables::META_JOURNAL_SEQ_KEY,
-                seq,
-            )?;
-            txn.commit()?;
-            Ok(())
-        });
+        let committed = self.with_db(|db| commit_meta(db, tables::META_JOURNAL_SEQ_KEY, seq));
         match committed {
             Ok(()) => {
                 j.reset();
