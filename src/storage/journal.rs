@@ -46,9 +46,11 @@ use crate::storage::codec::{self, MAX_JOURNAL_PAYLOAD_BYTES};
 pub(crate) const BLOCK_BYTES: u64 = 4096;
 /// The journal never grows past this; a batch that does not fit is committed as a checkpoint.
 pub(crate) const JOURNAL_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
-/// The file grows by zero-filled steps of this size, so that an append overwrites allocated
-/// blocks and `fdatasync` has no file-size metadata to write.
-const GROW_BYTES: u64 = 256 * 1024;
+/// The file grows in zero-filled steps, so that an append overwrites allocated blocks and
+/// `fdatasync` has no file-size metadata to write. The first step is this size, and each step
+/// doubles the file, so a short session (a CLI call) writes little and a long one grows the
+/// file about ten times up to its capacity.
+const FIRST_GROW_BYTES: u64 = 16 * 1024;
 const MAGIC: [u8; 4] = *b"CLJ\x01";
 const HEADER_BYTES: usize = 28;
 
@@ -292,7 +294,8 @@ impl Journal {
             self.file = Some(file);
         }
         let target = end
-            .max(self.allocated_bytes + GROW_BYTES)
+            .max(self.allocated_bytes * 2)
+            .max(FIRST_GROW_BYTES)
             .min(JOURNAL_CAPACITY_BYTES)
             .max(end);
         let zeros = vec![0u8; (target - self.allocated_bytes) as usize];
