@@ -293,11 +293,8 @@ impl Journal {
                 .map_err(|e| io_error(&self.path, "cannot sync its folder", e))?;
             self.file = Some(file);
         }
-        let target = end
-            .max(self.allocated_bytes * 2)
-            .max(FIRST_GROW_BYTES)
-            .min(JOURNAL_CAPACITY_BYTES)
-            .max(end);
+        let doubled = (self.allocated_bytes * 2).clamp(FIRST_GROW_BYTES, JOURNAL_CAPACITY_BYTES);
+        let target = end.max(doubled);
         let zeros = vec![0u8; (target - self.allocated_bytes) as usize];
         let file = self.file.as_ref().ok_or_else(|| Error::Storage {
             message: "the journal has no file".into(),
