@@ -15,8 +15,10 @@
 //!   it is never "pending" and never fails on its own. Retries, replays and races get the
 //!   original receipt back, flagged as a replay.
 //! - **Durable.** With the default [`Durability::Immediate`], a call returns only after its
-//!   write is fsynced. After a commit error ([`Error::CommitUncertain`]) the write may have
-//!   landed: retry with the same ids, which is always safe.
+//!   write is fsynced: for a file ledger, to its write-ahead journal (`<file>.journal`), which
+//!   the next open replays after a crash (see [`Options::journal`] and [`Ledger::checkpoint`]).
+//!   After a commit error ([`Error::CommitUncertain`]) the write may have landed: retry with
+//!   the same ids, which is always safe.
 //! - **Timeouts do not depend on the sweeper.** Once a generation's deadline has passed, any
 //!   call that touches it refunds it with reason `Timeout` (lazy expiry); the sweep only finds
 //!   the ones nobody touches. A failure report lost to a crash is caught at the deadline.

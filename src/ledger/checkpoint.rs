@@ -15,7 +15,7 @@ use redb::{Database, ReadableDatabase};
 
 use super::Ledger;
 use crate::engine::{self, EngineConfig, WriterState};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::journal::{self, Journal};
 use crate::storage::tables;
 
@@ -149,7 +149,11 @@ impl Drop for Ledger {
         if self.journal.get_mut().is_none() {
             return;
         }
-        match self.checkpoint() {
+        // A panic from redb on a damaged page must not escape a destructor.
+        let checkpointed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.checkpoint()))
+                .unwrap_or_else(|_| Err(Error::storage("the storage engine panicked")));
+        match checkpointed {
             // redb holds everything: the journal file goes, as SQLite's WAL does on close.
             Ok(()) => {
                 if let Some(journal) = self.journal.get_mut().take() {
