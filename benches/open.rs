@@ -17,7 +17,7 @@
 //! cache; the numbers are the repair's CPU and cached-I/O cost, not a cold disk read.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,19 +57,13 @@ fn crash_child(path: &str) -> ! {
     unreachable!()
 }
 
-/// `<file>.journal`, next to a ledger file.
-fn journal_of(ledger: &Path) -> PathBuf {
-    let mut name = ledger.file_name().expect("a file name").to_os_string();
-    name.push(".journal");
-    ledger.with_file_name(name)
-}
-
 /// Copy a ledger file and its journal (when there is one).
 fn copy_ledger(from: &Path, to: &Path) {
     std::fs::copy(from, to).expect("copy the ledger file");
-    let _ = std::fs::remove_file(journal_of(to));
-    if journal_of(from).exists() {
-        std::fs::copy(journal_of(from), journal_of(to)).expect("copy the journal");
+    let _ = std::fs::remove_file(Ledger::journal_path(to));
+    if Ledger::journal_path(from).exists() {
+        std::fs::copy(Ledger::journal_path(from), Ledger::journal_path(to))
+            .expect("copy the journal");
     }
 }
 

@@ -8,7 +8,7 @@
 //! when the ledger is dropped, which then deletes the journal file.
 
 use std::hash::{BuildHasher, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use redb::{Database, ReadableDatabase};
@@ -93,6 +93,21 @@ pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
 }
 
 impl Ledger {
+    /// The journal of the ledger file at `ledger_file`: `<file name>.journal` in the same
+    /// folder. It exists while a ledger with a journal is open (and after a crash, until the
+    /// next open replays it); a backup of an open ledger copies it with the ledger file.
+    ///
+    /// ```
+    /// use credit_ledger::Ledger;
+    /// assert_eq!(
+    ///     Ledger::journal_path("data/credits.redb"),
+    ///     std::path::Path::new("data/credits.redb.journal")
+    /// );
+    /// ```
+    pub fn journal_path(ledger_file: impl AsRef<Path>) -> PathBuf {
+        journal::path_for(ledger_file.as_ref())
+    }
+
     /// Make every acknowledged write durable in the ledger file itself and empty the journal.
     ///
     /// Call it before copying the ledger file while the ledger is open (a backup): between

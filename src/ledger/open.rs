@@ -1,7 +1,7 @@
 //! Opening a ledger: files, memory and custom backends; schema checks; atomic creation; and
 //! reopening after an I/O error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Mutex, RwLock};
@@ -12,7 +12,7 @@ use super::commit::GroupCommit;
 use super::{Durability, Ledger, Options, Source};
 use crate::error::{Error, Result};
 use crate::model::limits::MAX_SWEEP_LIMIT;
-use crate::storage::tables;
+use crate::storage::{self, tables};
 
 pub(super) fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
     let shown = path.display().to_string();
@@ -98,13 +98,7 @@ fn create_file(path: &Path, cache_size_bytes: usize) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(io("linking it into place", e)),
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing its folder", e))
+    storage::sync_folder_of(path).map_err(|e| io("syncing its folder", e))
 }
 
 impl Ledger {

@@ -135,27 +135,29 @@ impl Ledger {
             }
             Some(journal) => {
                 let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops);
-                if journal.fits(payload.len()) {
+                let journaled = journal.fits(payload.len());
+                // redb records the last journal entry it holds, in the batch's own transaction:
+                // this batch's entry, or (for a checkpoint) the last one written.
+                let held_seq = if journaled {
+                    journal.next_seq()
+                } else {
+                    journal.last_seq()
+                };
+                tables::put_meta_u64(
+                    &mut txn.open_table(tables::META)?,
+                    tables::META_JOURNAL_SEQ_KEY,
+                    held_seq,
+                )?;
+                if journaled {
                     // The journal entry is the commit point: once it is synced, a crash
                     // replays it. redb commits without a sync, and only after the entry is
                     // durable, so no reader ever sees a write that a crash could take back.
-                    let seq = journal.next_seq();
-                    tables::put_meta_u64(
-                        &mut txn.open_table(tables::META)?,
-                        tables::META_JOURNAL_SEQ_KEY,
-                        seq,
-                    )?;
-                    journal.append(seq, &payload)?;
+                    journal.append(held_seq, &payload)?;
                     txn.set_durability(redb::Durability::None)?;
                     txn.commit()?;
                 } else {
                     // Too big for what is left of the journal: commit durably to redb. That
                     // makes every earlier journaled commit durable too, a checkpoint.
-                    tables::put_meta_u64(
-                        &mut txn.open_table(tables::META)?,
-                        tables::META_JOURNAL_SEQ_KEY,
-                        journal.last_seq(),
-                    )?;
                     txn.set_quick_repair(true);
                     txn.commit()?;
                     journal.reset();

@@ -255,9 +255,7 @@ impl Journal {
         buf.extend_from_slice(&crc.finalize().to_le_bytes());
         buf.extend_from_slice(payload);
         buf.resize(total as usize, 0);
-        let file = self.file.as_ref().ok_or_else(|| Error::Storage {
-            message: "the journal has no file".into(),
-        })?;
+        let file = self.file()?;
         file.write_all_at(&buf, self.write_offset)
             .map_err(|e| io_error(&self.path, "cannot write an entry", e))?;
         // A failed write leaves an entry whose checksum fails: it never counts. A failed sync
@@ -273,6 +271,13 @@ impl Journal {
         Ok(())
     }
 
+    /// The open file: there is one once `grow` has run.
+    fn file(&self) -> Result<&File, Error> {
+        self.file.as_ref().ok_or_else(|| Error::Storage {
+            message: format!("journal `{}` has no file", self.path.display()),
+        })
+    }
+
     /// Make sure the first `end` bytes are allocated, creating the file if needed.
     fn grow(&mut self, end: u64) -> Result<(), Error> {
         if self.file.is_none() {
@@ -284,21 +289,14 @@ impl Journal {
                 .open(&self.path)
                 .map_err(|e| io_error(&self.path, "cannot create it", e))?;
             // The file's name must be durable before an entry in it is acknowledged.
-            let dir = match self.path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
+            super::sync_folder_of(&self.path)
                 .map_err(|e| io_error(&self.path, "cannot sync its folder", e))?;
             self.file = Some(file);
         }
         let doubled = (self.allocated_bytes * 2).clamp(FIRST_GROW_BYTES, JOURNAL_CAPACITY_BYTES);
         let target = end.max(doubled);
         let zeros = vec![0u8; (target - self.allocated_bytes) as usize];
-        let file = self.file.as_ref().ok_or_else(|| Error::Storage {
-            message: "the journal has no file".into(),
-        })?;
+        let file = self.file()?;
         file.write_all_at(&zeros, self.allocated_bytes)
             .and_then(|()| file.sync_all())
             .map_err(|e| io_error(&self.path, "cannot grow it", e))?;

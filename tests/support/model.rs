@@ -1166,13 +1166,6 @@ enum Storage {
     },
 }
 
-/// `<file>.journal`, next to a ledger file.
-fn journal_of(path: &std::path::Path) -> std::path::PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".journal");
-    path.with_file_name(name)
-}
-
 /// A scratch folder, in memory when the system has one (fsync is then free), so that the
 /// journal mode runs about as many steps as the image mode.
 fn scratch_dir() -> tempfile::TempDir {
@@ -1292,13 +1285,13 @@ impl Harness {
                     *copies += 1;
                     let copy = dir.path().join(format!("ledger-{copies}.redb"));
                     std::fs::copy(&*path, &copy).expect("copy the ledger file");
-                    if journal_of(path).exists() {
-                        std::fs::copy(journal_of(path), journal_of(&copy))
+                    if Ledger::journal_path(&*path).exists() {
+                        std::fs::copy(Ledger::journal_path(&*path), Ledger::journal_path(&copy))
                             .expect("copy the journal");
                     }
                     drop(self.ledger.take());
                     let _ = std::fs::remove_file(&*path);
-                    let _ = std::fs::remove_file(journal_of(path));
+                    let _ = std::fs::remove_file(Ledger::journal_path(&*path));
                     *path = copy;
                     self.stats.crashes += 1;
                 } else {
