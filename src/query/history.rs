@@ -6,13 +6,15 @@
 //! entries it returns (plus those a `feature` filter skips, bounded by
 //! [`HISTORY_SCAN_BUDGET`]), at entry 10 and at entry 10 million alike.
 
-use redb::ReadTransaction;
+use redb::{ReadOnlyTable, ReadTransaction};
 use serde::Serialize;
 
 use super::{id_range, view_of, TransactionView};
 use crate::error::{Error, InvalidInput};
 use crate::model::limits::{HISTORY_SCAN_BUDGET, MAX_FEATURE_BYTES, MAX_PAGE_LIMIT};
+use crate::model::records::TxnRecord;
 use crate::model::{validate, Status, TxnKind};
+use crate::storage::codec;
 use crate::storage::tables::{self, Category};
 
 /// Which transactions a history page shows. Empty lists mean "all".
@@ -124,6 +126,85 @@ pub struct HistoryPage {
 /// Transaction ids from one category's range, in page order.
 type IdIter<'a> = Box<dyn Iterator<Item = Result<u64, Error>> + 'a>;
 
+/// Log entries in page order, as a range of the `transactions` table.
+type LogIter<'a> = Box<
+    dyn Iterator<
+            Item = Result<
+                (
+                    redb::AccessGuard<'a, u64>,
+                    redb::AccessGuard<'a, &'static [u8]>,
+                ),
+                redb::StorageError,
+            >,
+        > + 'a,
+>;
+
+/// The widest gap between two entries of a page that [`LogWalker`] steps over rather than
+/// starting a new range. Stepping over an entry costs a small fraction of a B-tree descent.
+const WALK_MAX_SKIP: u64 = 32;
+
+/// Reads the log entries of a page. A page's ids come in page order and close together (a
+/// Refund filter picks about one entry in four of a typical history), so stepping one range
+/// iterator through the entries in between is cheaper than a B-tree descent per entry: 50
+/// point reads were half the time of a page. Ids are dense, so the gap to the next wanted
+/// entry is known before stepping; a gap wider than [`WALK_MAX_SKIP`] starts a new range.
+struct LogWalker<'t> {
+    txns: &'t ReadOnlyTable<u64, &'static [u8]>,
+    newest_first: bool,
+    /// The iterator and the id it yields next.
+    at: Option<(u64, LogIter<'t>)>,
+    /// Entries found out of place (a hole in the log) and read with a point read instead.
+    point_reads: u32,
+}
+
+impl<'t> LogWalker<'t> {
+    fn new(txns: &'t ReadOnlyTable<u64, &'static [u8]>, newest_first: bool) -> Self {
+        LogWalker {
+            txns,
+            newest_first,
+            at: None,
+            point_reads: 0,
+        }
+    }
+
+    /// The record of transaction `id`, or `None` when the log lacks it.
+    fn read(&mut self, id: u64) -> Result<Option<TxnRecord>, Error> {
+        let skip = match &self.at {
+            Some((next, _)) if self.newest_first && *next >= id => Some(*next - id),
+            Some((next, _)) if !self.newest_first && *next <= id => Some(id - *next),
+            _ => None,
+        };
+        let mut iter: LogIter<'t> = match (skip, self.at.take()) {
+            (Some(skip), Some((_, mut iter))) if skip <= WALK_MAX_SKIP => {
+                // `nth(skip)` is the entry `skip` places on: `id`, if the log is dense.
+                if skip > 0 {
+                    iter.nth(usize::try_from(skip - 1).unwrap_or(usize::MAX))
+                        .transpose()?;
+                }
+                iter
+            }
+            _ if self.newest_first => Box::new(self.txns.range(..=id)?.rev()),
+            _ => Box::new(self.txns.range(id..)?),
+        };
+        let Some((k, v)) = iter.next().transpose()? else {
+            return Ok(None);
+        };
+        if k.value() != id {
+            // Not dense: a damaged log. A point read says whether `id` is there at all.
+            self.point_reads += 1;
+            return tables::get_txn(self.txns, id);
+        }
+        let rec = codec::decode("transactions", &id, v.value())?;
+        let next = if self.newest_first {
+            id.checked_sub(1)
+        } else {
+            id.checked_add(1)
+        };
+        self.at = next.map(|n| (n, iter));
+        Ok(Some(rec))
+    }
+}
+
 fn encode_cursor(oldest_first: bool, id: u64) -> String {
     format!("{}{id:x}", if oldest_first { "o" } else { "n" })
 }
@@ -166,6 +247,7 @@ pub(crate) fn history(
     let txns = rtx.open_table(tables::TRANSACTIONS)?;
     let gens = rtx.open_table(tables::GENERATIONS)?;
     let index = rtx.open_table(tables::HISTORY)?;
+    let mut log = LogWalker::new(&txns, !page.oldest_first);
     if tables::get_workspace(&rtx.open_table(tables::WORKSPACES)?, workspace)?.is_none() {
         return Err(Error::UnknownWorkspace {
             workspace: workspace.to_string(),
@@ -204,7 +286,7 @@ pub(crate) fn history(
         heads.push((first, it));
     }
 
-    let mut entries = Vec::new();
+    let mut entries = Vec::with_capacity(page.limit as usize);
     let mut examined = 0u32;
     let mut last_examined = None;
     loop {
@@ -236,7 +318,7 @@ pub(crate) fn history(
         heads[i].0 = heads[i].1.next().transpose()?;
         examined += 1;
         last_examined = Some(id);
-        let rec = tables::get_txn(&txns, id)?.ok_or_else(|| Error::Corruption {
+        let rec = log.read(id)?.ok_or_else(|| Error::Corruption {
             table: "workspace_history",
             key: format!("({workspace}, {id})"),
             detail: "points at a missing transaction".into(),
@@ -244,7 +326,7 @@ pub(crate) fn history(
         if filter.feature.as_deref().is_some_and(|f| f != rec.title) {
             continue;
         }
-        entries.push(view_of(&gens, &rec)?);
+        entries.push(view_of(&gens, rec)?);
     }
     Ok(HistoryPage {
         entries,
@@ -255,6 +337,68 @@ pub(crate) fn history(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableDatabase;
+
+    fn record(id: u64) -> TxnRecord {
+        TxnRecord {
+            id,
+            at_ms: id * 10,
+            workspace: "ws".into(),
+            kind: TxnKind::Grant,
+            amount_credits: id,
+            debit: false,
+            balance_before_credits: 0,
+            balance_after_credits: id,
+            title: "Grant".into(),
+            generation_id: None,
+            refund: None,
+            idempotency_key: None,
+            memo: None,
+            prev_crc: 0,
+        }
+    }
+
+    /// The walker steps, jumps, and on a log with a hole (a damaged file) still finds exactly
+    /// the entries that are there.
+    #[test]
+    fn log_walker_steps_jumps_and_survives_a_hole() {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let wtx = db.begin_write().unwrap();
+        {
+            let mut t = wtx.open_table(tables::TRANSACTIONS).unwrap();
+            for id in (1..=200).filter(|id| *id != 150) {
+                t.insert(id, codec::encode(&record(id)).as_slice()).unwrap();
+            }
+        }
+        wtx.commit().unwrap();
+        let rtx = db.begin_read().unwrap();
+        let txns = rtx.open_table(tables::TRANSACTIONS).unwrap();
+        let wanted = [200, 199, 190, 152, 151, 150, 149, 148, 100, 99, 1];
+        for newest_first in [true, false] {
+            let mut ids = wanted.to_vec();
+            if !newest_first {
+                ids.reverse();
+            }
+            let mut walker = LogWalker::new(&txns, newest_first);
+            for id in ids {
+                let got = walker.read(id).unwrap();
+                if id == 150 {
+                    assert_eq!(got, None);
+                } else {
+                    assert_eq!(
+                        got,
+                        Some(record(id)),
+                        "id {id}, newest first {newest_first}"
+                    );
+                }
+            }
+            // Only the hole needed a point read: every other entry was where the walk said.
+            assert_eq!(walker.point_reads, 1, "newest first {newest_first}");
+            assert_eq!(LogWalker::new(&txns, newest_first).read(201).unwrap(), None);
+        }
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {

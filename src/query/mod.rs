@@ -84,7 +84,7 @@ pub(crate) fn generation_view(
 /// Build the view of a stored transaction, looking up its generation for a Usage.
 pub(crate) fn view_of(
     gens: &impl ReadableTable<&'static str, &'static [u8]>,
-    rec: &TxnRecord,
+    rec: TxnRecord,
 ) -> Result<TransactionView, Error> {
     let gen = match (&rec.generation_id, rec.kind) {
         (Some(g), TxnKind::Usage) => tables::get_generation(gens, g)?,
@@ -99,7 +99,7 @@ pub(crate) fn transaction_view(
 ) -> Result<TransactionView, Error> {
     let txns = rtx.open_table(tables::TRANSACTIONS)?;
     let rec = tables::get_txn(&txns, txn_id)?.ok_or(Error::UnknownTransaction { txn_id })?;
-    view_of(&rtx.open_table(tables::GENERATIONS)?, &rec)
+    view_of(&rtx.open_table(tables::GENERATIONS)?, rec)
 }
 
 /// The smallest transaction id whose timestamp is at least `at_ms`, or `last + 1` when none
