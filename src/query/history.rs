@@ -2,9 +2,10 @@
 //!
 //! The `workspace_history` index files each transaction under (workspace, category, id), where
 //! the category folds kind and status together. A filter picks the categories it needs; a page
-//! merges their ranges by id, starting where the cursor left off. So a page reads only the
-//! entries it returns (plus those a `feature` filter skips, bounded by
-//! [`HISTORY_SCAN_BUDGET`]), at entry 10 and at entry 10 million alike.
+//! merges their ranges by id, starting where the cursor left off, and reads the records from
+//! the log (see [`LogWalker`]). So a page's cost follows the entries it returns (plus those a
+//! `feature` filter skips, bounded by [`HISTORY_SCAN_BUDGET`]), at entry 10 and at entry
+//! 10 million alike.
 
 use redb::{ReadOnlyTable, ReadTransaction};
 use serde::Serialize;
@@ -145,9 +146,11 @@ const WALK_MAX_SKIP: u64 = 32;
 
 /// Reads the log entries of a page. A page's ids come in page order and close together (a
 /// Refund filter picks about one entry in four of a typical history), so stepping one range
-/// iterator through the entries in between is cheaper than a B-tree descent per entry: 50
-/// point reads were half the time of a page. Ids are dense, so the gap to the next wanted
-/// entry is known before stepping; a gap wider than [`WALK_MAX_SKIP`] starts a new range.
+/// iterator through the entries in between is cheaper than a B-tree descent per entry
+/// (measured on the first page of 50 Refunds among 1M transactions: 37.5 µs, against 44 µs
+/// with a new range per entry and 41 µs with a point read per entry). Ids are dense, so the
+/// gap to the next wanted entry is known before stepping; a gap wider than [`WALK_MAX_SKIP`]
+/// starts a new range.
 struct LogWalker<'t> {
     txns: &'t ReadOnlyTable<u64, &'static [u8]>,
     newest_first: bool,
@@ -176,7 +179,8 @@ impl<'t> LogWalker<'t> {
         };
         let mut iter: LogIter<'t> = match (skip, self.at.take()) {
             (Some(skip), Some((_, mut iter))) if skip <= WALK_MAX_SKIP => {
-                // `nth(skip)` is the entry `skip` places on: `id`, if the log is dense.
+                // Step over the `skip` entries before `id` (`nth(k)` consumes k + 1 of them); the
+                // next one is `id` if the log is dense.
                 if skip > 0 {
                     iter.nth(usize::try_from(skip - 1).unwrap_or(usize::MAX))
                         .transpose()?;
