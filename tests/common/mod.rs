@@ -38,6 +38,17 @@ fn rand_suffix() -> u64 {
 
 /// Every history entry of `ws` matching `filter`, newest first, read in pages of 100.
 pub fn all_history(ledger: &Ledger, ws: &str, filter: &HistoryFilter) -> Vec<TransactionView> {
+    paged_history(ledger, ws, filter, 100, false)
+}
+
+/// Every history entry of `ws` matching `filter`, read in pages of `limit`, following cursors.
+pub fn paged_history(
+    ledger: &Ledger,
+    ws: &str,
+    filter: &HistoryFilter,
+    limit: u32,
+    oldest_first: bool,
+) -> Vec<TransactionView> {
     let mut out = Vec::new();
     let mut cursor = None;
     loop {
@@ -46,9 +57,9 @@ pub fn all_history(ledger: &Ledger, ws: &str, filter: &HistoryFilter) -> Vec<Tra
                 ws,
                 filter,
                 &PageRequest {
-                    limit: 100,
+                    limit,
                     cursor: cursor.take(),
-                    oldest_first: false,
+                    oldest_first,
                 },
             )
             .unwrap();
