@@ -4,7 +4,10 @@
 //! - a zero-length file; random bytes (with and without a real redb header); a ledger cut
 //!   short at several lengths; a real ledger with one byte changed at each of 100 random
 //!   offsets (one case each); redb files of some other application;
-//! - a second process opening a ledger already in use gets [`Error::AlreadyOpen`].
+//! - a second process opening a ledger already in use gets [`Error::AlreadyOpen`];
+//! - three damaged ledgers kept in `tests/data/hostile/` (each found by the flip test) on which
+//!   redb panics while committing a write, while reopening, or while closing: each panic must
+//!   become a typed error (or, on close, a logged warning), never escape the ledger.
 //!
 //! Every case opens the file, and when the open succeeds reads everything (workspaces,
 //! balances, every history page, every transaction, every generation, stats, totals) and runs
@@ -20,8 +23,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use credit_ledger::{
-    Credit, Error, HistoryFilter, Ledger, ManualClock, Op, Options, PageRequest, RefundReason,
-    StartGeneration, TimeWindow, TxnKind,
+    Credit, Error, ErrorCategory, HistoryFilter, Ledger, ManualClock, Op, Options, PageRequest,
+    RefundReason, StartGeneration, TimeWindow, TxnKind,
 };
 
 const T0_MS: u64 = 1_700_000_000_000;
@@ -541,4 +544,100 @@ fn a_second_process_gets_already_open() {
         "the lock is released on drop"
     );
     println!("hostile: 2 lock cases (another process, the same process)");
+}
+
+/// Two real ledgers with one byte changed each (found by the flip test above, kept so that they
+/// run on every build). Both open and read, but redb panics inside the commit of a batch that
+/// starts a generation and sweeps. The batch must come back as typed errors; the ledger then
+/// reopens the file at once (redb's handle is unusable after a panic). On `write-panic.redb`
+/// the reopen works: reads show the batch left no trace, and `verify` keeps naming the damage.
+/// On `write-and-close-panic.redb` it does not: every call gets a typed error saying so. No
+/// panic may escape the ledger, closing included (redb's own close commits its allocator
+/// state, and on the second file that panics too).
+#[test]
+fn files_that_make_the_storage_engine_panic_while_writing_get_typed_errors() {
+    quiet_redb_panics();
+    for (name, reopens) in [
+        ("write-panic.redb", true),
+        ("write-and-close-panic.redb", false),
+    ] {
+        let d = dir();
+        let path = d.path.join(name);
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/hostile")
+            .join(name);
+        std::fs::copy(&shipped, &path).unwrap();
+        let panics_before = REDB_PANICS.load(std::sync::atomic::Ordering::SeqCst);
+        let closed = std::panic::catch_unwind(|| {
+            let ledger = Ledger::open_with(&path, options()).expect("the header is intact");
+            let before = ledger.balance("workspace-2").unwrap();
+            let results = ledger.apply(&[
+                Op::Start(StartGeneration::new("probe", "workspace-2", "Probe", 1)),
+                Op::Sweep { limit: 100 },
+            ]);
+            for r in &results {
+                assert!(
+                    matches!(r, Err(e) if e.category() == ErrorCategory::Corruption),
+                    "{name}: {r:?}"
+                );
+            }
+            if reopens {
+                assert_eq!(ledger.balance("workspace-2").unwrap(), before, "{name}");
+                assert!(matches!(
+                    ledger.generation("probe"),
+                    Err(Error::UnknownGeneration { .. })
+                ));
+                match ledger.verify() {
+                    Ok(report) => assert!(!report.is_clean(), "{name}: verify() missed it"),
+                    Err(e) => assert_eq!(e.category(), ErrorCategory::Corruption, "{e:?}"),
+                }
+            } else {
+                for e in [
+                    ledger.balance("workspace-2").unwrap_err(),
+                    ledger.verify().unwrap_err(),
+                    ledger
+                        .credit(Credit::purchase("workspace-1", 1, "probe"))
+                        .unwrap_err(),
+                ] {
+                    assert!(
+                        matches!(
+                            e.category(),
+                            ErrorCategory::Storage | ErrorCategory::Corruption
+                        ),
+                        "{name}: {e:?}"
+                    );
+                }
+            }
+            drop(ledger);
+        });
+        assert!(closed.is_ok(), "{name}: a panic escaped the ledger");
+        assert!(
+            REDB_PANICS.load(std::sync::atomic::Ordering::SeqCst) > panics_before,
+            "{name}: redb did not panic: the file no longer exercises the guard"
+        );
+    }
+}
+
+/// A real ledger with one byte changed (kept from the flip test, like the two above) on which
+/// writes work but redb panics while the ledger closes. Closing must not panic.
+#[test]
+fn a_file_that_makes_the_storage_engine_panic_while_closing_closes_quietly() {
+    quiet_redb_panics();
+    let d = dir();
+    let path = d.path.join("close-panic.redb");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile/close-panic.redb");
+    std::fs::copy(&shipped, &path).unwrap();
+    let panics_before = REDB_PANICS.load(std::sync::atomic::Ordering::SeqCst);
+    let closed = std::panic::catch_unwind(|| {
+        let ledger = Ledger::open_with(&path, options()).expect("the header is intact");
+        ledger
+            .credit(Credit::purchase("workspace-1", 1, "probe"))
+            .expect("the damage is not on this write's path");
+        drop(ledger);
+    });
+    assert!(closed.is_ok(), "a panic escaped the ledger while it closed");
+    assert!(
+        REDB_PANICS.load(std::sync::atomic::Ordering::SeqCst) > panics_before,
+        "redb did not panic: the file no longer exercises the guard"
+    );
 }

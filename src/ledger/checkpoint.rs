@@ -144,7 +144,11 @@ impl Ledger {
             return Ok(());
         }
         let seq = j.last_seq();
-        let committed = self.with_db(|db| commit_meta(db, tables::META_JOURNAL_SEQ_KEY, seq));
+        let committed = self.with_db(|db| {
+            super::open::no_panic(super::write::write_panic, || {
+                commit_meta(db, tables::META_JOURNAL_SEQ_KEY, seq)
+            })
+        });
         match committed {
             Ok(()) => {
                 j.reset();
@@ -161,9 +165,25 @@ impl Ledger {
 
 impl Drop for Ledger {
     fn drop(&mut self) {
-        if self.journal.get_mut().is_none() {
-            return;
+        if self.journal.get_mut().is_some() {
+            self.checkpoint_on_close();
         }
+        // redb's own close commits its allocator state, which can panic on a damaged file
+        // too: close it here, under a guard, rather than as a field after this returns.
+        if let Some(db) = self.db.get_mut().take() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).is_err() {
+                tracing::warn!(
+                    ledger = %self.source,
+                    "the storage engine failed while closing the file; run `verify` on it"
+                );
+            }
+        }
+    }
+}
+
+impl Ledger {
+    /// Checkpoint and delete the journal, so that a clean close leaves one file.
+    fn checkpoint_on_close(&mut self) {
         // A panic from redb on a damaged page must not escape a destructor.
         let checkpointed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.checkpoint()))

@@ -42,10 +42,11 @@ pub(super) fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
 }
 
 /// Run `f`, turning a panic into an error. redb asserts (or indexes out of bounds) on some kinds
-/// of damaged pages instead of returning an error; a caller of the ledger must get a typed error
-/// for a damaged file, never a panic, so opening and every read run under this guard. The panic
-/// message is still printed by the process's panic hook: replacing a process-wide hook is not a
-/// library's call to make.
+/// of damaged pages instead of returning an error, while reading and while committing; a
+/// caller of the ledger must get a typed error for a damaged file, never a panic, so opening,
+/// every read and every write's storage work run under this guard. The panic message is still
+/// printed by the process's panic hook: replacing a process-wide hook is not a library's call
+/// to make.
 pub(super) fn no_panic<T>(
     on_panic: impl FnOnce(String) -> Error,
     f: impl FnOnce() -> Result<T>,
@@ -242,6 +243,11 @@ impl Ledger {
     /// Close the database and open it again from its source, after an I/O error left redb
     /// refusing every write. Called by the writer, with the writer lock held.
     pub(super) fn reopen(&self) -> Result<()> {
+        // Dropping the old handle and replaying the journal touch the damaged file too.
+        no_panic(super::write::write_panic, || self.reopen_unguarded())
+    }
+
+    fn reopen_unguarded(&self) -> Result<()> {
         let mut db = self.db.write();
         let fresh = match &self.source {
             Source::File(path) => {

@@ -4,12 +4,24 @@ use std::sync::atomic::Ordering;
 
 use redb::{ReadableDatabase, ReadableTable};
 
+use super::open::no_panic;
 use super::{Durability, Ledger, NO_DEADLINE};
 use crate::engine::{self, EngineConfig, WriterState};
 use crate::error::{Error, Result};
 use crate::model::{Op, Outcome, RefundReceipt};
 use crate::storage::journal::{self, Journal};
 use crate::storage::tables;
+
+/// The error a redb panic during a write becomes (see [`no_panic`]). As after any failed
+/// commit, the ledger reopens its file, and the reopen says what landed; after a panic it does
+/// so at once, because redb's handle is no longer usable.
+pub(super) fn write_panic(detail: String) -> Error {
+    Error::Corruption {
+        table: "(any: found while writing)",
+        key: String::new(),
+        detail,
+    }
+}
 
 /// What a committed batch hands back: each op's result, the writer state after it, and the
 /// earliest deadline when the deadline index changed.
@@ -19,13 +31,15 @@ impl Ledger {
     /// Read the writer state and the earliest deadline from disk.
     pub(super) fn reload(&self) -> Result<WriterState> {
         let (state, earliest) = self.with_db(|db| {
-            let rtx = db.begin_read()?;
-            let state = WriterState::load(&rtx.open_table(tables::TRANSACTIONS)?)?;
-            let earliest = rtx
-                .open_table(tables::DEADLINES)?
-                .first()?
-                .map_or(NO_DEADLINE, |(k, _)| k.value().0);
-            Ok((state, earliest))
+            no_panic(write_panic, || {
+                let rtx = db.begin_read()?;
+                let state = WriterState::load(&rtx.open_table(tables::TRANSACTIONS)?)?;
+                let earliest = rtx
+                    .open_table(tables::DEADLINES)?
+                    .first()?
+                    .map_or(NO_DEADLINE, |(k, _)| k.value().0);
+                Ok((state, earliest))
+            })
         })?;
         self.earliest_deadline_ms.store(earliest, Ordering::SeqCst);
         self.last_at_ms.store(state.last_at_ms, Ordering::SeqCst);
@@ -81,7 +95,17 @@ impl Ledger {
             Err(e) => return all(e),
         };
         let mut journal = self.journal.lock();
-        match self.with_db(|db| self.run_batch(db, ops, state, now_ms, journal.as_mut())) {
+        let mut panicked = false;
+        let committed = self.with_db(|db| {
+            let on_panic = |detail| {
+                panicked = true;
+                write_panic(detail)
+            };
+            no_panic(on_panic, || {
+                self.run_batch(db, ops, state, now_ms, journal.as_mut())
+            })
+        });
+        match committed {
             Ok((results, new_state, earliest)) => {
                 *writer = Some(new_state);
                 self.last_at_ms
@@ -102,6 +126,14 @@ impl Ledger {
                 *writer = None;
                 self.earliest_deadline_ms.store(0, Ordering::SeqCst);
                 self.needs_reopen.store(true, Ordering::SeqCst);
+                if panicked {
+                    // redb's handle is unusable after a panic (its internal locks are
+                    // poisoned, so reads fail too): reopen now rather than at the next write.
+                    drop(journal);
+                    if self.reopen().is_ok() {
+                        self.needs_reopen.store(false, Ordering::SeqCst);
+                    }
+                }
                 all(e)
             }
         }
