@@ -144,10 +144,8 @@ impl Ledger {
             return Ok(());
         }
         let seq = j.last_seq();
-        let committed = self.with_db(|db| {
-            super::open::no_panic(super::write::write_panic, || {
-                commit_meta(db, tables::META_JOURNAL_SEQ_KEY, seq)
-            })
+        let committed = self.with_db(super::write::write_panic, |db| {
+            commit_meta(db, tables::META_JOURNAL_SEQ_KEY, seq)
         });
         match committed {
             Ok(()) => {

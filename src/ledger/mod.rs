@@ -88,10 +88,15 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Run `f` on the open database.
-    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+    /// Run `f` on the open database, under the panic guard (see [`open::no_panic`]): a redb
+    /// panic on a damaged page becomes the error `on_panic` makes of its message.
+    fn with_db<T>(
+        &self,
+        on_panic: impl FnOnce(String) -> Error,
+        f: impl FnOnce(&Database) -> Result<T>,
+    ) -> Result<T> {
         match &*self.db.read() {
-            Some(db) => f(db),
+            Some(db) => open::no_panic(on_panic, || f(db)),
             None => Err(Error::Storage {
                 message: format!(
                     "`{}` could not be reopened after an I/O error; the next write tries again",

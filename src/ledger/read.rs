@@ -3,7 +3,6 @@
 
 use redb::{ReadTransaction, ReadableDatabase};
 
-use super::open::no_panic;
 use super::Ledger;
 use crate::audit::{self, AuditReport};
 use crate::error::{Error, InvalidInput, Result};
@@ -21,16 +20,12 @@ impl Ledger {
         table: &'static str,
         f: impl FnOnce(&ReadTransaction) -> Result<T>,
     ) -> Result<T> {
-        self.with_db(|db| {
-            no_panic(
-                |detail| Error::Corruption {
-                    table,
-                    key: String::new(),
-                    detail,
-                },
-                || f(&db.begin_read()?),
-            )
-        })
+        let on_panic = |detail| Error::Corruption {
+            table,
+            key: String::new(),
+            detail,
+        };
+        self.with_db(on_panic, |db| f(&db.begin_read()?))
     }
 
     /// A workspace's balance, running totals and running generations.

@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::open::no_panic;
 use super::{Durability, Ledger, NO_DEADLINE};
 use crate::engine::{self, EngineConfig, WriterState};
 use crate::error::{Error, Result};
@@ -12,7 +11,7 @@ use crate::model::{Op, Outcome, RefundReceipt};
 use crate::storage::journal::{self, Journal};
 use crate::storage::tables;
 
-/// The error a redb panic during a write becomes (see [`no_panic`]). As after any failed
+/// The error a redb panic during a write becomes (see [`super::open::no_panic`]). As after any failed
 /// commit, the ledger reopens its file, and the reopen says what landed; after a panic it does
 /// so at once, because redb's handle is no longer usable.
 pub(super) fn write_panic(detail: String) -> Error {
@@ -30,16 +29,14 @@ type Committed = (Vec<Result<Outcome>>, WriterState, Option<Option<u64>>);
 impl Ledger {
     /// Read the writer state and the earliest deadline from disk.
     pub(super) fn reload(&self) -> Result<WriterState> {
-        let (state, earliest) = self.with_db(|db| {
-            no_panic(write_panic, || {
-                let rtx = db.begin_read()?;
-                let state = WriterState::load(&rtx.open_table(tables::TRANSACTIONS)?)?;
-                let earliest = rtx
-                    .open_table(tables::DEADLINES)?
-                    .first()?
-                    .map_or(NO_DEADLINE, |(k, _)| k.value().0);
-                Ok((state, earliest))
-            })
+        let (state, earliest) = self.with_db(write_panic, |db| {
+            let rtx = db.begin_read()?;
+            let state = WriterState::load(&rtx.open_table(tables::TRANSACTIONS)?)?;
+            let earliest = rtx
+                .open_table(tables::DEADLINES)?
+                .first()?
+                .map_or(NO_DEADLINE, |(k, _)| k.value().0);
+            Ok((state, earliest))
         })?;
         self.earliest_deadline_ms.store(earliest, Ordering::SeqCst);
         self.last_at_ms.store(state.last_at_ms, Ordering::SeqCst);
@@ -96,14 +93,12 @@ impl Ledger {
         };
         let mut journal = self.journal.lock();
         let mut panicked = false;
-        let committed = self.with_db(|db| {
-            let on_panic = |detail| {
-                panicked = true;
-                write_panic(detail)
-            };
-            no_panic(on_panic, || {
-                self.run_batch(db, ops, state, now_ms, journal.as_mut())
-            })
+        let on_panic = |detail| {
+            panicked = true;
+            write_panic(detail)
+        };
+        let committed = self.with_db(on_panic, |db| {
+            self.run_batch(db, ops, state, now_ms, journal.as_mut())
         });
         match committed {
             Ok((results, new_state, earliest)) => {
