@@ -77,12 +77,14 @@ pub use error::{Error, ErrorCategory, InvalidInput, Result};
 pub use ledger::{Durability, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use model::limits;
 pub use model::{
-    Adjust, Charge, Completion, Credit, CreditKind, MessageCategory, Op, Outcome, Receipt,
-    RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
+    Adjust, Allocation, Charge, Completion, Credit, CreditKind, GrantClosure, MessageCategory, Op,
+    Outcome, Receipt, RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
+    VoidGrant,
 };
 pub use query::{
-    format_duration_ms, FeatureStats, GenerationState, GenerationView, HistoryFilter, HistoryPage,
-    LedgerTotals, PageRequest, ReasonStats, Stats, TimeWindow, TransactionView, WorkspaceSummary,
+    format_duration_ms, BalanceSplit, ExpiryNotice, FeatureStats, GenerationState, GenerationView,
+    GrantState, GrantView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest, ReasonStats,
+    Stats, TimeWindow, TransactionView, WorkspaceSummary,
 };
 pub use sweeper::{Sweeper, SweeperOptions};
 

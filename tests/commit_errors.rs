@@ -225,6 +225,7 @@ fn unreplayed(r: &Result<Outcome, Error>) -> Result<Outcome, Error> {
         Ok(Outcome::Start(x)) => x.replay = false,
         Ok(Outcome::Complete(x)) => x.replay = false,
         Ok(Outcome::Fail(x)) => x.replay = false,
+        Ok(Outcome::VoidGrant(x)) => x.replay = false,
         Ok(Outcome::Sweep(_)) | Err(_) => {}
     }
     r

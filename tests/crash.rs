@@ -174,6 +174,7 @@ fn unreplayed(r: &Result<Outcome, Error>) -> Result<Outcome, Error> {
         Ok(Outcome::Start(x)) => x.replay = false,
         Ok(Outcome::Complete(x)) => x.replay = false,
         Ok(Outcome::Fail(x)) => x.replay = false,
+        Ok(Outcome::VoidGrant(x)) => x.replay = false,
         Ok(Outcome::Sweep(_)) | Err(_) => {}
     }
     r
@@ -186,7 +187,8 @@ fn wrote(r: &Result<Outcome, Error>) -> bool {
         Ok(Outcome::Start(x)) => !x.replay,
         Ok(Outcome::Complete(x)) => !x.replay,
         Ok(Outcome::Fail(x)) => !x.replay,
-        Ok(Outcome::Sweep(s)) => !s.refunds.is_empty(),
+        Ok(Outcome::VoidGrant(x)) => !x.replay,
+        Ok(Outcome::Sweep(s)) => !s.refunds.is_empty() || !s.expirations.is_empty(),
         // Lazy expiry: a late completion refunds in the same write.
         Err(Error::GenerationRefunded { .. }) => true,
         Err(_) => false,

@@ -161,6 +161,7 @@ enum Ack {
 fn ack_of(r: &Result<Outcome, Error>) -> Ack {
     match r {
         Ok(Outcome::Credit(x)) | Ok(Outcome::Adjust(x)) => Ack::Credit(x.txn_id),
+        Ok(Outcome::VoidGrant(x)) => Ack::Credit(x.txn_id),
         Ok(Outcome::Start(c)) => Ack::Start(c.usage_txn),
         Ok(Outcome::Complete(_)) => Ack::Complete,
         Ok(Outcome::Fail(f)) => Ack::Refund(f.refund_txn),

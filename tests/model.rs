@@ -96,13 +96,14 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     }
     println!(
         "model ({mode}): seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
-         matched), {} refunds, {} reopens ({} crashes), {} clean verify() runs, in {:.1} s; \
+         matched), {} refunds, {} expirations and voids, {} reopens ({} crashes), {} clean verify() runs, in {:.1} s; \
          errors by kind: {:?}",
         total.steps,
         total.ops,
         total.ok,
         total.errors,
         total.refunds,
+        total.closures,
         total.reopens,
         total.crashes,
         total.verifies,

@@ -27,6 +27,8 @@ pub(super) struct Links {
 pub(super) struct Acc {
     pub rec: WorkspaceRecord,
     pub last_txn: u64,
+    pub expired_credits: u64,
+    pub voided_credits: u64,
 }
 
 pub(super) fn check_txn(
@@ -78,6 +80,9 @@ pub(super) fn check_txn(
         (TxnKind::Refund, _) => &mut r.refunded_credits,
         (TxnKind::Adjustment, false) => &mut r.adjusted_in_credits,
         (TxnKind::Adjustment, true) => &mut r.adjusted_out_credits,
+        // Kept in the grant book, beside the workspace record; checked with the grants.
+        (TxnKind::Expiration, _) => &mut acc.expired_credits,
+        (TxnKind::Void, _) => &mut acc.voided_credits,
     };
     *total = total.saturating_add(a);
     acc.last_txn = id;

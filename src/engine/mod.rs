@@ -7,6 +7,7 @@
 
 mod credit;
 mod generation;
+pub(crate) mod grants;
 mod sweep;
 
 use std::collections::HashMap;
@@ -14,7 +15,9 @@ use std::collections::HashMap;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::error::Error;
-use crate::model::records::{GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::records::{
+    AllocationRecord, GenerationRecord, GrantBook, GrantRecord, TxnRecord, WorkspaceRecord,
+};
 use crate::model::{Op, Outcome};
 use crate::storage::codec;
 use crate::storage::tables::{self, Category};
@@ -61,6 +64,9 @@ impl WriterState {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EngineConfig {
     pub default_timeout_ms: u64,
+    /// How long credits a refund gives back to an expired (or soon expiring) grant stay
+    /// spendable: [`Options::refund_grace_ms`](crate::Options::refund_grace_ms).
+    pub refund_grace_ms: u64,
 }
 
 /// What [`run`] did to a write transaction.
@@ -124,6 +130,11 @@ pub(crate) struct Ctx<'txn> {
     pub generations: Table<'txn, &'static str, &'static [u8]>,
     pub deadlines: Table<'txn, (u64, &'static str), ()>,
     pub idempotency: Table<'txn, &'static str, u64>,
+    pub grants: Table<'txn, (&'static str, &'static str, u32), &'static [u8]>,
+    pub grant_order: Table<'txn, tables::OrderKey<'static>, ()>,
+    pub grant_expiries: Table<'txn, (u64, &'static str, &'static str, u32), ()>,
+    pub allocations: Table<'txn, u64, &'static [u8]>,
+    pub books: Table<'txn, &'static str, &'static [u8]>,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.
     pub now_ms: u64,
@@ -138,6 +149,8 @@ pub(crate) struct Ctx<'txn> {
     /// batch of operations on one workspace reads its record once and writes it once, in
     /// [`Ctx::flush`], instead of once per operation.
     workspace_cache: HashMap<String, (WorkspaceRecord, bool)>,
+    /// The same for grant books.
+    book_cache: HashMap<String, (Option<GrantBook>, bool)>,
 }
 
 impl<'txn> Ctx<'txn> {
@@ -154,6 +167,11 @@ impl<'txn> Ctx<'txn> {
             generations: txn.open_table(tables::GENERATIONS)?,
             deadlines: txn.open_table(tables::DEADLINES)?,
             idempotency: txn.open_table(tables::IDEMPOTENCY)?,
+            grants: txn.open_table(tables::GRANTS)?,
+            grant_order: txn.open_table(tables::GRANT_ORDER)?,
+            grant_expiries: txn.open_table(tables::GRANT_EXPIRIES)?,
+            allocations: txn.open_table(tables::ALLOCATIONS)?,
+            books: txn.open_table(tables::GRANT_BOOKS)?,
             state,
             now_ms,
             config,
@@ -161,6 +179,7 @@ impl<'txn> Ctx<'txn> {
             deadlines_changed: false,
             broken: false,
             workspace_cache: HashMap::new(),
+            book_cache: HashMap::new(),
         })
     }
 
@@ -179,12 +198,92 @@ impl<'txn> Ctx<'txn> {
                 message,
             } => generation::fail(self, generation_id, *reason, message).map(Outcome::Fail),
             Op::Sweep { limit } => sweep::sweep(self, *limit).map(Outcome::Sweep),
+            Op::VoidGrant(v) => grants::void(self, v).map(Outcome::VoidGrant),
         }
     }
 
-    /// The earliest running deadline, read from the index.
+    /// The earliest running deadline or pending grant expiry, read from the two indexes: the
+    /// time the sweeper next has work.
     pub fn earliest_deadline(&self) -> Result<Option<u64>, Error> {
-        Ok(self.deadlines.first()?.map(|(k, _)| k.value().0))
+        let deadline = self.deadlines.first()?.map(|(k, _)| k.value().0);
+        let expiry = self.grant_expiries.first()?.map(|(k, _)| k.value().0);
+        Ok(match (deadline, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// A workspace's grant book as this transaction sees it; `None` for a workspace written
+    /// before grants existed (see [`grants::ensure_book`]).
+    pub fn book(&mut self, workspace: &str) -> Result<Option<GrantBook>, Error> {
+        if let Some((book, _)) = self.book_cache.get(workspace) {
+            return Ok(book.clone());
+        }
+        let book = tables::get_book(&self.books, workspace)?;
+        self.book_cache
+            .insert(workspace.to_string(), (book.clone(), false));
+        Ok(book)
+    }
+
+    /// Change a workspace's grant book; it reaches the table in [`Ctx::flush`].
+    pub fn put_book(&mut self, workspace: &str, book: &GrantBook) {
+        self.dirty = true;
+        self.book_cache
+            .insert(workspace.to_string(), (Some(book.clone()), true));
+    }
+
+    /// Write a grant lot and keep its two index entries in step with it: `grant_order` while
+    /// it is open with credits left, `grant_expiries` while it is open with an expiry. `old`
+    /// is the lot as it was (`None` for a new lot).
+    pub fn put_grant(&mut self, old: Option<&GrantRecord>, rec: &GrantRecord) -> Result<(), Error> {
+        let in_order = |g: &GrantRecord| g.closed.is_none() && g.remaining_credits > 0;
+        let in_expiries = |g: &GrantRecord| g.closed.is_none() && g.expires_at_ms.is_some();
+        if let Some(o) = old {
+            if in_order(o) && !(in_order(rec) && o.order_key() == rec.order_key()) {
+                let r = self.grant_order.remove(o.order_key()).map(drop);
+                self.write(r)?;
+            }
+            if in_expiries(o) && !in_expiries(rec) {
+                if let Some(e) = o.expires_at_ms {
+                    self.deadlines_changed = true;
+                    let r = self
+                        .grant_expiries
+                        .remove((e, o.workspace.as_str(), o.id.as_str(), o.lot))
+                        .map(drop);
+                    self.write(r)?;
+                }
+            }
+        }
+        if in_order(rec) && !old.is_some_and(|o| in_order(o) && o.order_key() == rec.order_key()) {
+            let r = self.grant_order.insert(rec.order_key(), ()).map(drop);
+            self.write(r)?;
+        }
+        if in_expiries(rec) && !old.is_some_and(in_expiries) {
+            if let Some(e) = rec.expires_at_ms {
+                self.deadlines_changed = true;
+                let r = self
+                    .grant_expiries
+                    .insert((e, rec.workspace.as_str(), rec.id.as_str(), rec.lot), ())
+                    .map(drop);
+                self.write(r)?;
+            }
+        }
+        let bytes = codec::encode(rec);
+        let r = self
+            .grants
+            .insert(
+                (rec.workspace.as_str(), rec.id.as_str(), rec.lot),
+                bytes.as_slice(),
+            )
+            .map(drop);
+        self.write(r)
+    }
+
+    /// Record the grant lots transaction `txn_id` moved.
+    pub fn put_allocations(&mut self, txn_id: u64, rec: &AllocationRecord) -> Result<(), Error> {
+        let bytes = codec::encode(rec);
+        let r = self.allocations.insert(txn_id, bytes.as_slice()).map(drop);
+        self.write(r)
     }
 
     /// Run a write; a failure marks the transaction broken.
@@ -232,6 +331,16 @@ impl<'txn> Ctx<'txn> {
                 .workspaces
                 .insert(id.as_str(), bytes.as_slice())
                 .map(drop);
+            self.write(r)?;
+        }
+        let books: Vec<(String, GrantBook)> = self
+            .book_cache
+            .drain()
+            .filter_map(|(id, (book, changed))| book.filter(|_| changed).map(|b| (id, b)))
+            .collect();
+        for (id, book) in books {
+            let bytes = codec::encode(&book);
+            let r = self.books.insert(id.as_str(), bytes.as_slice()).map(drop);
             self.write(r)?;
         }
         Ok(())

@@ -71,6 +71,7 @@ pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
         for batch in &batches {
             let config = EngineConfig {
                 default_timeout_ms: batch.default_timeout_ms,
+                refund_grace_ms: batch.refund_grace_ms,
             };
             state = engine::run(&txn, state, batch.now_ms, config, &batch.ops)?.state;
             ops += batch.ops.len();

@@ -21,8 +21,8 @@ use crate::engine::WriterState;
 use crate::error::{Error, Result};
 use crate::model::limits::{MAX_BATCH_OPS, MAX_SWEEP_LIMIT};
 use crate::model::{
-    validate, Adjust, Charge, Completion, Credit, Op, Outcome, Receipt, RefundReason,
-    RefundReceipt, StartGeneration, SweepReport,
+    validate, Adjust, Charge, Completion, Credit, GrantClosure, Op, Outcome, Receipt, RefundReason,
+    RefundReceipt, StartGeneration, SweepReport, VoidGrant,
 };
 use crate::storage::journal::Journal;
 use commit::GroupCommit;
@@ -76,6 +76,8 @@ pub struct Ledger {
     last_at_ms: AtomicU64,
     /// Set when a background thread of this ledger panicked.
     poison: Mutex<Option<String>>,
+    /// The file has an older schema (1, before grants): the next write records the current one.
+    schema_outdated: AtomicBool,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -255,6 +257,16 @@ impl Ledger {
         })? {
             Outcome::Fail(r) => Ok(r),
             other => unreachable!("fail produced {other:?}"),
+        }
+    }
+
+    /// Void what remains of a grant (every part of it that has not expired), as one Void
+    /// transaction. Retrying with the same idempotency key returns the original receipt with
+    /// `replay: true`. A grant with nothing left is [`Error::NothingToVoid`].
+    pub fn void_grant(&self, void: VoidGrant) -> Result<GrantClosure> {
+        match self.submit(Op::VoidGrant(void))? {
+            Outcome::VoidGrant(r) => Ok(r),
+            other => unreachable!("void produced {other:?}"),
         }
     }
 

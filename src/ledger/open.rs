@@ -2,7 +2,7 @@
 //! reopening after an I/O error.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable};
@@ -198,7 +198,7 @@ impl Ledger {
     }
 
     fn init(db: Database, source: Source, options: Options) -> Result<Ledger> {
-        ensure_schema(&db, Path::new(&source.to_string()))?;
+        let schema = ensure_schema(&db, Path::new(&source.to_string()))?;
         let journal = match journal_path(&source, &options) {
             Some(path) => Some(checkpoint::recover(&db, path)?),
             None => None,
@@ -214,6 +214,7 @@ impl Ledger {
             earliest_deadline_ms: AtomicU64::new(0),
             last_at_ms: AtomicU64::new(0),
             poison: Mutex::new(None),
+            schema_outdated: AtomicBool::new(schema < tables::SCHEMA_VERSION),
         };
         {
             let mut writer = ledger.writer.lock();
@@ -267,7 +268,10 @@ impl Ledger {
             }
             Source::Fixed(_) => return Ok(()),
         };
-        ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
+        let schema = ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
+        if schema < tables::SCHEMA_VERSION {
+            self.schema_outdated.store(true, Ordering::SeqCst);
+        }
         if let Some(path) = journal_path(&self.source, &self.options) {
             // The journal may hold commits the reopened file does not: replay them.
             *self.journal.lock() = Some(checkpoint::recover(&fresh, path)?);
@@ -288,9 +292,18 @@ fn journal_path<'a>(source: &'a Source, options: &Options) -> Option<&'a Path> {
     }
 }
 
+fn create_grant_tables(txn: &redb::WriteTransaction) -> Result<()> {
+    txn.open_table(tables::GRANTS)?;
+    txn.open_table(tables::GRANT_ORDER)?;
+    txn.open_table(tables::GRANT_EXPIRIES)?;
+    txn.open_table(tables::ALLOCATIONS)?;
+    txn.open_table(tables::GRANT_BOOKS)?;
+    Ok(())
+}
+
 /// Create the tables of a new file, or check that an existing one is a ledger of a version
 /// this build reads.
-fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
+fn ensure_schema(db: &Database, shown: &Path) -> Result<u8> {
     let not_ledger = |detail: String| Error::NotALedger {
         path: shown.display().to_string(),
         detail,
@@ -310,9 +323,10 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             txn.open_table(tables::GENERATIONS)?;
             txn.open_table(tables::DEADLINES)?;
             txn.open_table(tables::IDEMPOTENCY)?;
+            create_grant_tables(&txn)?;
         }
         txn.commit()?;
-        return Ok(());
+        return Ok(tables::SCHEMA_VERSION);
     }
     if !names.iter().any(|n| n == "meta") {
         return Err(not_ledger(format!(
@@ -350,6 +364,20 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
+    if version == Some(1) {
+        // Schema 1 predates grants. Opening writes nothing: reads see its missing grant tables
+        // as empty, and the first write creates them and records schema 2. The workspaces'
+        // balances move into carried-over grants one by one, on each one's next write.
+        txn.abort()?;
+        return Ok(1);
+    }
+    check!(
+        tables::GRANTS,
+        tables::GRANT_ORDER,
+        tables::GRANT_EXPIRIES,
+        tables::ALLOCATIONS,
+        tables::GRANT_BOOKS
+    );
     txn.abort()?;
-    Ok(())
+    Ok(tables::SCHEMA_VERSION)
 }

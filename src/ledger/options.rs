@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
-use crate::model::limits::{DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_TIMEOUT_MS};
+use crate::model::limits::{
+    DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_REFUND_GRACE_MS, DEFAULT_TIMEOUT_MS,
+};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,16 @@ pub struct Options {
     /// journal. The price is a second file: copy the ledger file alone only after
     /// [`Ledger::checkpoint`](crate::Ledger::checkpoint) or a clean close.
     pub journal: bool,
+    /// How long credits a refund gives back to an expired grant stay spendable. Default:
+    /// [`DEFAULT_REFUND_GRACE_MS`](crate::limits::DEFAULT_REFUND_GRACE_MS), 24 hours; at most
+    /// [`MAX_REFUND_GRACE_MS`](crate::limits::MAX_REFUND_GRACE_MS) (a longer one is cut to it).
+    ///
+    /// Why: the product guide promises "full credits refunded, can retry generation". A
+    /// generation charged from a trial grant that fails just after the trial expired must
+    /// give back credits the user can still spend. So when a refund returns credits to a grant
+    /// that has expired, or expires before the refund's time plus this grace, they go into a
+    /// *grace lot* of that grant, spendable until then, and expire on their own after it.
+    pub refund_grace_ms: u64,
 }
 
 impl Default for Options {
@@ -82,6 +94,7 @@ impl Default for Options {
             quick_repair: false,
             sweep_on_open: true,
             journal: true,
+            refund_grace_ms: DEFAULT_REFUND_GRACE_MS,
         }
     }
 }
@@ -90,6 +103,12 @@ impl Options {
     /// Use this clock.
     pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Use this refund grace (see [`Options::refund_grace_ms`]).
+    pub fn refund_grace_ms(mut self, grace_ms: u64) -> Self {
+        self.refund_grace_ms = grace_ms.min(crate::limits::MAX_REFUND_GRACE_MS);
         self
     }
 

@@ -32,11 +32,16 @@ impl Ledger {
         let (state, earliest) = self.with_db(write_panic, |db| {
             let rtx = db.begin_read()?;
             let state = WriterState::load(&rtx.open_table(tables::TRANSACTIONS)?)?;
-            let earliest = rtx
+            let deadline = rtx
                 .open_table(tables::DEADLINES)?
                 .first()?
                 .map_or(NO_DEADLINE, |(k, _)| k.value().0);
-            Ok((state, earliest))
+            // The sweep also expires grants: wake it for the first pending expiry too.
+            let expiry = match tables::open_optional(&rtx, tables::GRANT_EXPIRIES)? {
+                Some(t) => t.first()?.map_or(NO_DEADLINE, |(k, _)| k.value().0),
+                None => NO_DEADLINE,
+            };
+            Ok((state, deadline.min(expiry)))
         })?;
         self.earliest_deadline_ms.store(earliest, Ordering::SeqCst);
         self.last_at_ms.store(state.last_at_ms, Ordering::SeqCst);
@@ -145,11 +150,18 @@ impl Ledger {
         let mut txn = db.begin_write()?;
         let config = EngineConfig {
             default_timeout_ms: self.options.default_timeout_ms,
+            refund_grace_ms: self.options.refund_grace_ms,
         };
         let applied = engine::run(&txn, state, now_ms, config, ops)?;
         if !applied.dirty {
             txn.abort()?;
             return Ok((applied.results, state, None));
+        }
+        if self.schema_outdated.load(Ordering::SeqCst) {
+            // This write created the grant tables (opening them in a write transaction
+            // does): the file is now of the current schema. Cleared only once it is durable.
+            txn.open_table(tables::META)?
+                .insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
         }
         match journal {
             None => {
@@ -161,7 +173,11 @@ impl Ledger {
                 txn.commit()?;
             }
             Some(journal) => {
-                let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops);
+                let payload = journal::encode_batch(
+                    now_ms,
+                    (config.default_timeout_ms, config.refund_grace_ms),
+                    ops,
+                );
                 let journaled = journal.fits(payload.len());
                 // redb records the last journal entry it holds, in the batch's own transaction:
                 // this batch's entry, or (for a checkpoint) the last one written.
@@ -191,6 +207,7 @@ impl Ledger {
                 }
             }
         }
+        self.schema_outdated.store(false, Ordering::SeqCst);
         Ok((applied.results, applied.state, applied.earliest))
     }
 

@@ -19,16 +19,22 @@ pub enum TxnKind {
     Refund,
     /// An operator's signed correction (+ or -).
     Adjustment,
+    /// What was left of a grant when it expired, taken off the balance by the sweep (-).
+    Expiration,
+    /// What was left of a grant an operator voided (-).
+    Void,
 }
 
 impl TxnKind {
     /// Every kind, in display order.
-    pub const ALL: [TxnKind; 5] = [
+    pub const ALL: [TxnKind; 7] = [
         TxnKind::Purchase,
         TxnKind::Grant,
         TxnKind::Usage,
         TxnKind::Refund,
         TxnKind::Adjustment,
+        TxnKind::Expiration,
+        TxnKind::Void,
     ];
 
     /// The lowercase name used by the CLI and JSON.
@@ -39,6 +45,8 @@ impl TxnKind {
             TxnKind::Usage => "usage",
             TxnKind::Refund => "refund",
             TxnKind::Adjustment => "adjustment",
+            TxnKind::Expiration => "expiration",
+            TxnKind::Void => "void",
         }
     }
 }
@@ -51,6 +59,8 @@ impl fmt::Display for TxnKind {
             TxnKind::Usage => "Usage",
             TxnKind::Refund => "Refund",
             TxnKind::Adjustment => "Adjustment",
+            TxnKind::Expiration => "Expiration",
+            TxnKind::Void => "Void",
         })
     }
 }
@@ -65,7 +75,7 @@ impl FromStr for TxnKind {
                 Error::InvalidInput(InvalidInput::UnknownName {
                     field: "transaction type",
                     value: s.to_string(),
-                    expected: "purchase, grant, usage, refund, adjustment",
+                    expected: "purchase, grant, usage, refund, adjustment, expiration, void",
                 })
             })
     }

@@ -61,6 +61,8 @@ pub(crate) struct Batch {
     pub now_ms: u64,
     /// The ledger's default generation timeout when it ran.
     pub default_timeout_ms: u64,
+    /// The ledger's refund grace when it ran.
+    pub refund_grace_ms: u64,
     pub ops: Vec<Op>,
 }
 
@@ -68,14 +70,17 @@ pub(crate) struct Batch {
 struct BatchRef<'a> {
     now_ms: u64,
     default_timeout_ms: u64,
+    refund_grace_ms: u64,
     ops: &'a [Op],
 }
 
-/// Encode a batch as a journal payload.
-pub(crate) fn encode_batch(now_ms: u64, default_timeout_ms: u64, ops: &[Op]) -> Vec<u8> {
+/// Encode a batch as a journal payload, with the settings it ran with (`(default timeout,
+/// refund grace)`), so that a replay does exactly what the run did.
+pub(crate) fn encode_batch(now_ms: u64, settings: (u64, u64), ops: &[Op]) -> Vec<u8> {
     codec::encode(&BatchRef {
         now_ms,
-        default_timeout_ms,
+        default_timeout_ms: settings.0,
+        refund_grace_ms: settings.1,
         ops,
     })
 }
@@ -324,7 +329,7 @@ mod tests {
         let (mut j, none) = Journal::open(path.clone(), 7, 0).unwrap();
         assert!(none.is_empty() && !path.exists());
         for seq in 1..=3 {
-            let payload = encode_batch(seq * 10, 5, &ops(seq as usize));
+            let payload = encode_batch(seq * 10, (5, 5), &ops(seq as usize));
             j.append(seq, &payload).unwrap();
         }
         let (_, batches) = Journal::open(path.clone(), 7, 0).unwrap();
@@ -338,7 +343,7 @@ mod tests {
         assert!(Journal::open(path.clone(), 8, 0).unwrap().1.is_empty());
         // After a reset, new entries overwrite from offset 0 and old ones end the chain.
         j.reset();
-        j.append(4, &encode_batch(40, 5, &ops(1))).unwrap();
+        j.append(4, &encode_batch(40, (5, 5), &ops(1))).unwrap();
         let (_, batches) = Journal::open(path, 7, 3).unwrap();
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].now_ms, 40);
@@ -349,8 +354,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.journal");
         let (mut j, _) = Journal::open(path.clone(), 1, 0).unwrap();
-        j.append(1, &encode_batch(1, 5, &ops(2))).unwrap();
-        j.append(2, &encode_batch(2, 5, &ops(2))).unwrap();
+        j.append(1, &encode_batch(1, (5, 5), &ops(2))).unwrap();
+        j.append(2, &encode_batch(2, (5, 5), &ops(2))).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         for at in [4096 + 2, 4096 + 10, 4096 + 26, 4096 + 30, 4096 + 40] {
             let mut damaged = bytes.clone();

@@ -9,6 +9,15 @@
 //! | `generations` | generation id | [`GenerationRecord`] |
 //! | `deadlines` | (deadline ms, generation id) | `()`, running generations only |
 //! | `idempotency` | key | txn id |
+//! | `grants` | (workspace, grant id, lot) | [`GrantRecord`] |
+//! | `grant_order` | (workspace, priority, expires or MAX, effective or 0, grant id, lot) | `()`, open lots with credits left |
+//! | `grant_expiries` | (expires ms, workspace, grant id, lot) | `()`, open lots with an expiry |
+//! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord) |
+//! | `grant_books` | workspace id | [`GrantBook`](crate::model::records::GrantBook) |
+//!
+//! `grant_order` is sorted in drawdown order, so the first spendable grant of a workspace is
+//! the first entry of one short range read; `grant_expiries` makes the sweep of expired grants
+//! O(expired), like `deadlines` for generations.
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
@@ -17,7 +26,10 @@
 use redb::{ReadableTable, TableDefinition};
 
 use crate::error::Error;
-use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::records::{
+    AllocationRecord, GenState, GenerationRecord, GrantBook, GrantRecord, TxnRecord,
+    WorkspaceRecord,
+};
 use crate::model::{Status, TxnKind};
 use crate::storage::codec;
 
@@ -29,6 +41,14 @@ pub(crate) const HISTORY: TableDefinition<(&str, u8, u64), ()> =
 pub(crate) const GENERATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("generations");
 pub(crate) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
 pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+pub(crate) const GRANTS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("grants");
+pub(crate) type OrderKey<'a> = (&'a str, u32, u64, u64, &'a str, u32);
+pub(crate) const GRANT_ORDER: TableDefinition<OrderKey<'static>, ()> =
+    TableDefinition::new("grant_order");
+pub(crate) const GRANT_EXPIRIES: TableDefinition<(u64, &str, &str, u32), ()> =
+    TableDefinition::new("grant_expiries");
+pub(crate) const ALLOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("allocations");
+pub(crate) const GRANT_BOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("grant_books");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
@@ -36,8 +56,10 @@ pub(crate) const META_SCHEMA_KEY: &str = "schema";
 pub(crate) const META_LEDGER_ID_KEY: &str = "ledger_id";
 /// The `meta` key holding the sequence number of the last journal entry redb holds.
 pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
-/// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: u8 = 1;
+/// The schema version this build writes. Version 2 added the grant tables; a version-1 file
+/// opens as it is, and each workspace's balance moves into a carried-over grant on its first
+/// write (see [`GrantBook`](crate::model::records::GrantBook)).
+pub(crate) const SCHEMA_VERSION: u8 = 2;
 
 /// A history category: a transaction kind, and for Usage its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,10 +72,12 @@ pub(crate) enum Category {
     UsageFailed = 4,
     Refund = 5,
     Adjustment = 6,
+    Expiration = 7,
+    Void = 8,
 }
 
 impl Category {
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 9] = [
         Category::Purchase,
         Category::Grant,
         Category::UsagePending,
@@ -61,6 +85,8 @@ impl Category {
         Category::UsageFailed,
         Category::Refund,
         Category::Adjustment,
+        Category::Expiration,
+        Category::Void,
     ];
 
     pub fn kind(self) -> TxnKind {
@@ -72,6 +98,8 @@ impl Category {
             }
             Category::Refund => TxnKind::Refund,
             Category::Adjustment => TxnKind::Adjustment,
+            Category::Expiration => TxnKind::Expiration,
+            Category::Void => TxnKind::Void,
         }
     }
 
@@ -93,6 +121,8 @@ impl Category {
             (TxnKind::Usage, Status::Failed) => Category::UsageFailed,
             (TxnKind::Refund, _) => Category::Refund,
             (TxnKind::Adjustment, _) => Category::Adjustment,
+            (TxnKind::Expiration, _) => Category::Expiration,
+            (TxnKind::Void, _) => Category::Void,
         }
     }
 
@@ -104,6 +134,19 @@ impl Category {
 /// The category a Usage belongs in, given its generation's state.
 pub(crate) fn usage_category(state: GenState) -> Category {
     Category::of(TxnKind::Usage, state.usage_status())
+}
+
+/// Open a table for reading, or `None` when the file has none: a grant table in a schema-1
+/// file that no write has touched yet reads as empty.
+pub(crate) fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rtx: &redb::ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, Error> {
+    match rtx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) fn get_txn(
@@ -132,6 +175,42 @@ pub(crate) fn get_workspace(
 ) -> Result<Option<WorkspaceRecord>, Error> {
     match table.get(id)? {
         Some(v) => Ok(Some(codec::decode("workspaces", &id, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_grant(
+    table: &impl ReadableTable<(&'static str, &'static str, u32), &'static [u8]>,
+    workspace: &str,
+    id: &str,
+    lot: u32,
+) -> Result<Option<GrantRecord>, Error> {
+    match table.get((workspace, id, lot))? {
+        Some(v) => Ok(Some(codec::decode(
+            "grants",
+            &format_args!("({workspace}, {id}, {lot})"),
+            v.value(),
+        )?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_allocations(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    txn_id: u64,
+) -> Result<Option<AllocationRecord>, Error> {
+    match table.get(txn_id)? {
+        Some(v) => Ok(Some(codec::decode("allocations", &txn_id, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_book(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    workspace: &str,
+) -> Result<Option<GrantBook>, Error> {
+    match table.get(workspace)? {
+        Some(v) => Ok(Some(codec::decode("grant_books", &workspace, v.value())?)),
         None => Ok(None),
     }
 }
@@ -174,6 +253,6 @@ mod tests {
             assert_eq!(Category::from_u8(c as u8), Some(c));
             assert_eq!(Category::of(c.kind(), c.status()), c);
         }
-        assert_eq!(Category::from_u8(7), None);
+        assert_eq!(Category::from_u8(Category::ALL.len() as u8), None);
     }
 }
