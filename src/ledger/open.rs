@@ -44,13 +44,14 @@ pub(super) fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
 /// Run `f`, turning a panic into an error. redb asserts (or indexes out of bounds) on some kinds
 /// of damaged pages instead of returning an error, while reading and while committing; a
 /// caller of the ledger must get a typed error for a damaged file, never a panic, so opening,
-/// every read and every write's storage work run under this guard. The panic message is still
-/// printed by the process's panic hook: replacing a process-wide hook is not a library's call
-/// to make.
+/// every read and every write's storage work run under this guard. The process's panic hook
+/// still runs first (replacing a process-wide hook is not a library's call to make), but it can
+/// tell such a panic from a bug: [`super::inside_panic_guard`] is true while this guard runs.
 pub(super) fn no_panic<T>(
     on_panic: impl FnOnce(String) -> Error,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
+    let _marked = super::panic_guard::Marked::enter();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<&str>()

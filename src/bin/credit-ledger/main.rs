@@ -24,8 +24,12 @@ use output::Out;
 
 fn main() -> ExitCode {
     // Defence in depth: nothing should panic, but if something does, say so in one line
-    // instead of a backtrace.
+    // instead of a backtrace. A redb panic on a damaged page that the ledger catches is not a
+    // bug: it comes back as a typed error, printed below, so the hook stays quiet about it.
     std::panic::set_hook(Box::new(|info| {
+        if credit_ledger::inside_panic_guard() {
+            return;
+        }
         eprintln!(
             "credit-ledger: internal error: {}; this is a bug, please report it",
             fail::one_line(&info.to_string())
