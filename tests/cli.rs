@@ -79,11 +79,18 @@ impl Ws {
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> Run {
+    run_env(dir, &[], args)
+}
+
+/// Run the tool in `dir` with these environment variables set (and no other
+/// `CREDIT_LEDGER_DB`).
+fn run_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_credit-ledger"))
         .args(args)
         .current_dir(dir)
         .env_remove("CREDIT_LEDGER_DB")
         .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run credit-ledger");
     Run {
@@ -903,6 +910,50 @@ fn simulate_20000_generations_is_clean() {
         reasons.values().filter_map(Value::as_u64).sum::<u64>(),
         reasons
     );
+}
+
+/// `CREDIT_LEDGER_DB=` (set, but empty) is no path at all: the default file, not a complaint
+/// about an empty `--db` the user never typed.
+#[test]
+fn an_empty_db_variable_means_the_default_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = [("CREDIT_LEDGER_DB", "")];
+    let missing = run_env(dir.path(), &empty, &["balance", "acme"]).failed(2);
+    assert!(
+        missing
+            .stderr
+            .contains("no ledger file at `credit-ledger.redb`")
+            && !missing.stderr.contains("--db <PATH>"),
+        "{}",
+        missing.stderr
+    );
+    run_env(
+        dir.path(),
+        &empty,
+        &["--now", T0, "credit", "acme", "5", "--key", "k1"],
+    )
+    .ok();
+    assert!(dir.path().join("credit-ledger.redb").exists());
+    let b = run_env(dir.path(), &empty, &["--json", "balance", "acme"])
+        .ok()
+        .json();
+    assert_eq!(b["balance"], 5);
+    // A set variable still names the file, and --db still wins over it.
+    let other = dir.path().join("other.redb");
+    let named = [("CREDIT_LEDGER_DB", other.to_str().expect("utf-8 path"))];
+    run_env(
+        dir.path(),
+        &named,
+        &["--now", T0, "credit", "beta", "7", "--key", "k1"],
+    )
+    .ok();
+    assert!(other.exists());
+    run_env(
+        dir.path(),
+        &named,
+        &["--db", "credit-ledger.redb", "balance", "beta"],
+    )
+    .failed(1);
 }
 
 #[test]

@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The default ledger file, in the current directory.
 pub const DEFAULT_DB: &str = "credit-ledger.redb";
 
+/// The environment variable that names the ledger file when `--db` is not given; set but empty,
+/// it counts as unset.
+pub const DB_ENV: &str = "CREDIT_LEDGER_DB";
+
 /// Inspect and operate a credit ledger: credits, generation charges and their automatic
 /// refunds. Exit codes: 0 ok, 1 refused (insufficient credits, conflict, unknown id, already
 /// finished), 2 usage error, 3 verification failure or damaged file.
@@ -14,7 +18,7 @@ pub const DEFAULT_DB: &str = "credit-ledger.redb";
 #[command(name = "credit-ledger", version, about, max_term_width = 100)]
 pub struct Cli {
     /// The ledger file [default: credit-ledger.redb]
-    #[arg(long, global = true, env = "CREDIT_LEDGER_DB", value_name = "PATH")]
+    #[arg(long, global = true, env = DB_ENV, value_name = "PATH")]
     pub db: Option<PathBuf>,
 
     /// Print exactly one JSON document on stdout instead of text.

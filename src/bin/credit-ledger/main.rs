@@ -35,6 +35,13 @@ fn main() -> ExitCode {
             fail::one_line(&info.to_string())
         );
     }));
+    // `CREDIT_LEDGER_DB=` (set but empty, as a script's `export CREDIT_LEDGER_DB=$UNSET_VAR`
+    // leaves it) means "no path given": clap would otherwise reject it as an empty `--db`,
+    // an option the user never typed. Nothing else runs yet, so changing the environment is
+    // safe here.
+    if std::env::var_os(args::DB_ENV).is_some_and(|v| v.is_empty()) {
+        std::env::remove_var(args::DB_ENV);
+    }
     let wants_json = std::env::args_os()
         .take_while(|a| a != "--")
         .any(|a| a == "--json");
