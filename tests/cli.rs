@@ -956,6 +956,135 @@ fn an_empty_db_variable_means_the_default_file() {
     .failed(1);
 }
 
+/// Scripts run commands in parallel on one file. Each process waits (`--wait`) while another
+/// has the file open, instead of failing with "open in another process"; they contend for the
+/// file for real, and every credit lands exactly once.
+#[test]
+fn parallel_commands_wait_for_the_file_instead_of_failing() {
+    const PROCESSES: usize = 32;
+    let ws = Ws::new();
+    ws.run(&["--now", T0, "credit", "acme", "1", "--key", "first"])
+        .ok();
+    let db = ws.db.to_str().expect("utf-8 path");
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|i| {
+            let key = format!("order-{i}");
+            Command::new(env!("CARGO_BIN_EXE_credit-ledger"))
+                .args(["--db", db, "--now", T0, "--wait", "2m", "--json"])
+                .args(["credit", "acme", "1", "--key", &key])
+                .env_remove("CREDIT_LEDGER_DB")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn credit-ledger")
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().expect("wait for credit-ledger");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "process {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let b = ws.run(&["--json", "balance", "acme"]).ok().json();
+    assert_eq!(b["balance"], 1 + PROCESSES as u64, "{b}");
+    assert_eq!(b["transactions"], 1 + PROCESSES as u64, "{b}");
+}
+
+/// `--wait 0` is the behaviour before there was a wait: a file another process holds is refused
+/// at once (exit 1), and the message says how to wait.
+#[test]
+fn wait_zero_fails_at_once_on_a_busy_file() {
+    let ws = Ws::new();
+    ws.run(&["--now", T0, "credit", "acme", "5", "--key", "k1"])
+        .ok();
+    let held = credit_ledger::Ledger::open(&ws.db).expect("hold the file open");
+    let r = ws.run(&["--wait", "0", "balance", "acme"]).failed(1);
+    assert!(
+        r.stderr.contains("open in another process") && r.stderr.contains("--wait"),
+        "{}",
+        r.stderr
+    );
+    let r = ws
+        .run(&[
+            "--json", "--wait", "0", "--now", T0, "credit", "acme", "1", "--key", "k2",
+        ])
+        .failed(1);
+    assert_eq!(r.json()["error"]["kind"], "storage", "{}", r.stdout);
+    drop(held);
+    let b = ws
+        .run(&["--wait", "0", "--json", "balance", "acme"])
+        .ok()
+        .json();
+    assert_eq!(b["balance"], 5, "the refused credit changed nothing");
+    // A wait needs a unit, and has a limit.
+    ws.run(&["--wait", "5", "balance", "acme"]).failed(2);
+    ws.run(&["--wait", "2h", "balance", "acme"]).failed(2);
+    ws.run(&["--wait", "soon", "balance", "acme"]).failed(2);
+}
+
+/// `--now 2027-12-01` typed for 2026 would stamp a write a year ahead, and every later write
+/// with the real clock (refunds included) would then fail as a clock gone backwards. A write at
+/// a `--now` further ahead of the system clock than the backwards-clock tolerance (one minute)
+/// is refused unless the operator passes `--allow-future-now`; reads are not affected.
+#[test]
+fn a_write_far_ahead_of_the_system_clock_needs_allow_future_now() {
+    let ws = Ws::new();
+    ws.run(&["--now", T0, "credit", "acme", "100", "--key", "k1"])
+        .ok();
+    let system_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits u64");
+    let year_ahead = (system_ms + 365 * 86_400_000).to_string();
+    for ahead in [year_ahead.as_str(), "18446744073709551615"] {
+        let r = ws
+            .run(&[
+                "--json", "--now", ahead, "credit", "acme", "5", "--key", "typo",
+            ])
+            .failed(2);
+        assert_eq!(r.json()["error"]["kind"], "future_now", "{}", r.stdout);
+        assert!(r.stderr.contains("--allow-future-now"), "{}", r.stderr);
+        ws.run(&["--now", ahead, "start", "g1", "--workspace", "acme"])
+            .failed(2);
+    }
+    ws.run(&["--now", &year_ahead, "sweep"]).failed(2);
+    // Nothing was written, and reading at a future time is fine.
+    let b = ws
+        .run(&["--json", "--now", &year_ahead, "balance", "acme"])
+        .ok()
+        .json();
+    assert_eq!(
+        (b["balance"].as_u64(), b["transactions"].as_u64()),
+        (Some(100), Some(1))
+    );
+    // Within the tolerance a --now ahead is accepted (a clock a few seconds fast).
+    let soon = (system_ms + 20_000).to_string();
+    ws.run(&["--now", &soon, "credit", "acme", "1", "--key", "k2"])
+        .ok();
+    // The operator can insist.
+    let r = ws
+        .run(&[
+            "--json",
+            "--allow-future-now",
+            "--now",
+            &year_ahead,
+            "credit",
+            "acme",
+            "5",
+            "--key",
+            "typo",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["balance_after"], 106, "{r}");
+}
+
 #[test]
 fn simulate_without_db_uses_a_named_temporary_file() {
     let dir = tempfile::tempdir().expect("tempdir");
