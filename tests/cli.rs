@@ -1085,6 +1085,53 @@ fn a_write_far_ahead_of_the_system_clock_needs_allow_future_now() {
     assert_eq!(r["balance_after"], 106, "{r}");
 }
 
+/// README is the record a reader of the repository meets: it documents every command and
+/// global option the tool has, and it names no document the repository does not contain (it
+/// once referred to "the starting design", a document only its authors had seen).
+#[test]
+fn readme_documents_every_command_and_option_and_only_documents_it_has() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let help = run_in(dir.path(), &["--help"]).ok().stdout;
+    let mut section = "";
+    let mut seen = 0;
+    for line in help.lines() {
+        if !line.starts_with(' ') {
+            section = line;
+            continue;
+        }
+        let word = line.split_whitespace().next().unwrap_or("");
+        let documented = match section {
+            "Commands:" if word != "help" => readme.contains(&format!("| `{word}")),
+            "Options:" if word.starts_with("--") => readme.contains(&format!("| `{word}")),
+            _ => continue,
+        };
+        assert!(documented, "README's CLI reference lacks `{word}`");
+        seen += 1;
+    }
+    assert!(
+        seen > 10,
+        "read the commands and options from --help:\n{help}"
+    );
+    for phrase in ["starting design", "original design", "the design doc"] {
+        assert!(
+            !readme.to_lowercase().contains(phrase),
+            "README refers to {phrase:?}, which a reader of the repository has never seen"
+        );
+    }
+    // Every Markdown document it names is in the repository.
+    for word in readme.split(|c: char| c.is_whitespace() || "()[]`,;:".contains(c)) {
+        let word = word.trim_end_matches('.');
+        if word.ends_with(".md") && !word.contains("://") {
+            assert!(
+                root.join(word).exists(),
+                "README names {word}, which is not in the repository"
+            );
+        }
+    }
+}
+
 #[test]
 fn simulate_without_db_uses_a_named_temporary_file() {
     let dir = tempfile::tempdir().expect("tempdir");
