@@ -1,12 +1,14 @@
 //! Reads: balances, generations, transactions, history pages and stats. Each read runs in
 //! one redb read transaction, a consistent snapshot that never blocks writers.
 
+pub(crate) mod changes;
 pub(crate) mod history;
 pub(crate) mod stats;
 mod views;
 
 use redb::{ReadTransaction, ReadableTable};
 
+pub use changes::ChangePage;
 pub use history::{HistoryFilter, HistoryPage, PageRequest};
 pub use stats::{FeatureStats, ReasonStats, Stats, TimeWindow};
 pub use views::{
