@@ -82,8 +82,9 @@ pub use model::{
     RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
 };
 pub use query::{
-    format_duration_ms, FeatureStats, GenerationState, GenerationView, HistoryFilter, HistoryPage,
-    LedgerTotals, PageRequest, ReasonStats, Stats, TimeWindow, TransactionView, WorkspaceSummary,
+    format_duration_ms, ChangePage, FeatureStats, GenerationState, GenerationView, HistoryFilter,
+    HistoryPage, LedgerTotals, PageRequest, ReasonStats, Stats, TimeWindow, TransactionView,
+    WorkspaceSummary,
 };
 pub use sweeper::{Sweeper, SweeperOptions};
 

@@ -117,6 +117,7 @@ impl Ledger {
     /// Fails with [`Error::AlreadyOpen`] when another process has the file open, with
     /// [`Error::NotALedger`] when the file is empty, damaged or belongs to something else.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Ledger> {
+        options.validate()?;
         let path = path.as_ref();
         let not_ledger = |detail| Error::NotALedger {
             path: path.display().to_string(),
@@ -157,6 +158,7 @@ impl Ledger {
 
     /// A ledger that lives in memory only.
     pub fn in_memory_with(options: Options) -> Result<Ledger> {
+        options.validate()?;
         let db = redb::Builder::new()
             .set_cache_size(options.cache_size_bytes)
             .create_with_backend(redb::backends::InMemoryBackend::new())
@@ -169,6 +171,7 @@ impl Ledger {
     /// storage error, and the caller must open it anew. See
     /// [`open_backend_factory`](Self::open_backend_factory) for one that can.
     pub fn open_backend(backend: impl redb::StorageBackend, options: Options) -> Result<Ledger> {
+        options.validate()?;
         let db = Self::open_backend_db(backend, options.cache_size_bytes)?;
         Self::init(db, Source::Fixed("<backend>"), options)
     }
@@ -179,6 +182,7 @@ impl Ledger {
         factory: impl Fn() -> B + Send + Sync + 'static,
         options: Options,
     ) -> Result<Ledger> {
+        options.validate()?;
         let cache = options.cache_size_bytes;
         let db = Self::open_backend_db(factory(), cache)?;
         let reopen = move || Self::open_backend_db(factory(), cache);

@@ -76,6 +76,9 @@ pub enum Command {
     Stats(WindowArgs),
     /// A workspace's full history, oldest first, as CSV or JSON lines on stdout.
     Export(ExportArgs),
+    /// The change feed: every workspace's transactions after an id, oldest first (JSON
+    /// lines with --json, one object per line in the shape of `export --format jsonl`).
+    Changes(ChangesArgs),
     /// Run a simulated workload on a fresh ledger file and report throughput, refunds,
     /// the credit reconciliation and the audit.
     Simulate(SimulateArgs),
@@ -279,6 +282,16 @@ pub struct ExportArgs {
     /// The output format.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    /// Print the entries after this transaction id (0: from the start).
+    #[arg(long, default_value_t = 0, value_name = "ID")]
+    pub after: u64,
+    /// Print at most this many entries (1 to 1000); default: everything up to the end.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -6,6 +6,7 @@
 
 mod args;
 mod fail;
+mod feed;
 mod open;
 mod output;
 mod reads;
@@ -117,6 +118,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Verify => reads::verify(&ctx, out),
         Command::Stats(a) => reads::stats(&ctx, a, out),
         Command::Export(a) => reads::export(&ctx, a, out),
+        Command::Changes(a) => feed::changes(&ctx, a, out),
         Command::Simulate(a) => simulate::run(&ctx, a, out),
     }
 }
