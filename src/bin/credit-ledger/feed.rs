@@ -65,7 +65,7 @@ fn print_after(
 }
 
 pub fn changes(ctx: &Context, a: &ChangesArgs, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     print_after(ctx, &ledger, a.after, a.limit, out)?;
     Ok(())
 }
