@@ -74,6 +74,7 @@ mod sweeper;
 pub use audit::{AuditCounts, AuditReport, Invariant, Violation};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCategory, InvalidInput, Result};
+pub use ledger::inside_panic_guard;
 pub use ledger::{Durability, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use model::limits;
 pub use model::{
@@ -82,9 +83,9 @@ pub use model::{
     VoidGrant,
 };
 pub use query::{
-    format_duration_ms, BalanceSplit, ExpiryNotice, FeatureStats, GenerationState, GenerationView,
-    GrantState, GrantView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest, ReasonStats,
-    Stats, TimeWindow, TransactionView, WorkspaceSummary,
+    format_duration_ms, BalanceSplit, ChangePage, ExpiryNotice, FeatureStats, GenerationState,
+    GenerationView, GrantState, GrantView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest,
+    ReasonStats, Stats, TimeWindow, TransactionView, WorkspaceSummary,
 };
 pub use sweeper::{Sweeper, SweeperOptions};
 
@@ -98,5 +99,8 @@ pub mod fuzzing {
         let _ = decode::<TxnRecord>("transactions", &0, bytes);
         let _ = decode::<GenerationRecord>("generations", &"", bytes);
         let _ = decode::<WorkspaceRecord>("workspaces", &"", bytes);
+        let _ = decode::<crate::model::records::GrantRecord>("grants", &"", bytes);
+        let _ = decode::<crate::model::records::AllocationRecord>("allocations", &0, bytes);
+        let _ = decode::<crate::model::records::GrantBook>("grant_books", &"", bytes);
     }
 }

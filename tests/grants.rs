@@ -496,3 +496,54 @@ fn grants_and_expirations_survive_a_reopen() {
     );
     assert_clean(&l);
 }
+
+/// The README's worked example: the guide's Quick Video refund, charged across a trial grant
+/// and a purchased pack, the trial expiring while the generation runs.
+#[test]
+fn the_readme_example_holds() {
+    let (l, clock) = ledger();
+    let t = |minutes: u64| T0_MS + minutes * MINUTE_MS;
+    l.credit(
+        Credit::grant("acme", 8, "trial-acme")
+            .memo("Trial credits")
+            .expires_at_ms(t(2)),
+    )
+    .unwrap();
+    l.credit(Credit::purchase("acme", 100, "order-1001").memo("Top-up pack"))
+        .unwrap();
+    let charge = l
+        .start_generation(StartGeneration::new("gen-1", "acme", "Quick Video", 12))
+        .unwrap();
+    assert_eq!(
+        drawn(&charge.allocations),
+        vec![("trial-acme", 8), ("order-1001", 4)]
+    );
+    assert_eq!(
+        (charge.balance_before_credits, charge.balance_after_credits),
+        (108, 96)
+    );
+    clock.set_ms(t(3));
+    let refund = l
+        .fail_generation("gen-1", RefundReason::ModelFailure, "no frames")
+        .unwrap();
+    assert_eq!(
+        drawn(&refund.allocations),
+        vec![("trial-acme", 8), ("order-1001", 4)]
+    );
+    assert_eq!(refund.allocations[0].lot, 1);
+    assert_eq!(
+        refund.allocations[0].spendable_until_ms,
+        Some(t(3) + DAY_MS)
+    );
+    assert_eq!(
+        (refund.balance_before_credits, refund.balance_after_credits),
+        (96, 108)
+    );
+    assert_eq!(l.balance("acme").unwrap().spendable_credits, 108);
+    clock.set_ms(t(4));
+    assert_eq!(
+        start(&l, "gen-2", "acme", 12),
+        owned(&[("trial-acme", 8), ("order-1001", 4)])
+    );
+    assert_clean(&l);
+}

@@ -1,6 +1,7 @@
 //! Reads: balances, generations, transactions, history pages and stats. Each read runs in
 //! one redb read transaction, a consistent snapshot that never blocks writers.
 
+pub(crate) mod changes;
 pub(crate) mod grants;
 pub(crate) mod history;
 pub(crate) mod stats;
@@ -8,6 +9,7 @@ mod views;
 
 use redb::{ReadTransaction, ReadableTable};
 
+pub use changes::ChangePage;
 pub use grants::{BalanceSplit, ExpiryNotice, GrantState, GrantView};
 pub use history::{HistoryFilter, HistoryPage, PageRequest};
 pub use stats::{FeatureStats, ReasonStats, Stats, TimeWindow};
@@ -79,7 +81,17 @@ pub(crate) fn totals(rtx: &ReadTransaction) -> Result<LedgerTotals, Error> {
         s.refunded_credits += u128::from(r.refunded_credits);
         s.adjusted_in_credits += u128::from(r.adjusted_in_credits);
         s.adjusted_out_credits += u128::from(r.adjusted_out_credits);
-        s.running_generations = s.running_generations.saturating_add(r.running_generations);
+        // Each running generation has its own Usage transaction, so on a healthy file the sum
+        // fits a u64 (ids do); a sum past it means damaged records, not a number to cut short.
+        s.running_generations = s
+            .running_generations
+            .checked_add(r.running_generations)
+            .ok_or_else(|| Error::Corruption {
+                table: "workspaces",
+                key: k.value().to_string(),
+                detail: "the running-generation counts of all workspaces add up past u64::MAX"
+                    .into(),
+            })?;
     }
     if let Some(books) = tables::open_optional(rtx, tables::GRANT_BOOKS)? {
         for entry in books.iter()? {

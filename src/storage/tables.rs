@@ -21,7 +21,7 @@
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
-//! matching entries, and unfiltered history is a merge of the seven category ranges.
+//! matching entries, and unfiltered history is a merge of the nine category ranges.
 
 use redb::{ReadableTable, TableDefinition};
 
