@@ -22,6 +22,9 @@ use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceReco
 use crate::storage::codec;
 use crate::storage::tables;
 mod checks;
+mod grants;
+
+use grants::GrantAudit;
 
 use checks::{check_deadlines, check_generation, check_history, check_txn, Acc, Links};
 
@@ -57,6 +60,25 @@ pub enum Invariant {
     HistoryIndex,
     /// The idempotency index and the transactions differ.
     IdempotencyIndex,
+    /// A grant lot's `remaining` is not its amount minus its allocations plus what refunds
+    /// returned minus what expired or was voided, exceeds its amount, or disagrees with the
+    /// transactions that moved it.
+    GrantArithmetic,
+    /// A workspace's balance is not the sum of its grants' `remaining`, or its grant book's
+    /// expired and voided totals disagree with its Expirations and Voids.
+    GrantBalance,
+    /// A Usage's (or negative Adjustment's) allocations do not add up to its amount.
+    AllocationSum,
+    /// A Refund does not give back exactly its Usage's allocations.
+    RefundAllocation,
+    /// A charge drew on a grant that was not spendable at its time, or skipped a spendable
+    /// grant that comes earlier in the drawdown order.
+    DrawdownOrder,
+    /// An Expiration or Void is not for exactly what its grant held, or closed a grant twice,
+    /// or expired a grant before its expiry.
+    ExpirationAmount,
+    /// The grant indexes (`grant_order`, `grant_expiries`) and the open grant lots differ.
+    GrantIndex,
 }
 
 /// One broken invariant, with the ids involved.
@@ -91,6 +113,8 @@ pub struct AuditCounts {
     pub history_entries: u64,
     /// Idempotency keys.
     pub idempotency_keys: u64,
+    /// Grant lots (grants and their refund-grace parts).
+    pub grant_lots: u64,
 }
 
 /// The result of [`Ledger::verify`](crate::Ledger::verify).
@@ -141,6 +165,8 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
     let deadlines = rtx.open_table(tables::DEADLINES)?;
     let mut accs: HashMap<String, Acc> = HashMap::new();
     let mut links = Links::default();
+    let mut grant_audit = GrantAudit::load(rtx, &mut report)?;
+    report.checked.grant_lots = grant_audit.lots;
 
     // 1. The log: checksums, the chain, dense ids, monotonic time, balance arithmetic, the
     //    links from each Usage and Refund to its generation, and each entry's history and
@@ -214,6 +240,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
             &idem,
             &history,
         )?;
+        grant_audit.on_txn(&mut report, &rec);
     }
 
     // 2. Generations: running ones have their deadline entry; count what the log must match.
@@ -261,6 +288,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
     }
 
     // 3. Workspace records against the sums of their transactions.
+    let mut balances: HashMap<String, u64> = HashMap::new();
     for entry in workspaces.iter()? {
         let (k, v) = entry?;
         report.checked.workspaces += 1;
@@ -273,6 +301,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
                 continue;
             }
         };
+        balances.insert(ws.to_string(), stored.balance_credits);
         let Some(acc) = accs.remove(ws) else {
             report.add(
                 Invariant::WorkspaceTotals,
@@ -306,6 +335,8 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
             Some(&ws),
         );
     }
+
+    grant_audit.finish(&mut report, rtx, &balances)?;
 
     // 4. The indexes hold nothing else: counts first, the naming pass only on a mismatch.
     report.checked.deadlines = deadlines.len()?;
