@@ -54,6 +54,7 @@ pub fn credit(ctx: &Context, a: &CreditArgs, out: &mut Out) -> Result<(), CliErr
         CreditKindArg::Grant => Credit::grant(&a.workspace, a.amount, &a.key),
     }
     .memo(&a.memo);
+    let credit = crate::grants::terms(&ledger, credit, a);
     let r = ledger.credit(credit)?;
     print_receipt(ctx, &r, out)
 }
