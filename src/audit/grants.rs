@@ -471,9 +471,10 @@ impl GrantAudit {
                 }
             }
             if let Some(s) = self.sim.remove(k) {
-                // A lot closed with nothing left wrote no transaction: the replay left it open.
+                // A lot closed with nothing left has no allocation entry (an Expiration of
+                // nothing is not written at all): the replay left it open.
                 let sim_closed =
-                    s.closed || (g.closed.is_some_and(|c| c.txn == 0) && s.remaining == 0);
+                    s.closed || (g.closed.is_some_and(|c| c.credits == 0) && s.remaining == 0);
                 if (s.remaining, s.allocated, s.returned, sim_closed)
                     != (
                         g.remaining_credits,

@@ -362,12 +362,19 @@ pub(super) fn refund(
         .ok_or_else(|| missing_workspace(&gen))?;
     grants::ensure_book(ctx, &gen.workspace, &ws_before)?;
     let refund_txn = ctx.state.next_txn_id;
+    // A timeout counts from its deadline, whenever the refund is written.
+    let refunded_at_ms = if reason == RefundReason::Timeout {
+        gen.deadline_ms.min(ctx.now_ms)
+    } else {
+        ctx.now_ms
+    };
     let entries = grants::give_back(
         ctx,
         &gen.workspace,
         gen.usage_txn,
         gen.cost_credits,
         refund_txn,
+        refunded_at_ms,
     )?;
     let rec = ctx.append(
         TxnRecord {

@@ -245,17 +245,22 @@ fn lot_overflow(rec: &GrantRecord) -> Error {
 }
 
 /// Give a Usage's allocations back to their grants, for the refund that will be transaction
-/// `refund_txn`. A lot that is closed, or expires before `now + refund grace`, does not take
-/// them back: a new grace lot of the same grant does, spendable until `now + refund grace`.
+/// `refund_txn`. A lot that is closed, or expires before the refund's time plus the refund
+/// grace, does not take them back: a new grace lot of the same grant does, spendable until
+/// then.
 /// A Usage from before grants (no allocations) gives its cost back to the carried-over grant.
+///
+/// The grace counts from `refunded_at_ms`: the refund's time, or for a timeout its deadline,
+/// so that (like the timeout itself) the outcome does not depend on when the sweep ran.
 pub(super) fn give_back(
     ctx: &mut Ctx<'_>,
     workspace: &str,
     usage_txn: u64,
     cost: u64,
     refund_txn: u64,
+    refunded_at_ms: u64,
 ) -> Result<Vec<AllocationEntry>, Error> {
-    let grace_until = ctx.now_ms.saturating_add(ctx.config.refund_grace_ms);
+    let grace_until = refunded_at_ms.saturating_add(ctx.config.refund_grace_ms);
     let drawn = match tables::get_allocations(&ctx.allocations, usage_txn)? {
         Some(a) => a.entries,
         None => return give_back_carried_over(ctx, workspace, cost, refund_txn),

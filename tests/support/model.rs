@@ -1255,7 +1255,13 @@ impl Model {
         let after = w.balance;
         self.ws.insert(g.ws.clone(), w);
         let next = self.txns.len() as u64 + 1;
-        let back = self.give_back(now, &g.ws, g.usage_txn, next);
+        // The grace of a timeout counts from its deadline.
+        let base = if reason == RefundReason::Timeout {
+            g.deadline.min(now)
+        } else {
+            now
+        };
+        let back = self.give_back(base, &g.ws, g.usage_txn, next);
         self.allocs.insert(next, back);
         let refund_txn = self.append(
             now,
