@@ -199,9 +199,10 @@ impl Ledger {
 
     fn init(db: Database, source: Source, options: Options) -> Result<Ledger> {
         ensure_schema(&db, Path::new(&source.to_string()))?;
-        let journal = match journal_path(&source, &options) {
-            Some(path) => Some(checkpoint::recover(&db, path)?),
-            None => None,
+        let journal = match &source {
+            // Every open of a file replays a pending journal, whatever the options say.
+            Source::File(path) => checkpoint::recover(&db, path, keeps_journal(&options))?,
+            _ => None,
         };
         let ledger = Ledger {
             db: RwLock::new(Some(db)),
@@ -268,9 +269,9 @@ impl Ledger {
             Source::Fixed(_) => return Ok(()),
         };
         ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
-        if let Some(path) = journal_path(&self.source, &self.options) {
+        if let Source::File(path) = &self.source {
             // The journal may hold commits the reopened file does not: replay them.
-            *self.journal.lock() = Some(checkpoint::recover(&fresh, path)?);
+            *self.journal.lock() = checkpoint::recover(&fresh, path, keeps_journal(&self.options))?;
         }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");
@@ -278,14 +279,9 @@ impl Ledger {
     }
 }
 
-/// The ledger file whose journal a ledger opened from `source` with `options` keeps, if any.
-fn journal_path<'a>(source: &'a Source, options: &Options) -> Option<&'a Path> {
-    match source {
-        Source::File(path) if options.journal && options.durability == Durability::Immediate => {
-            Some(path)
-        }
-        _ => None,
-    }
+/// Whether a file ledger opened with `options` writes through a journal.
+fn keeps_journal(options: &Options) -> bool {
+    options.journal && options.durability == Durability::Immediate
 }
 
 /// Create the tables of a new file, or check that an existing one is a ledger of a version
