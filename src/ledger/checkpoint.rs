@@ -120,7 +120,7 @@ pub(super) fn replay_pending(db: &Database, ledger: &Path) -> Result<(u64, Optio
         first_seq,
         applied_seq: applied_seq.max(first_seq.saturating_sub(1)),
     };
-    let pending = journal::read_pending(ledger, &journal_path, &expect).map_err(|r| r.error)?;
+    let pending = journal::read_pending(ledger, &journal_path, &expect)?;
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(true);
     let ops = replay(&txn, &journal_path, &pending.batches)?;

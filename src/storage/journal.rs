@@ -199,20 +199,6 @@ pub(crate) struct Pending {
     pub batches: Vec<(u64, Batch)>,
 }
 
-/// Why a pending journal cannot be replayed, and what could be read before the problem.
-#[derive(Debug)]
-pub(crate) struct Refusal {
-    /// The typed error the open fails with.
-    pub error: Error,
-    /// The intact entries before the problem (after `applied_seq`), which an operator's
-    /// explicit recovery replays before discarding the rest.
-    pub intact: Vec<(u64, Batch)>,
-    /// The first sequence number that cannot be replayed.
-    pub lost_from_seq: u64,
-    /// The last sequence number known to exist beyond it (an intact later entry), if any.
-    pub lost_to_seq: Option<u64>,
-}
-
 /// One block boundary's worth of parsing.
 enum Frame<'a> {
     /// An intact entry of the epoch: its seq, its payload and its size on disk.
@@ -294,37 +280,17 @@ pub(crate) fn read_pending(
     ledger: &Path,
     journal: &Path,
     expect: &Expected,
-) -> Result<Pending, Box<Refusal>> {
-    let refuse = |error: Error, intact: Vec<(u64, Batch)>, from: u64, to: Option<u64>| {
-        Box::new(Refusal {
-            error,
-            intact,
-            lost_from_seq: from,
-            lost_to_seq: to,
-        })
-    };
-    let mismatch = |problem: String| {
-        refuse(
-            Error::JournalMismatch {
-                ledger: ledger.display().to_string(),
-                journal: journal.display().to_string(),
-                problem,
-            },
-            Vec::new(),
-            expect.applied_seq + 1,
-            None,
-        )
+) -> Result<Pending, Error> {
+    let mismatch = |problem: String| Error::JournalMismatch {
+        ledger: ledger.display().to_string(),
+        journal: journal.display().to_string(),
+        problem,
     };
     let mut bytes = Vec::new();
     match open_for_reading(journal) {
         Ok(Some(mut f)) => {
             if let Err(e) = f.read_to_end(&mut bytes) {
-                return Err(refuse(
-                    io_error(journal, "cannot read it", e),
-                    Vec::new(),
-                    expect.applied_seq + 1,
-                    None,
-                ));
+                return Err(io_error(journal, "cannot read it", e));
             }
         }
         Ok(None) => {
@@ -334,14 +300,7 @@ pub(crate) fn read_pending(
                 expect.epoch, expect.first_seq
             )))
         }
-        Err(e) => {
-            return Err(refuse(
-                io_error(journal, "cannot open it", e),
-                Vec::new(),
-                expect.applied_seq + 1,
-                None,
-            ))
-        }
+        Err(e) => return Err(io_error(journal, "cannot open it", e)),
     }
     match parse_epoch_header(&bytes) {
         None => {
@@ -396,7 +355,7 @@ pub(crate) fn read_pending(
                     },
                     other => other,
                 };
-                return Err(refuse(error, batches, seq, None));
+                return Err(error);
             }
         };
         if seq > expect.applied_seq {
@@ -417,22 +376,17 @@ pub(crate) fn read_pending(
         at += BLOCK_BYTES;
     }
     if let Some(last) = later {
-        return Err(refuse(
-            Error::Corruption {
-                table: "journal",
-                key: next_seq.to_string(),
-                detail: format!(
-                    "entry {next_seq} at byte {offset} of the journal `{}` is damaged or \
-                     missing, and entries up to {last} after it are intact: a crash only tears \
-                     the last entry, so this is damage, and the entries after it hold \
-                     acknowledged writes; the journal was left as it is",
-                    journal.display()
-                ),
-            },
-            batches,
-            next_seq,
-            Some(last),
-        ));
+        return Err(Error::Corruption {
+            table: "journal",
+            key: next_seq.to_string(),
+            detail: format!(
+                "entry {next_seq} at byte {offset} of the journal `{}` is damaged or missing, \
+                 and entries up to {last} after it are intact: a crash only tears the last \
+                 entry, so this is damage, and the entries after it hold acknowledged writes; \
+                 the journal was left as it is",
+                journal.display()
+            ),
+        });
     }
     let last_seq = next_seq - 1;
     if last_seq < expect.applied_seq {
@@ -682,7 +636,7 @@ mod tests {
         (j, expect)
     }
 
-    fn read(path: &Path, expect: &Expected) -> Result<Vec<u64>, Box<Refusal>> {
+    fn read(path: &Path, expect: &Expected) -> Result<Vec<u64>, Error> {
         read_pending(Path::new("l.redb"), path, expect)
             .map(|p| p.batches.iter().map(|(s, _)| *s).collect())
     }
@@ -707,11 +661,7 @@ mod tests {
             ..expect
         };
         let r = read(&path, &ahead).unwrap_err();
-        assert!(
-            matches!(r.error, Error::JournalMismatch { .. }),
-            "{:?}",
-            r.error
-        );
+        assert!(matches!(r, Error::JournalMismatch { .. }), "{r:?}");
     }
 
     #[test]
@@ -721,7 +671,7 @@ mod tests {
         let (_, expect) = written(&path, 1, 2);
         let missing = dir.path().join("none.journal");
         assert!(matches!(
-            read(&missing, &expect).unwrap_err().error,
+            read(&missing, &expect).unwrap_err(),
             Error::JournalMismatch { problem, .. } if problem.contains("missing")
         ));
         for other in [
@@ -740,11 +690,7 @@ mod tests {
             },
         ] {
             let r = read(&path, &other).unwrap_err();
-            assert!(
-                matches!(r.error, Error::JournalMismatch { .. }),
-                "{other:?}"
-            );
-            assert!(r.intact.is_empty());
+            assert!(matches!(r, Error::JournalMismatch { .. }), "{other:?}");
         }
     }
 
@@ -771,22 +717,20 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x01;
             std::fs::write(&path, &damaged).unwrap();
-            let r = read(&path, &expect).unwrap_err();
-            match &r.error {
-                Error::Corruption { table, key, .. } => {
-                    assert_eq!((*table, key.as_str()), ("journal", "2"))
+            match read(&path, &expect).unwrap_err() {
+                Error::Corruption { table, key, detail } => {
+                    assert_eq!((table, key.as_str()), ("journal", "2"));
+                    assert!(detail.contains("entries up to 3"), "{detail}");
                 }
                 other => panic!("flip at {at}: {other:?}"),
             }
-            assert_eq!(r.intact.len(), 1);
-            assert_eq!((r.lost_from_seq, r.lost_to_seq), (2, Some(3)));
         }
         // The header damaged: nothing can be trusted.
         let mut damaged = bytes.clone();
         damaged[14] ^= 0x01;
         std::fs::write(&path, &damaged).unwrap();
         assert!(matches!(
-            read(&path, &expect).unwrap_err().error,
+            read(&path, &expect).unwrap_err(),
             Error::JournalMismatch { .. }
         ));
     }
