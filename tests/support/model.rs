@@ -1612,6 +1612,59 @@ impl Harness {
         }
     }
 
+    /// The change feed, paged in sizes that vary with the step, against the model's whole
+    /// log: every transaction exactly once, in id order, across all workspaces.
+    fn compare_feed(&self, i: usize) {
+        let l = self.ledger();
+        let m = &self.model;
+        let page_size = 1 + (i % 7) as u32;
+        let (mut got, mut after) = (Vec::new(), 0);
+        loop {
+            let page = l.changes(after, page_size).expect("changes");
+            assert_eq!(page.last_txn_id, m.txns.len() as u64, "step {i}: feed end");
+            assert!(
+                page.entries.len() <= page_size as usize,
+                "step {i}: page size"
+            );
+            if page.entries.is_empty() {
+                break;
+            }
+            after = page.next_after(after);
+            got.extend(page.entries.into_iter().map(|e| {
+                (
+                    e.id,
+                    e.workspace,
+                    e.kind,
+                    i128::from(e.amount_credits),
+                    e.balance_before_credits,
+                    e.balance_after_credits,
+                    e.at_ms,
+                    e.generation_id,
+                    e.reason,
+                )
+            }));
+        }
+        let want: Vec<_> = m
+            .txns
+            .iter()
+            .enumerate()
+            .map(|(n, t)| {
+                (
+                    n as u64 + 1,
+                    t.ws.clone(),
+                    t.kind,
+                    t.signed(),
+                    t.before,
+                    t.after,
+                    t.at,
+                    t.gen.clone(),
+                    t.refund.as_ref().map(|r| r.0),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "step {i}: the change feed");
+    }
+
     /// `verify()`, conservation, and the log's length and last entry.
     fn audit(&mut self, i: usize) {
         let l = self.ledger();
@@ -1644,6 +1697,7 @@ impl Harness {
             "step {i}: ids are dense"
         );
         self.compare_history(i);
+        self.compare_feed(i);
         self.stats.verifies += 1;
     }
 }
