@@ -55,3 +55,11 @@ pub const MAX_REPORTED_VIOLATIONS: usize = 1000;
 /// slewing, a VM resuming) is absorbed: the ledger keeps stamping the last committed time. A
 /// larger one is refused with [`Error::ClockRegressed`](crate::Error::ClockRegressed).
 pub const DEFAULT_MAX_CLOCK_REGRESSION_MS: u64 = 60_000;
+
+/// Most named consumers of the change feed one ledger keeps a position for. Each is a row the
+/// ledger keeps forever, so the set is bounded like every other.
+pub const MAX_CONSUMERS: usize = 64;
+
+/// Capacity of one [`Ledger::subscribe`](crate::Ledger::subscribe) receiver, in entries. A
+/// subscriber further behind than this misses entries and is told where to resume.
+pub const SUBSCRIPTION_CAPACITY: usize = 4096;
