@@ -94,6 +94,33 @@ pub enum InvalidInput {
         /// The cursor given.
         cursor: String,
     },
+    /// An [`Options`](crate::Options) setting outside its documented range; the ledger was
+    /// not opened.
+    #[error("Options::{option} is {value} {unit}; it must be between {min} and {max} {unit}")]
+    OptionOutOfRange {
+        /// Which setting.
+        option: &'static str,
+        /// The value given.
+        value: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+        /// The unit of all three numbers.
+        unit: &'static str,
+    },
+    /// An id with a character that prints as nothing, or that reorders the text around it
+    /// (Unicode format and bidi controls such as U+200B or U+202E), or with whitespace at either
+    /// end: two such ids would look identical, or reversed, in every table.
+    #[error("{field} `{shown}` contains {what}; ids must look like what they are: remove it")]
+    InvisibleCharacter {
+        /// Which field.
+        field: &'static str,
+        /// The value, with the offending characters written as `\u{..}` escapes.
+        shown: String,
+        /// What was found, in words (`U+200B ZERO WIDTH SPACE`, `leading whitespace`).
+        what: String,
+    },
     /// A time window whose start is after its end.
     #[error("time window starts at {since_ms} ms, after its end at {until_ms} ms")]
     EmptyWindow {

@@ -74,6 +74,7 @@ mod sweeper;
 pub use audit::{AuditCounts, AuditReport, Invariant, Violation};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCategory, InvalidInput, Result};
+pub use ledger::inside_panic_guard;
 pub use ledger::{Durability, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use model::limits;
 pub use model::{

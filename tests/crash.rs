@@ -294,7 +294,7 @@ fn options(clock: &ManualClock) -> Options {
         .clock(clock.clone())
         .durability(Durability::Immediate)
         // The script jumps the clock backwards on retries of an earlier operation.
-        .max_clock_regression_ms(u64::MAX / 4)
+        .max_clock_regression_ms(credit_ledger::limits::MAX_CLOCK_REGRESSION_MS)
 }
 
 fn assert_healthy(ledger: &Ledger, ctx: &str) {

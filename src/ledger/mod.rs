@@ -6,6 +6,7 @@ mod checkpoint;
 mod commit;
 mod open;
 mod options;
+mod panic_guard;
 mod read;
 mod write;
 
@@ -16,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::Database;
 
 pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
+pub use panic_guard::inside_panic_guard;
 
 use crate::engine::WriterState;
 use crate::error::{Error, Result};

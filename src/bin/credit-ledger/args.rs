@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The default ledger file, in the current directory.
 pub const DEFAULT_DB: &str = "credit-ledger.redb";
 
+/// The environment variable that names the ledger file when `--db` is not given; set but empty,
+/// it counts as unset.
+pub const DB_ENV: &str = "CREDIT_LEDGER_DB";
+
 /// Inspect and operate a credit ledger: credits, generation charges and their automatic
 /// refunds. Exit codes: 0 ok, 1 refused (insufficient credits, conflict, unknown id, already
 /// finished), 2 usage error, 3 verification failure or damaged file.
@@ -14,7 +18,7 @@ pub const DEFAULT_DB: &str = "credit-ledger.redb";
 #[command(name = "credit-ledger", version, about, max_term_width = 100)]
 pub struct Cli {
     /// The ledger file [default: credit-ledger.redb]
-    #[arg(long, global = true, env = "CREDIT_LEDGER_DB", value_name = "PATH")]
+    #[arg(long, global = true, env = DB_ENV, value_name = "PATH")]
     pub db: Option<PathBuf>,
 
     /// Print exactly one JSON document on stdout instead of text.
@@ -25,6 +29,17 @@ pub struct Cli {
     /// milliseconds. For replaying events and for tests. Default: the system clock.
     #[arg(long, global = true, value_name = "TIME", value_parser = crate::time::parse_time)]
     pub now: Option<u64>,
+
+    /// Write even though --now is ahead of the system clock by more than the ledger's
+    /// tolerance for a backwards clock (one minute). Without it such a write is refused: once
+    /// stamped, it makes every later write with the real clock fail until that time.
+    #[arg(long, global = true)]
+    pub allow_future_now: bool,
+
+    /// How long to wait for a ledger file another process has open, retrying with a short
+    /// backoff: 5s, 500ms, 2m (at most 1h). 0 fails at once.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_wait_ms)]
+    pub wait: u64,
 
     #[command(subcommand)]
     pub command: Command,
@@ -205,6 +220,23 @@ pub struct HistoryArgs {
     /// Continue where a previous page stopped (the cursor it printed).
     #[arg(long)]
     pub cursor: Option<String>,
+}
+
+fn parse_wait_ms(s: &str) -> Result<u64, String> {
+    // A bare number is minutes for --timeout; for a wait that would surprise (`--wait 5`).
+    let t = s.trim();
+    if t != "0" && !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{s}` needs a unit: 5s, 500ms or 2m (0 fails at once)"
+        ));
+    }
+    let ms = crate::time::parse_duration_ms(s)?;
+    if ms > crate::open::MAX_LOCK_WAIT_MS {
+        return Err(format!(
+            "`{s}` is longer than the longest wait, 1h; a script that must wait longer can retry"
+        ));
+    }
+    Ok(ms)
 }
 
 fn parse_kind(s: &str) -> Result<credit_ledger::TxnKind, String> {

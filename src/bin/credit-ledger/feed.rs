@@ -67,7 +67,7 @@ fn print_after(
 }
 
 pub fn changes(ctx: &Context, a: &ChangesArgs, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     let after = match (&a.consumer, a.after) {
         (Some(c), _) => ledger.position(c)?,
         (None, after) => after.unwrap_or(0),
