@@ -298,6 +298,39 @@ pub enum Error {
         message: String,
     },
 
+    /// An ack names a transaction the log does not have yet.
+    #[error("consumer `{consumer}` acked transaction #{txn_id}, but the log ends at #{last_txn_id}; ack only ids the feed returned")]
+    AckBeyondEnd {
+        /// The consumer.
+        consumer: String,
+        /// The id acked.
+        txn_id: u64,
+        /// The last committed transaction.
+        last_txn_id: u64,
+    },
+
+    /// An ack behind the consumer's stored position: positions only move forward.
+    #[error("consumer `{consumer}` is at #{position_txn_id} and cannot go back to #{txn_id}; ack ids in increasing order (re-acking #{position_txn_id} is a safe replay)")]
+    AckBackwards {
+        /// The consumer.
+        consumer: String,
+        /// The id acked.
+        txn_id: u64,
+        /// Its stored position.
+        position_txn_id: u64,
+    },
+
+    /// A new consumer when the ledger already keeps [`MAX_CONSUMERS`](crate::limits::MAX_CONSUMERS).
+    #[error("consumer `{consumer}` would be consumer number {count_after}, over the limit of {max}; reuse an existing consumer name")]
+    TooManyConsumers {
+        /// The new consumer.
+        consumer: String,
+        /// How many there would be.
+        count_after: u64,
+        /// The limit.
+        max: u64,
+    },
+
     /// A background thread of the ledger panicked; the ledger refuses further work.
     #[error("the ledger is poisoned: {message}; reopen it")]
     Poisoned {
@@ -338,7 +371,10 @@ impl Error {
             | Error::Overflow { .. }
             | Error::Conflict { .. }
             | Error::GenerationRefunded { .. }
-            | Error::GenerationSucceeded { .. } => ErrorCategory::Refused,
+            | Error::GenerationSucceeded { .. }
+            | Error::AckBeyondEnd { .. }
+            | Error::AckBackwards { .. }
+            | Error::TooManyConsumers { .. } => ErrorCategory::Refused,
             Error::Corruption { .. }
             | Error::JournalMismatch { .. }
             | Error::NotALedger { .. }

@@ -96,13 +96,16 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     }
     println!(
         "model ({mode}): seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
-         matched), {} refunds, {} reopens ({} crashes), {} clean verify() runs, {} separations \
-         ({} refused, the others lost nothing), in {:.1} s; errors by kind: {:?}",
+         matched), {} refunds, {} balance-low notifications, {} acks, {} reopens ({} crashes), \
+         {} clean verify() runs, {} separations ({} refused, the others lost nothing), in {:.1} s; \
+         errors by kind: {:?}",
         total.steps,
         total.ops,
         total.ok,
         total.errors,
         total.refunds,
+        total.notifications,
+        total.acks,
         total.reopens,
         total.crashes,
         total.verifies,
@@ -118,6 +121,10 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
         // Separations must be reached and must sometimes be refused.
         assert!(total.separations > 0 && total.refusals > 0, "{total:?}");
     }
+    assert!(
+        total.notifications > 0 && total.acks > 0,
+        "alerts and acks unreached"
+    );
 }
 
 fn saved_inputs() -> Vec<PathBuf> {

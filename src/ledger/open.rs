@@ -311,6 +311,8 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             txn.open_table(tables::GENERATIONS)?;
             txn.open_table(tables::DEADLINES)?;
             txn.open_table(tables::IDEMPOTENCY)?;
+            txn.open_table(tables::CONSUMERS)?;
+            txn.open_table(tables::ALERTS)?;
         }
         txn.commit()?;
         return Ok(());
@@ -351,6 +353,9 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
+    // A version 1 file lacks the consumers and alerts tables: opening never writes, so its
+    // first write creates them and records version 2 (see `engine::Ctx::open`), and reads
+    // take a missing table as empty.
     txn.abort()?;
     Ok(())
 }

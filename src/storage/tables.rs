@@ -9,10 +9,12 @@
 //! | `generations` | generation id | [`GenerationRecord`] |
 //! | `deadlines` | (deadline ms, generation id) | `()`, running generations only |
 //! | `idempotency` | key | txn id |
+//! | `consumers` | consumer name | the last txn id it acked (schema 2) |
+//! | `alerts` | workspace id | balance alert threshold in credits (schema 2) |
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
-//! matching entries, and unfiltered history is a merge of the seven category ranges.
+//! matching entries, and unfiltered history is a merge of the category ranges.
 
 use redb::{ReadableTable, TableDefinition};
 
@@ -29,6 +31,8 @@ pub(crate) const HISTORY: TableDefinition<(&str, u8, u64), ()> =
 pub(crate) const GENERATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("generations");
 pub(crate) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
 pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+pub(crate) const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
+pub(crate) const ALERTS: TableDefinition<&str, u64> = TableDefinition::new("alerts");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
@@ -40,8 +44,10 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
-/// The schema version this build writes. Version 2 added the journal epoch record: a build
-/// that reads version 1 would ignore it, and so must not open a version 2 file.
+/// The schema version this build writes. Version 2 added the `consumers` and `alerts` tables,
+/// the `BalanceLow` notification records and the journal epoch record; the first write to a
+/// version 1 file that needs any of them adds the tables and records version 2, so that a
+/// build that would ignore them refuses the file.
 pub(crate) const SCHEMA_VERSION: u8 = 2;
 
 /// A history category: a transaction kind, and for Usage its status.
@@ -55,10 +61,11 @@ pub(crate) enum Category {
     UsageFailed = 4,
     Refund = 5,
     Adjustment = 6,
+    BalanceLow = 7,
 }
 
 impl Category {
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 8] = [
         Category::Purchase,
         Category::Grant,
         Category::UsagePending,
@@ -66,6 +73,7 @@ impl Category {
         Category::UsageFailed,
         Category::Refund,
         Category::Adjustment,
+        Category::BalanceLow,
     ];
 
     pub fn kind(self) -> TxnKind {
@@ -77,6 +85,7 @@ impl Category {
             }
             Category::Refund => TxnKind::Refund,
             Category::Adjustment => TxnKind::Adjustment,
+            Category::BalanceLow => TxnKind::BalanceLow,
         }
     }
 
@@ -98,6 +107,7 @@ impl Category {
             (TxnKind::Usage, Status::Failed) => Category::UsageFailed,
             (TxnKind::Refund, _) => Category::Refund,
             (TxnKind::Adjustment, _) => Category::Adjustment,
+            (TxnKind::BalanceLow, _) => Category::BalanceLow,
         }
     }
 
@@ -109,6 +119,18 @@ impl Category {
 /// The category a Usage belongs in, given its generation's state.
 pub(crate) fn usage_category(state: GenState) -> Category {
     Category::of(TxnKind::Usage, state.usage_status())
+}
+
+/// A table that a version 1 file lacks until its first write: `None` when it is not there.
+pub(crate) fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rtx: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, Error> {
+    match rtx.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) fn get_txn(
@@ -219,6 +241,6 @@ mod tests {
             assert_eq!(Category::from_u8(c as u8), Some(c));
             assert_eq!(Category::of(c.kind(), c.status()), c);
         }
-        assert_eq!(Category::from_u8(7), None);
+        assert_eq!(Category::from_u8(Category::ALL.len() as u8), None);
     }
 }
