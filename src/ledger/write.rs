@@ -273,7 +273,6 @@ fn commit_journaled(
             tables::put_journal_epoch(&mut meta, Some((epoch, journal.next_seq())))?;
             tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, journal.last_seq())?;
         }
-        upgrade_schema(&txn)?;
         txn.set_quick_repair(true);
         txn.commit()?;
         journal.open_epoch(epoch);
@@ -304,20 +303,5 @@ fn commit_journaled(
     }
     txn.set_durability(redb::Durability::None)?;
     txn.commit()?;
-    Ok(())
-}
-
-/// A file with a journal epoch record must not be opened by a build that ignores the record:
-/// record version 2 in a version 1 file, with the tables version 2 adds.
-fn upgrade_schema(txn: &redb::WriteTransaction) -> Result<()> {
-    let mut meta = txn.open_table(tables::META)?;
-    let version = meta
-        .get(tables::META_SCHEMA_KEY)?
-        .and_then(|v| v.value().first().copied());
-    if version.is_some_and(|v| v < tables::SCHEMA_VERSION) {
-        meta.insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
-        txn.open_table(tables::CONSUMERS)?;
-        txn.open_table(tables::ALERTS)?;
-    }
     Ok(())
 }

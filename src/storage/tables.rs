@@ -45,9 +45,11 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
 /// The schema version this build writes. Version 2 added the `consumers` and `alerts` tables,
-/// the `BalanceLow` notification records and the journal epoch record; the first write to a
-/// version 1 file that needs any of them adds the tables and records version 2, so that a
-/// build that would ignore them refuses the file.
+/// the `BalanceLow` notification records and the journal epoch record (and the journal's new
+/// entry format); the first write to a version 1 file that needs the tables adds them and
+/// records version 2. A version 1 file gets epoch records without that upgrade: no build that
+/// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
+/// then panicked on twice.
 pub(crate) const SCHEMA_VERSION: u8 = 2;
 
 /// A history category: a transaction kind, and for Usage its status.
