@@ -78,8 +78,8 @@ pub use ledger::inside_panic_guard;
 pub use ledger::{Durability, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use model::limits;
 pub use model::{
-    Adjust, Charge, Completion, Credit, CreditKind, MessageCategory, Op, Outcome, Receipt,
-    RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
+    AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, CreditKind, MessageCategory, Op,
+    Outcome, Receipt, RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
 };
 pub use query::{
     format_duration_ms, ChangePage, FeatureStats, GenerationState, GenerationView, HistoryFilter,

@@ -120,6 +120,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Stats(a) => reads::stats(&ctx, a, out),
         Command::Export(a) => reads::export(&ctx, a, out),
         Command::Changes(a) => feed::changes(&ctx, a, out),
+        Command::Ack(a) => feed::ack(&ctx, a, out),
         Command::Simulate(a) => simulate::run(&ctx, a, out),
     }
 }
