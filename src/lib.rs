@@ -78,9 +78,9 @@ pub use ledger::inside_panic_guard;
 pub use ledger::{Durability, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use model::limits;
 pub use model::{
-    Adjust, Allocation, Charge, Completion, Credit, CreditKind, GrantClosure, MessageCategory, Op,
-    Outcome, Receipt, RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
-    VoidGrant,
+    AckReceipt, Adjust, AlertReceipt, Allocation, Charge, Completion, Credit, CreditKind,
+    GrantClosure, MessageCategory, Op, Outcome, Receipt, RefundReason, RefundReceipt,
+    StartGeneration, Status, SweepReport, TxnKind, VoidGrant,
 };
 pub use query::{
     format_duration_ms, BalanceSplit, ChangePage, ExpiryNotice, FeatureStats, GenerationState,

@@ -547,3 +547,74 @@ fn the_readme_example_holds() {
     );
     assert_clean(&l);
 }
+
+/// A file from before grants: its Usage records have no allocations and its workspaces no
+/// grants. It opens and reads as it is (all of a balance spendable); the first write to a
+/// workspace moves its balance into one carried-over grant, a refund of a charge made before
+/// grants gives the credits back to it, and `verify()` stays clean throughout.
+#[test]
+fn a_file_from_before_grants_carries_its_balances_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    let clock = ManualClock::new(T0_MS);
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::purchase("acme", 100, "order-1")).unwrap();
+        start(&l, "g1", "acme", 12);
+    }
+    // Make it what schema 1 wrote: none of the grant tables, schema byte 1.
+    {
+        let rdb = redb::Database::open(&path).unwrap();
+        let txn = rdb.begin_write().unwrap();
+        {
+            let g: redb::TableDefinition<(&str, &str, u32), &[u8]> =
+                redb::TableDefinition::new("grants");
+            let o: redb::TableDefinition<(&str, u32, u64, u64, &str, u32), ()> =
+                redb::TableDefinition::new("grant_order");
+            let e: redb::TableDefinition<(u64, &str, &str, u32), ()> =
+                redb::TableDefinition::new("grant_expiries");
+            let a: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("allocations");
+            let b: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("grant_books");
+            assert!(txn.delete_table(g).unwrap());
+            assert!(txn.delete_table(o).unwrap());
+            assert!(txn.delete_table(e).unwrap());
+            assert!(txn.delete_table(a).unwrap());
+            assert!(txn.delete_table(b).unwrap());
+            let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            txn.open_table(meta)
+                .unwrap()
+                .insert("schema", [1u8].as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let l = Ledger::open_with(&path, options(&clock).sweep_on_open(false)).unwrap();
+    let s = l.balance("acme").unwrap();
+    assert_eq!((s.balance_credits, s.spendable_credits), (88, 88));
+    assert!(l.grants("acme").unwrap().is_empty());
+    assert!(l.transaction(2).unwrap().allocations.is_empty());
+    assert_clean(&l);
+    // The first write: a new expiring grant. The old balance is carried over beside it.
+    l.credit(Credit::grant("acme", 10, "trial").expires_at_ms(T0_MS + DAY_MS))
+        .unwrap();
+    let carried = &l.grants("acme").unwrap()[1];
+    assert_eq!(
+        (carried.grant_id.as_str(), carried.remaining_credits),
+        ("(carried over)", 88)
+    );
+    // The charge made before grants is refunded into the carried-over grant.
+    let r = l
+        .fail_generation("g1", RefundReason::ModelFailure, "no frames")
+        .unwrap();
+    assert_eq!(r.allocations.len(), 1);
+    assert_eq!(r.allocations[0].credits, 12);
+    assert_eq!(
+        remaining(&l, "acme"),
+        vec![("trial".into(), 0, 10), ("(carried over)".into(), 0, 100)]
+    );
+    assert_eq!(
+        start(&l, "g2", "acme", 15),
+        vec![("trial".to_string(), 10), ("(carried over)".to_string(), 5)]
+    );
+    assert_clean(&l);
+}

@@ -60,7 +60,7 @@ fn charge(
 
 /// The allocations recorded for transaction `txn_id`, as the public type.
 fn allocations_of(ctx: &Ctx<'_>, txn_id: u64) -> Result<Vec<Allocation>, Error> {
-    Ok(tables::get_allocations(&ctx.allocations, txn_id)?
+    Ok(tables::get_allocations(&ctx.gt().allocations, txn_id)?
         .map(|a| a.entries.iter().map(AllocationEntry::public).collect())
         .unwrap_or_default())
 }

@@ -119,7 +119,7 @@ pub(super) fn create(
 
 /// Lot 0 of grant `id`, as this transaction sees it.
 pub(super) fn lot0(ctx: &Ctx<'_>, workspace: &str, id: &str) -> Result<Option<GrantRecord>, Error> {
-    tables::get_grant(&ctx.grants, workspace, id, 0)
+    tables::get_grant(&ctx.gt().grants, workspace, id, 0)
 }
 
 /// What a charge of `cost` would take, in drawdown order, without writing anything. `Err`
@@ -133,13 +133,13 @@ pub(super) fn plan(
     let mut spendable: u64 = 0;
     let mut takes = Vec::new();
     let start: tables::OrderKey<'_> = (workspace, 0, 0, 0, "", 0);
-    for entry in ctx.grant_order.range(start..)? {
+    for entry in ctx.gt().order.range(start..)? {
         let (key, _) = entry?;
         let (ws, _, _, _, id, lot) = key.value();
         if ws != workspace {
             break;
         }
-        let rec = tables::get_grant(&ctx.grants, workspace, id, lot)?.ok_or_else(|| {
+        let rec = tables::get_grant(&ctx.gt().grants, workspace, id, lot)?.ok_or_else(|| {
             Error::Corruption {
                 table: "grant_order",
                 key: format!("({workspace}, {id}, {lot})"),
@@ -261,7 +261,7 @@ pub(super) fn give_back(
     refunded_at_ms: u64,
 ) -> Result<Vec<AllocationEntry>, Error> {
     let grace_until = refunded_at_ms.saturating_add(ctx.config.refund_grace_ms);
-    let drawn = match tables::get_allocations(&ctx.allocations, usage_txn)? {
+    let drawn = match tables::get_allocations(&ctx.gt().allocations, usage_txn)? {
         Some(a) => a.entries,
         None => return give_back_carried_over(ctx, workspace, cost, refund_txn),
     };
@@ -275,8 +275,8 @@ pub(super) fn give_back(
                 a.grant_id, a.lot
             ),
         };
-        let old =
-            tables::get_grant(&ctx.grants, workspace, &a.grant_id, a.lot)?.ok_or_else(missing)?;
+        let old = tables::get_grant(&ctx.gt().grants, workspace, &a.grant_id, a.lot)?
+            .ok_or_else(missing)?;
         let keeps = old.closed.is_none() && old.expires_at_ms.is_none_or(|e| e >= grace_until);
         if keeps {
             let mut rec = old.clone();
@@ -335,7 +335,7 @@ fn give_back_carried_over(
     refund_txn: u64,
 ) -> Result<Vec<AllocationEntry>, Error> {
     let id = carried_over_id();
-    let old = tables::get_grant(&ctx.grants, workspace, id, 0)?;
+    let old = tables::get_grant(&ctx.gt().grants, workspace, id, 0)?;
     let mut rec = match &old {
         Some(r) => r.clone(),
         None => GrantRecord {
@@ -512,7 +512,7 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
             key: req.idempotency_key.clone(),
             detail: format!("points at missing transaction #{txn_id}"),
         })?;
-        let voided = tables::get_allocations(&ctx.allocations, txn_id)?
+        let voided = tables::get_allocations(&ctx.gt().allocations, txn_id)?
             .and_then(|a| a.entries.first().map(|e| e.grant_id.clone()))
             .unwrap_or_default();
         let conflict = |field, existing: String, requested: String| Error::Conflict {
@@ -553,14 +553,13 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
         lots.push(first);
     }
     for n in 1..=grace_lots {
-        let g =
-            tables::get_grant(&ctx.grants, &req.workspace, &req.grant_id, n)?.ok_or_else(|| {
-                Error::Corruption {
-                    table: "grants",
-                    key: format!("({}, {}, {n})", req.workspace, req.grant_id),
-                    detail: "a grace lot its grant counts is missing".into(),
-                }
-            })?;
+        let g = tables::get_grant(&ctx.gt().grants, &req.workspace, &req.grant_id, n)?.ok_or_else(
+            || Error::Corruption {
+                table: "grants",
+                key: format!("({}, {}, {n})", req.workspace, req.grant_id),
+                detail: "a grace lot its grant counts is missing".into(),
+            },
+        )?;
         if open(&g) {
             lots.push(g);
         }

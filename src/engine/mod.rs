@@ -8,6 +8,7 @@
 mod credit;
 mod generation;
 pub(crate) mod grants;
+mod notify;
 mod sweep;
 
 use std::collections::HashMap;
@@ -92,7 +93,8 @@ pub(crate) fn run(
     config: EngineConfig,
     ops: &[Op],
 ) -> Result<Applied, Error> {
-    let mut ctx = Ctx::open(txn, state, now_ms, config)?;
+    let grants = ops.iter().any(touches_grants);
+    let mut ctx = Ctx::open(txn, state, now_ms, config, grants)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         results.push(ctx.apply(op));
@@ -122,6 +124,75 @@ pub(crate) fn run(
     })
 }
 
+/// The consumers and alerts tables, which a version 1 file lacks until the first write that
+/// needs them.
+pub(crate) struct FeedTables<'txn> {
+    pub consumers: Table<'txn, &'static str, u64>,
+    pub alerts: Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> FeedTables<'txn> {
+    /// Open the tables if the file has them (schema 2 and later); a version 1 file has none,
+    /// and opening them in a write transaction would create them, changing every write of a
+    /// file that never uses them.
+    fn open_existing(txn: &'txn WriteTransaction) -> Result<Option<Self>, Error> {
+        let version = txn
+            .open_table(tables::META)?
+            .get(tables::META_SCHEMA_KEY)?
+            .and_then(|v| v.value().first().copied());
+        if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+            Self::open(txn).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, Error> {
+        Ok(FeedTables {
+            consumers: txn.open_table(tables::CONSUMERS)?,
+            alerts: txn.open_table(tables::ALERTS)?,
+        })
+    }
+
+    /// Create the tables in a version 1 file and record version 2, which says that records
+    /// of that version (a `BalanceLow` notification) may follow, so an older build refuses
+    /// the file with a clear error instead of failing to decode them.
+    fn create(txn: &'txn WriteTransaction) -> Result<Self, Error> {
+        txn.open_table(tables::META)?
+            .insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+        // The version recorded promises every table of it, the grant tables included.
+        GrantTables::open(txn)?;
+        Self::open(txn)
+    }
+}
+
+/// The grant tables, which a file from before schema 3 lacks until its first write of money.
+pub(crate) struct GrantTables<'txn> {
+    pub grants: Table<'txn, (&'static str, &'static str, u32), &'static [u8]>,
+    pub order: Table<'txn, tables::OrderKey<'static>, ()>,
+    pub expiries: Table<'txn, (u64, &'static str, &'static str, u32), ()>,
+    pub allocations: Table<'txn, u64, &'static [u8]>,
+    pub books: Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl<'txn> GrantTables<'txn> {
+    /// Open (in a new or older file: create) the grant tables.
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, Error> {
+        Ok(GrantTables {
+            grants: txn.open_table(tables::GRANTS)?,
+            order: txn.open_table(tables::GRANT_ORDER)?,
+            expiries: txn.open_table(tables::GRANT_EXPIRIES)?,
+            allocations: txn.open_table(tables::ALLOCATIONS)?,
+            books: txn.open_table(tables::GRANT_BOOKS)?,
+        })
+    }
+}
+
+/// Whether `op` may move credits between grants (every operation but an ack or an alert).
+fn touches_grants(op: &Op) -> bool {
+    !matches!(op, Op::Ack { .. } | Op::SetAlert { .. })
+}
+
 /// One write transaction's worth of open tables and state.
 pub(crate) struct Ctx<'txn> {
     pub workspaces: Table<'txn, &'static str, &'static [u8]>,
@@ -130,11 +201,11 @@ pub(crate) struct Ctx<'txn> {
     pub generations: Table<'txn, &'static str, &'static [u8]>,
     pub deadlines: Table<'txn, (u64, &'static str), ()>,
     pub idempotency: Table<'txn, &'static str, u64>,
-    pub grants: Table<'txn, (&'static str, &'static str, u32), &'static [u8]>,
-    pub grant_order: Table<'txn, tables::OrderKey<'static>, ()>,
-    pub grant_expiries: Table<'txn, (u64, &'static str, &'static str, u32), ()>,
-    pub allocations: Table<'txn, u64, &'static [u8]>,
-    pub books: Table<'txn, &'static str, &'static [u8]>,
+    /// `None` in a version 1 file until an operation needs them: see [`Ctx::feed_tables`].
+    feed: Option<FeedTables<'txn>>,
+    /// `None` only in a file from before schema 3 and a batch of acks and alerts alone.
+    grant_tables: Option<GrantTables<'txn>>,
+    txn: &'txn WriteTransaction,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.
     pub now_ms: u64,
@@ -149,17 +220,35 @@ pub(crate) struct Ctx<'txn> {
     /// batch of operations on one workspace reads its record once and writes it once, in
     /// [`Ctx::flush`], instead of once per operation.
     workspace_cache: HashMap<String, (WorkspaceRecord, bool)>,
+    /// Notifications appended per workspace in this transaction: they count in the
+    /// workspace's `txn_count`, added in [`Ctx::flush`] so the operations need not know.
+    notifications: HashMap<String, u64>,
     /// The same for grant books.
     book_cache: HashMap<String, (Option<GrantBook>, bool)>,
 }
 
 impl<'txn> Ctx<'txn> {
+    /// Open the tables of one write transaction. `grants`: the batch has an operation that
+    /// may move grant credits; in a file from before schema 3 its grant tables (and the feed
+    /// tables) are then created and the current schema recorded. That is written only if
+    /// the batch writes something: otherwise the transaction is aborted, and a refused
+    /// request changes nothing in any file.
     pub fn open(
         txn: &'txn WriteTransaction,
         state: WriterState,
         now_ms: u64,
         config: EngineConfig,
+        grants: bool,
     ) -> Result<Self, Error> {
+        let mut feed = FeedTables::open_existing(txn)?;
+        let grant_tables = if feed.is_some() {
+            Some(GrantTables::open(txn)?)
+        } else if grants {
+            feed = Some(FeedTables::create(txn)?);
+            Some(GrantTables::open(txn)?)
+        } else {
+            None
+        };
         Ok(Ctx {
             workspaces: txn.open_table(tables::WORKSPACES)?,
             txns: txn.open_table(tables::TRANSACTIONS)?,
@@ -167,11 +256,9 @@ impl<'txn> Ctx<'txn> {
             generations: txn.open_table(tables::GENERATIONS)?,
             deadlines: txn.open_table(tables::DEADLINES)?,
             idempotency: txn.open_table(tables::IDEMPOTENCY)?,
-            grants: txn.open_table(tables::GRANTS)?,
-            grant_order: txn.open_table(tables::GRANT_ORDER)?,
-            grant_expiries: txn.open_table(tables::GRANT_EXPIRIES)?,
-            allocations: txn.open_table(tables::ALLOCATIONS)?,
-            books: txn.open_table(tables::GRANT_BOOKS)?,
+            feed,
+            grant_tables,
+            txn,
             state,
             now_ms,
             config,
@@ -179,6 +266,7 @@ impl<'txn> Ctx<'txn> {
             deadlines_changed: false,
             broken: false,
             workspace_cache: HashMap::new(),
+            notifications: HashMap::new(),
             book_cache: HashMap::new(),
         })
     }
@@ -198,15 +286,52 @@ impl<'txn> Ctx<'txn> {
                 message,
             } => generation::fail(self, generation_id, *reason, message).map(Outcome::Fail),
             Op::Sweep { limit } => sweep::sweep(self, *limit).map(Outcome::Sweep),
+            Op::Ack { consumer, txn_id } => notify::ack(self, consumer, *txn_id).map(Outcome::Ack),
+            Op::SetAlert {
+                workspace,
+                threshold_credits,
+            } => notify::set_alert(self, workspace, *threshold_credits).map(Outcome::Alert),
             Op::VoidGrant(v) => grants::void(self, v).map(Outcome::VoidGrant),
         }
+    }
+
+    /// The grant tables. Every operation that may move grant credits opens them (see
+    /// [`Ctx::open`]), and only such operations call this.
+    pub fn gt(&self) -> &GrantTables<'txn> {
+        self.grant_tables
+            .as_ref()
+            .expect("invariant: a batch that moves credits opens the grant tables")
+    }
+
+    fn gt_mut(&mut self) -> &mut GrantTables<'txn> {
+        self.grant_tables
+            .as_mut()
+            .expect("invariant: a batch that moves credits opens the grant tables")
+    }
+
+    /// The consumers and alerts tables, if the file has them yet.
+    pub fn existing_feed_tables(&self) -> Option<&FeedTables<'txn>> {
+        self.feed.as_ref()
+    }
+
+    /// The consumers and alerts tables, created (with the schema upgrade) in a version 1 file.
+    /// Call only for an operation that writes to them.
+    pub fn feed_tables(&mut self) -> Result<&mut FeedTables<'txn>, Error> {
+        if self.feed.is_none() {
+            self.dirty = true;
+            self.feed = Some(FeedTables::create(self.txn).inspect_err(|_| self.broken = true)?);
+        }
+        Ok(self.feed.as_mut().expect("invariant: just opened"))
     }
 
     /// The earliest running deadline or pending grant expiry, read from the two indexes: the
     /// time the sweeper next has work.
     pub fn earliest_deadline(&self) -> Result<Option<u64>, Error> {
         let deadline = self.deadlines.first()?.map(|(k, _)| k.value().0);
-        let expiry = self.grant_expiries.first()?.map(|(k, _)| k.value().0);
+        let expiry = match &self.grant_tables {
+            Some(g) => g.expiries.first()?.map(|(k, _)| k.value().0),
+            None => None,
+        };
         Ok(match (deadline, expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -219,7 +344,7 @@ impl<'txn> Ctx<'txn> {
         if let Some((book, _)) = self.book_cache.get(workspace) {
             return Ok(book.clone());
         }
-        let book = tables::get_book(&self.books, workspace)?;
+        let book = tables::get_book(&self.gt().books, workspace)?;
         self.book_cache
             .insert(workspace.to_string(), (book.clone(), false));
         Ok(book)
@@ -240,14 +365,15 @@ impl<'txn> Ctx<'txn> {
         let in_expiries = |g: &GrantRecord| g.closed.is_none() && g.expires_at_ms.is_some();
         if let Some(o) = old {
             if in_order(o) && !(in_order(rec) && o.order_key() == rec.order_key()) {
-                let r = self.grant_order.remove(o.order_key()).map(drop);
+                let r = self.gt_mut().order.remove(o.order_key()).map(drop);
                 self.write(r)?;
             }
             if in_expiries(o) && !in_expiries(rec) {
                 if let Some(e) = o.expires_at_ms {
                     self.deadlines_changed = true;
                     let r = self
-                        .grant_expiries
+                        .gt_mut()
+                        .expiries
                         .remove((e, o.workspace.as_str(), o.id.as_str(), o.lot))
                         .map(drop);
                     self.write(r)?;
@@ -255,14 +381,15 @@ impl<'txn> Ctx<'txn> {
             }
         }
         if in_order(rec) && !old.is_some_and(|o| in_order(o) && o.order_key() == rec.order_key()) {
-            let r = self.grant_order.insert(rec.order_key(), ()).map(drop);
+            let r = self.gt_mut().order.insert(rec.order_key(), ()).map(drop);
             self.write(r)?;
         }
         if in_expiries(rec) && !old.is_some_and(in_expiries) {
             if let Some(e) = rec.expires_at_ms {
                 self.deadlines_changed = true;
                 let r = self
-                    .grant_expiries
+                    .gt_mut()
+                    .expiries
                     .insert((e, rec.workspace.as_str(), rec.id.as_str(), rec.lot), ())
                     .map(drop);
                 self.write(r)?;
@@ -270,6 +397,7 @@ impl<'txn> Ctx<'txn> {
         }
         let bytes = codec::encode(rec);
         let r = self
+            .gt_mut()
             .grants
             .insert(
                 (rec.workspace.as_str(), rec.id.as_str(), rec.lot),
@@ -282,7 +410,11 @@ impl<'txn> Ctx<'txn> {
     /// Record the grant lots transaction `txn_id` moved.
     pub fn put_allocations(&mut self, txn_id: u64, rec: &AllocationRecord) -> Result<(), Error> {
         let bytes = codec::encode(rec);
-        let r = self.allocations.insert(txn_id, bytes.as_slice()).map(drop);
+        let r = self
+            .gt_mut()
+            .allocations
+            .insert(txn_id, bytes.as_slice())
+            .map(drop);
         self.write(r)
     }
 
@@ -319,6 +451,22 @@ impl<'txn> Ctx<'txn> {
     /// Write the changed workspace records. Call once, after the last operation and before
     /// the commit.
     pub fn flush(&mut self) -> Result<(), Error> {
+        for (id, n) in std::mem::take(&mut self.notifications) {
+            // Every notification follows a movement of the same workspace, which read its
+            // record into the cache.
+            let (rec, changed) = self
+                .workspace_cache
+                .get_mut(&id)
+                .expect("invariant: a notified workspace was read in this transaction");
+            rec.txn_count = rec
+                .txn_count
+                .checked_add(n)
+                .ok_or_else(|| Error::Overflow {
+                    workspace: id.clone(),
+                    what: "the transaction count",
+                })?;
+            *changed = true;
+        }
         let changed: Vec<(String, WorkspaceRecord)> = self
             .workspace_cache
             .drain()
@@ -340,7 +488,11 @@ impl<'txn> Ctx<'txn> {
             .collect();
         for (id, book) in books {
             let bytes = codec::encode(&book);
-            let r = self.books.insert(id.as_str(), bytes.as_slice()).map(drop);
+            let r = self
+                .gt_mut()
+                .books
+                .insert(id.as_str(), bytes.as_slice())
+                .map(drop);
             self.write(r)?;
         }
         Ok(())
@@ -391,8 +543,24 @@ impl<'txn> Ctx<'txn> {
     }
 
     /// Append a transaction to the log: assign its id, time and chain link, file it in the
-    /// workspace history. Returns the stored record.
-    pub fn append(&mut self, mut rec: TxnRecord, category: Category) -> Result<TxnRecord, Error> {
+    /// workspace history. When it takes the balance below the workspace's alert threshold,
+    /// append the `BalanceLow` notification right after it, in the same write. Returns the
+    /// stored record.
+    pub fn append(&mut self, rec: TxnRecord, category: Category) -> Result<TxnRecord, Error> {
+        let notification = notify::crossing(self, &rec)?;
+        let rec = self.append_record(rec, category)?;
+        if let Some(n) = notification {
+            let n = self.append_record(n, notify::NOTIFICATION_CATEGORY)?;
+            *self.notifications.entry(n.workspace).or_default() += 1;
+        }
+        Ok(rec)
+    }
+
+    fn append_record(
+        &mut self,
+        mut rec: TxnRecord,
+        category: Category,
+    ) -> Result<TxnRecord, Error> {
         rec.id = self.state.next_txn_id;
         rec.at_ms = self.now_ms;
         rec.prev_crc = self.state.last_crc;

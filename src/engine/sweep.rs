@@ -61,7 +61,7 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>, limit: u32) -> Result<SweepReport, Error>
     let budget = limit as usize - report.refunds.len();
     let mut lapsed: Vec<(u64, String, String, u32)> = Vec::new();
     if budget > 0 || !report.more_expired {
-        for entry in ctx.grant_expiries.range::<(u64, &str, &str, u32)>(..)? {
+        for entry in ctx.gt().expiries.range::<(u64, &str, &str, u32)>(..)? {
             let (key, _) = entry?;
             let (expires_ms, ws, id, lot) = key.value();
             if expires_ms > ctx.now_ms || lapsed.len() > budget {
@@ -75,7 +75,7 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>, limit: u32) -> Result<SweepReport, Error>
         lapsed.truncate(budget);
     }
     for (expires_ms, ws, id, lot) in lapsed {
-        let rec = tables::get_grant(&ctx.grants, &ws, &id, lot)?;
+        let rec = tables::get_grant(&ctx.gt().grants, &ws, &id, lot)?;
         let rec = match rec {
             Some(g) if g.closed.is_none() && g.expires_at_ms == Some(expires_ms) => g,
             _ => {

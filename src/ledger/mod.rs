@@ -23,8 +23,8 @@ use crate::engine::WriterState;
 use crate::error::{Error, Result};
 use crate::model::limits::{MAX_BATCH_OPS, MAX_SWEEP_LIMIT};
 use crate::model::{
-    validate, Adjust, Charge, Completion, Credit, GrantClosure, Op, Outcome, Receipt, RefundReason,
-    RefundReceipt, StartGeneration, SweepReport, VoidGrant,
+    validate, AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, GrantClosure, Op,
+    Outcome, Receipt, RefundReason, RefundReceipt, StartGeneration, SweepReport, VoidGrant,
 };
 use crate::storage::journal::Journal;
 use commit::GroupCommit;
@@ -78,8 +78,6 @@ pub struct Ledger {
     last_at_ms: AtomicU64,
     /// Set when a background thread of this ledger panicked.
     poison: Mutex<Option<String>>,
-    /// The file has an older schema (1, before grants): the next write records the current one.
-    schema_outdated: AtomicBool,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -262,6 +260,38 @@ impl Ledger {
         }
     }
 
+    /// Store that `consumer` has processed the change feed up to and including `txn_id`, in a
+    /// durable write of its own (journaled and group-committed like any other). Read on from
+    /// [`position`](Self::position) after a restart: a consumer that crashed before acking
+    /// sees those entries again, so delivery is at least once, and each entry's id lets the
+    /// receiver apply it exactly once.
+    ///
+    /// Acking the current position again is a replay (`replay: true`), so a retried ack is
+    /// safe. Acking beyond the end of the log is [`Error::AckBeyondEnd`], going back is
+    /// [`Error::AckBackwards`], and a new name beyond
+    /// [`MAX_CONSUMERS`](crate::limits::MAX_CONSUMERS) is [`Error::TooManyConsumers`].
+    ///
+    /// ```
+    /// use credit_ledger::{Credit, Ledger};
+    /// let ledger = Ledger::in_memory()?;
+    /// ledger.credit(Credit::purchase("ws", 10, "o-1"))?;
+    /// let page = ledger.changes(ledger.position("server-sync")?, 100)?;
+    /// // ... ship page.entries, then:
+    /// ledger.ack("server-sync", page.next_after(0))?;
+    /// assert_eq!(ledger.position("server-sync")?, 1);
+    /// assert!(ledger.ack("server-sync", 1)?.replay);
+    /// # Ok::<(), credit_ledger::Error>(())
+    /// ```
+    pub fn ack(&self, consumer: &str, txn_id: u64) -> Result<AckReceipt> {
+        match self.submit(Op::Ack {
+            consumer: consumer.to_string(),
+            txn_id,
+        })? {
+            Outcome::Ack(r) => Ok(r),
+            other => unreachable!("ack produced {other:?}"),
+        }
+    }
+
     /// Void what remains of a grant (every part of it that has not expired), as one Void
     /// transaction. Retrying with the same idempotency key returns the original receipt with
     /// `replay: true`. A grant with nothing left is [`Error::NothingToVoid`].
@@ -269,6 +299,50 @@ impl Ledger {
         match self.submit(Op::VoidGrant(void))? {
             Outcome::VoidGrant(r) => Ok(r),
             other => unreachable!("void produced {other:?}"),
+        }
+    }
+
+    /// Turn on an edge-triggered balance alert for `workspace`: each transaction that takes
+    /// its balance from at or above `threshold_credits` to below it writes one `BalanceLow`
+    /// notification into the log, in the same commit. Debits that stay below write nothing
+    /// more; going back up and down again writes one more. Notifications appear in the
+    /// change feed and in history (kind [`TxnKind::BalanceLow`](crate::TxnKind::BalanceLow))
+    /// and move no credits. Setting the same threshold again is a replay; a threshold of 0
+    /// or above [`MAX_AMOUNT_CREDITS`](crate::limits::MAX_AMOUNT_CREDITS) is
+    /// [`Error::InvalidInput`]. A balance already below the new threshold writes nothing
+    /// until it has come back up.
+    ///
+    /// ```
+    /// use credit_ledger::{Credit, Ledger, StartGeneration, TxnKind};
+    /// let ledger = Ledger::in_memory()?;
+    /// ledger.credit(Credit::purchase("ws", 100, "o-1"))?;
+    /// ledger.set_alert("ws", 50)?;
+    /// ledger.start_generation(StartGeneration::new("g-1", "ws", "HD Video", 60))?;
+    /// let last = ledger.changes(1, 10)?.entries.pop().unwrap();
+    /// assert_eq!((last.kind, last.alert_threshold_credits), (TxnKind::BalanceLow, Some(50)));
+    /// assert_eq!(ledger.balance("ws")?.balance_credits, 40);
+    /// # Ok::<(), credit_ledger::Error>(())
+    /// ```
+    pub fn set_alert(&self, workspace: &str, threshold_credits: u64) -> Result<AlertReceipt> {
+        self.submit_alert(workspace, Some(threshold_credits))
+    }
+
+    /// Turn off the balance alert of `workspace` (a replay when none is set).
+    pub fn remove_alert(&self, workspace: &str) -> Result<AlertReceipt> {
+        self.submit_alert(workspace, None)
+    }
+
+    fn submit_alert(
+        &self,
+        workspace: &str,
+        threshold_credits: Option<u64>,
+    ) -> Result<AlertReceipt> {
+        match self.submit(Op::SetAlert {
+            workspace: workspace.to_string(),
+            threshold_credits,
+        })? {
+            Outcome::Alert(r) => Ok(r),
+            other => unreachable!("set_alert produced {other:?}"),
         }
     }
 

@@ -2,7 +2,7 @@
 //! reopening after an I/O error.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable};
@@ -203,10 +203,11 @@ impl Ledger {
     }
 
     fn init(db: Database, source: Source, options: Options) -> Result<Ledger> {
-        let schema = ensure_schema(&db, Path::new(&source.to_string()))?;
-        let journal = match journal_path(&source, &options) {
-            Some(path) => Some(checkpoint::recover(&db, path)?),
-            None => None,
+        ensure_schema(&db, Path::new(&source.to_string()))?;
+        let journal = match &source {
+            // Every open of a file replays a pending journal, whatever the options say.
+            Source::File(path) => checkpoint::recover(&db, path, keeps_journal(&options))?,
+            _ => None,
         };
         let ledger = Ledger {
             db: RwLock::new(Some(db)),
@@ -219,7 +220,6 @@ impl Ledger {
             earliest_deadline_ms: AtomicU64::new(0),
             last_at_ms: AtomicU64::new(0),
             poison: Mutex::new(None),
-            schema_outdated: AtomicBool::new(schema < tables::SCHEMA_VERSION),
         };
         {
             let mut writer = ledger.writer.lock();
@@ -273,13 +273,10 @@ impl Ledger {
             }
             Source::Fixed(_) => return Ok(()),
         };
-        let schema = ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
-        if schema < tables::SCHEMA_VERSION {
-            self.schema_outdated.store(true, Ordering::SeqCst);
-        }
-        if let Some(path) = journal_path(&self.source, &self.options) {
+        ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
+        if let Source::File(path) = &self.source {
             // The journal may hold commits the reopened file does not: replay them.
-            *self.journal.lock() = Some(checkpoint::recover(&fresh, path)?);
+            *self.journal.lock() = checkpoint::recover(&fresh, path, keeps_journal(&self.options))?;
         }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");
@@ -287,28 +284,14 @@ impl Ledger {
     }
 }
 
-/// The ledger file whose journal a ledger opened from `source` with `options` keeps, if any.
-fn journal_path<'a>(source: &'a Source, options: &Options) -> Option<&'a Path> {
-    match source {
-        Source::File(path) if options.journal && options.durability == Durability::Immediate => {
-            Some(path)
-        }
-        _ => None,
-    }
-}
-
-fn create_grant_tables(txn: &redb::WriteTransaction) -> Result<()> {
-    txn.open_table(tables::GRANTS)?;
-    txn.open_table(tables::GRANT_ORDER)?;
-    txn.open_table(tables::GRANT_EXPIRIES)?;
-    txn.open_table(tables::ALLOCATIONS)?;
-    txn.open_table(tables::GRANT_BOOKS)?;
-    Ok(())
+/// Whether a file ledger opened with `options` writes through a journal.
+fn keeps_journal(options: &Options) -> bool {
+    options.journal && options.durability == Durability::Immediate
 }
 
 /// Create the tables of a new file, or check that an existing one is a ledger of a version
 /// this build reads.
-fn ensure_schema(db: &Database, shown: &Path) -> Result<u8> {
+fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
     let not_ledger = |detail: String| Error::NotALedger {
         path: shown.display().to_string(),
         detail,
@@ -328,10 +311,12 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<u8> {
             txn.open_table(tables::GENERATIONS)?;
             txn.open_table(tables::DEADLINES)?;
             txn.open_table(tables::IDEMPOTENCY)?;
-            create_grant_tables(&txn)?;
+            txn.open_table(tables::CONSUMERS)?;
+            crate::engine::GrantTables::open(&txn)?;
+            txn.open_table(tables::ALERTS)?;
         }
         txn.commit()?;
-        return Ok(tables::SCHEMA_VERSION);
+        return Ok(());
     }
     if !names.iter().any(|n| n == "meta") {
         return Err(not_ledger(format!(
@@ -369,20 +354,18 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<u8> {
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
-    if version == Some(1) {
-        // Schema 1 predates grants. Opening writes nothing: reads see its missing grant tables
-        // as empty, and the first write creates them and records schema 2. The workspaces'
-        // balances move into carried-over grants one by one, on each one's next write.
-        txn.abort()?;
-        return Ok(1);
+    // A version 1 file lacks the consumers and alerts tables, and a file before version 3
+    // the grant tables: opening never writes, so its first write creates them and records
+    // the current version (see `engine::Ctx::open`), and reads take a missing table as empty.
+    if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+        check!(
+            tables::GRANTS,
+            tables::GRANT_ORDER,
+            tables::GRANT_EXPIRIES,
+            tables::ALLOCATIONS,
+            tables::GRANT_BOOKS
+        );
     }
-    check!(
-        tables::GRANTS,
-        tables::GRANT_ORDER,
-        tables::GRANT_EXPIRIES,
-        tables::ALLOCATIONS,
-        tables::GRANT_BOOKS
-    );
     txn.abort()?;
-    Ok(tables::SCHEMA_VERSION)
+    Ok(())
 }

@@ -19,6 +19,9 @@ pub enum TxnKind {
     Refund,
     /// An operator's signed correction (+ or -).
     Adjustment,
+    /// A notification, not a movement: the balance fell below the workspace's alert
+    /// threshold (see [`Ledger::set_alert`](crate::Ledger::set_alert)). Its amount is 0.
+    BalanceLow,
     /// What was left of a grant when it expired, taken off the balance by the sweep (-).
     Expiration,
     /// What was left of a grant an operator voided (-).
@@ -27,15 +30,21 @@ pub enum TxnKind {
 
 impl TxnKind {
     /// Every kind, in display order.
-    pub const ALL: [TxnKind; 7] = [
+    pub const ALL: [TxnKind; 8] = [
         TxnKind::Purchase,
         TxnKind::Grant,
         TxnKind::Usage,
         TxnKind::Refund,
         TxnKind::Adjustment,
+        TxnKind::BalanceLow,
         TxnKind::Expiration,
         TxnKind::Void,
     ];
+
+    /// True for notification records, which move no credits.
+    pub fn is_notification(self) -> bool {
+        matches!(self, TxnKind::BalanceLow)
+    }
 
     /// The lowercase name used by the CLI and JSON.
     pub fn as_str(self) -> &'static str {
@@ -45,6 +54,7 @@ impl TxnKind {
             TxnKind::Usage => "usage",
             TxnKind::Refund => "refund",
             TxnKind::Adjustment => "adjustment",
+            TxnKind::BalanceLow => "balance-low",
             TxnKind::Expiration => "expiration",
             TxnKind::Void => "void",
         }
@@ -59,6 +69,7 @@ impl fmt::Display for TxnKind {
             TxnKind::Usage => "Usage",
             TxnKind::Refund => "Refund",
             TxnKind::Adjustment => "Adjustment",
+            TxnKind::BalanceLow => "Balance Low",
             TxnKind::Expiration => "Expiration",
             TxnKind::Void => "Void",
         })
@@ -75,7 +86,8 @@ impl FromStr for TxnKind {
                 Error::InvalidInput(InvalidInput::UnknownName {
                     field: "transaction type",
                     value: s.to_string(),
-                    expected: "purchase, grant, usage, refund, adjustment, expiration, void",
+                    expected:
+                        "purchase, grant, usage, refund, adjustment, balance-low, expiration, void",
                 })
             })
     }

@@ -74,6 +74,10 @@ pub const MAX_REFUND_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// Most grants one [`Ledger::grants`](crate::Ledger::grants) call lists.
 pub const MAX_GRANTS_LISTED: usize = 10_000;
+/// Most named consumers of the change feed one ledger keeps a position for. Each is a row the
+/// ledger keeps forever, so the set is bounded like every other.
+pub const MAX_CONSUMERS: usize = 64;
+
 /// The largest tolerance [`Options::max_clock_regression_ms`](crate::Options) accepts: 400
 /// days. A larger tolerance stamps new transactions with a time that far in the past without
 /// a word, which is no longer a tolerance. 400 days is enough to absorb a mistyped year: the

@@ -23,6 +23,9 @@ pub(crate) struct TxnRecord {
     pub generation_id: Option<String>,
     pub refund: Option<RefundDetail>,
     pub idempotency_key: Option<String>,
+    /// The memo of a credit or adjustment. For a `BalanceLow` notification, the threshold it
+    /// crossed, in decimal (a record field of its own would change the format of every
+    /// record; this keeps version 1 records readable as they are).
     pub memo: Option<String>,
     /// The checksum of the previous transaction's record (0 for the first), which makes the log
     /// a chain: a changed, missing or reordered entry breaks it.
@@ -30,6 +33,14 @@ pub(crate) struct TxnRecord {
 }
 
 impl TxnRecord {
+    /// The alert threshold a `BalanceLow` notification records; `None` for anything else.
+    pub fn alert_threshold(&self) -> Option<u64> {
+        match self.kind {
+            TxnKind::BalanceLow => self.memo.as_deref().and_then(|m| m.parse().ok()),
+            _ => None,
+        }
+    }
+
     /// The signed amount.
     pub fn signed_amount(&self) -> i128 {
         if self.debit {
@@ -181,6 +192,11 @@ pub(crate) struct AllocationRecord {
     pub entries: Vec<AllocationEntry>,
 }
 
+/// How views name the carried-over grant. (Its stored id holds a control character, which no
+/// caller's key may; a caller's key could still read "(carried over)", so a view tells them
+/// apart only by the label "Carried over" and the source transaction.)
+pub(crate) const CARRIED_OVER_SHOWN: &str = "(carried over)";
+
 /// One entry of an [`AllocationRecord`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct AllocationEntry {
@@ -198,7 +214,13 @@ pub(crate) struct AllocationEntry {
 impl AllocationEntry {
     pub fn public(&self) -> Allocation {
         Allocation {
-            grant_id: self.grant_id.clone(),
+            // The carried-over grant's id holds a control character; show it as the grant
+            // list does.
+            grant_id: if self.grant_id == crate::engine::grants::carried_over_id() {
+                CARRIED_OVER_SHOWN.to_string()
+            } else {
+                self.grant_id.clone()
+            },
             lot: self.lot,
             credits: self.credits,
             spendable_until_ms: self.expires_at_ms,

@@ -88,7 +88,7 @@ impl GrantView {
         let carried = g.id == crate::engine::grants::carried_over_id();
         GrantView {
             grant_id: if carried {
-                "(carried over)".to_string()
+                crate::model::records::CARRIED_OVER_SHOWN.to_string()
             } else {
                 g.id
             },

@@ -235,6 +235,8 @@ pub struct TransactionView {
     /// Adjustment) which grants paid, in drawdown order; for a Refund where each part went
     /// back, and until when it is spendable; for an Expiration or a Void what was closed.
     pub allocations: Vec<Allocation>,
+    /// For a `BalanceLow` notification: the alert threshold the balance fell below.
+    pub alert_threshold_credits: Option<u64>,
 }
 
 fn plural(n: u64) -> &'static str {
@@ -274,7 +276,12 @@ impl TransactionView {
             TxnKind::Adjustment => format!("Adjusted +{n} {}", plural(n)),
             TxnKind::Expiration => format!("Expired {n} {} of {}", plural(n), r.title),
             TxnKind::Void => format!("Voided {n} {} of {}", plural(n), r.title),
+            TxnKind::BalanceLow => match r.alert_threshold() {
+                Some(t) => format!("Balance fell below {t} {}", plural(t)),
+                None => "Balance fell below the alert threshold".to_string(),
+            },
         };
+        let alert_threshold_credits = r.alert_threshold();
         let amount_credits = i64::try_from(r.signed_amount()).unwrap_or(i64::MIN);
         let (reason, message, message_truncated, refund_of) = match r.refund {
             Some(d) => (
@@ -302,7 +309,10 @@ impl TransactionView {
             message_truncated,
             refund_of,
             refunded_by,
-            memo: r.memo.filter(|m| !m.is_empty()),
+            memo: r
+                .memo
+                .filter(|m| !m.is_empty() && alert_threshold_credits.is_none()),
+            alert_threshold_credits,
             idempotency_key: r.idempotency_key,
             allocations: Vec::new(),
         }

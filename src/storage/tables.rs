@@ -9,7 +9,9 @@
 //! | `generations` | generation id | [`GenerationRecord`] |
 //! | `deadlines` | (deadline ms, generation id) | `()`, running generations only |
 //! | `idempotency` | key | txn id |
-//! | `grants` | (workspace, grant id, lot) | [`GrantRecord`] |
+//! | `consumers` | consumer name | the last txn id it acked (schema 2) |
+//! | `alerts` | workspace id | balance alert threshold in credits (schema 2) |
+//! | `grants` | (workspace, grant id, lot) | [`GrantRecord`] (schema 3) |
 //! | `grant_order` | (workspace, priority, expires or MAX, effective or 0, grant id, lot) | `()`, open lots with credits left |
 //! | `grant_expiries` | (expires ms, workspace, grant id, lot) | `()`, open lots with an expiry |
 //! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord) |
@@ -21,7 +23,7 @@
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
-//! matching entries, and unfiltered history is a merge of the nine category ranges.
+//! matching entries, and unfiltered history is a merge of the category ranges.
 
 use redb::{ReadableTable, TableDefinition};
 
@@ -41,6 +43,8 @@ pub(crate) const HISTORY: TableDefinition<(&str, u8, u64), ()> =
 pub(crate) const GENERATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("generations");
 pub(crate) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
 pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+pub(crate) const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
+pub(crate) const ALERTS: TableDefinition<&str, u64> = TableDefinition::new("alerts");
 pub(crate) const GRANTS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("grants");
 pub(crate) type OrderKey<'a> = (&'a str, u32, u64, u64, &'a str, u32);
 pub(crate) const GRANT_ORDER: TableDefinition<OrderKey<'static>, ()> =
@@ -56,10 +60,21 @@ pub(crate) const META_SCHEMA_KEY: &str = "schema";
 pub(crate) const META_LEDGER_ID_KEY: &str = "ledger_id";
 /// The `meta` key holding the sequence number of the last journal entry redb holds.
 pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
-/// The schema version this build writes. Version 2 added the grant tables; a version-1 file
-/// opens as it is, and each workspace's balance moves into a carried-over grant on its first
-/// write (see [`GrantBook`](crate::model::records::GrantBook)).
-pub(crate) const SCHEMA_VERSION: u8 = 2;
+/// The `meta` key holding the open journal epoch, while one is open: its random id and the
+/// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
+/// acknowledged writes the file does not (see `storage::journal`).
+pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
+/// The schema version this build writes. Version 3 added the grant tables (`grants`,
+/// `grant_order`, `grant_expiries`, `allocations`, `grant_books`) and the Expiration and Void
+/// records; the first write of money to an older file adds them (and the tables of version
+/// 2) and records version 3, and each workspace's balance moves into a carried-over grant on
+/// its first write (see [`GrantBook`](crate::model::records::GrantBook)). Version 2 added the `consumers` and `alerts` tables,
+/// the `BalanceLow` notification records and the journal epoch record (and the journal's new
+/// entry format); the first write to a version 1 file that needs the tables adds them and
+/// records version 2. A version 1 file gets epoch records without that upgrade: no build that
+/// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
+/// then panicked on twice.
+pub(crate) const SCHEMA_VERSION: u8 = 3;
 
 /// A history category: a transaction kind, and for Usage its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,12 +87,13 @@ pub(crate) enum Category {
     UsageFailed = 4,
     Refund = 5,
     Adjustment = 6,
-    Expiration = 7,
-    Void = 8,
+    BalanceLow = 7,
+    Expiration = 8,
+    Void = 9,
 }
 
 impl Category {
-    pub const ALL: [Category; 9] = [
+    pub const ALL: [Category; 10] = [
         Category::Purchase,
         Category::Grant,
         Category::UsagePending,
@@ -85,6 +101,7 @@ impl Category {
         Category::UsageFailed,
         Category::Refund,
         Category::Adjustment,
+        Category::BalanceLow,
         Category::Expiration,
         Category::Void,
     ];
@@ -98,6 +115,7 @@ impl Category {
             }
             Category::Refund => TxnKind::Refund,
             Category::Adjustment => TxnKind::Adjustment,
+            Category::BalanceLow => TxnKind::BalanceLow,
             Category::Expiration => TxnKind::Expiration,
             Category::Void => TxnKind::Void,
         }
@@ -121,6 +139,7 @@ impl Category {
             (TxnKind::Usage, Status::Failed) => Category::UsageFailed,
             (TxnKind::Refund, _) => Category::Refund,
             (TxnKind::Adjustment, _) => Category::Adjustment,
+            (TxnKind::BalanceLow, _) => Category::BalanceLow,
             (TxnKind::Expiration, _) => Category::Expiration,
             (TxnKind::Void, _) => Category::Void,
         }
@@ -136,13 +155,12 @@ pub(crate) fn usage_category(state: GenState) -> Category {
     Category::of(TxnKind::Usage, state.usage_status())
 }
 
-/// Open a table for reading, or `None` when the file has none: a grant table in a schema-1
-/// file that no write has touched yet reads as empty.
+/// A table that a version 1 file lacks until its first write: `None` when it is not there.
 pub(crate) fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
     rtx: &redb::ReadTransaction,
-    def: TableDefinition<K, V>,
+    table: TableDefinition<K, V>,
 ) -> Result<Option<redb::ReadOnlyTable<K, V>>, Error> {
-    match rtx.open_table(def) {
+    match rtx.open_table(table) {
         Ok(t) => Ok(Some(t)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(e.into()),
@@ -239,6 +257,46 @@ pub(crate) fn put_meta_u64(
     value: u64,
 ) -> Result<(), Error> {
     meta.insert(key, value.to_le_bytes().as_slice())?;
+    Ok(())
+}
+
+/// The open journal epoch recorded in `meta`: (epoch id, first seq), or `None`.
+pub(crate) fn get_journal_epoch(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<(u64, u64)>, Error> {
+    match meta.get(META_JOURNAL_EPOCH_KEY)? {
+        None => Ok(None),
+        Some(v) => match <[u8; 16]>::try_from(v.value()) {
+            Ok(b) => {
+                let (epoch, first) = b.split_at(8);
+                let u = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+                Ok(Some((u(epoch), u(first))))
+            }
+            Err(_) => Err(Error::Corruption {
+                table: "meta",
+                key: META_JOURNAL_EPOCH_KEY.to_string(),
+                detail: format!("{} bytes where 16 were expected", v.value().len()),
+            }),
+        },
+    }
+}
+
+/// Record (`Some`) or remove (`None`) the open journal epoch.
+pub(crate) fn put_journal_epoch(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    epoch: Option<(u64, u64)>,
+) -> Result<(), Error> {
+    match epoch {
+        Some((id, first_seq)) => {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&id.to_le_bytes());
+            b[8..].copy_from_slice(&first_seq.to_le_bytes());
+            meta.insert(META_JOURNAL_EPOCH_KEY, b.as_slice())?;
+        }
+        None => {
+            meta.remove(META_JOURNAL_EPOCH_KEY)?;
+        }
+    }
     Ok(())
 }
 

@@ -41,6 +41,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_wait_ms)]
     pub wait: u64,
 
+    /// The time zone times are printed in (tables, and the `at` strings of JSON and CSV; `at_ms`
+    /// is the same in every zone): UTC, local (this machine's zone, from TZ or /etc/localtime),
+    /// or an IANA name such as Europe/Berlin.
+    #[arg(long, global = true, value_name = "ZONE", default_value = "UTC", value_parser = crate::time::Zone::parse)]
+    pub tz: crate::time::Zone,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -84,6 +90,8 @@ pub enum Command {
     /// The change feed: every workspace's transactions after an id, oldest first (JSON
     /// lines with --json, one object per line in the shape of `export --format jsonl`).
     Changes(ChangesArgs),
+    /// Store a change-feed consumer's position: it has processed every entry up to ID.
+    Ack(AckArgs),
     /// Run a simulated workload on a fresh ledger file and report throughput, refunds,
     /// the credit reconciliation and the audit.
     Simulate(SimulateArgs),
@@ -318,12 +326,23 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct ChangesArgs {
-    /// Print the entries after this transaction id (0: from the start).
-    #[arg(long, default_value_t = 0, value_name = "ID")]
-    pub after: u64,
+    /// Print the entries after this transaction id [default: 0, from the start].
+    #[arg(long, value_name = "ID", conflicts_with = "consumer")]
+    pub after: Option<u64>,
+    /// Start after this consumer's stored position (see `ack`).
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
     /// Print at most this many entries (1 to 1000); default: everything up to the end.
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct AckArgs {
+    /// The consumer's name (an id: 1 to 128 printable bytes).
+    pub consumer: String,
+    /// The last transaction id it has processed.
+    pub txn: u64,
 }
 
 #[derive(Debug, Args, Clone)]

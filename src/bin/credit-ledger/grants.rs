@@ -10,7 +10,7 @@ use crate::args::{CreditArgs, VoidGrantArgs, WorkspaceArg};
 use crate::fail::CliError;
 use crate::open::{Context, Mode};
 use crate::output::{clean, Align, Out, Table};
-use crate::time::{format_human, format_rfc3339};
+use crate::time::{format_human, format_human_zoned, format_rfc3339, zone_label};
 
 /// `credit`'s grant options applied to `credit`. `--expires-in` counts from the ledger's now
 /// (the system clock, or `--now`).
@@ -99,7 +99,7 @@ pub fn allocation_words(
             let mut s = format!("{} {verb} {}", a.credits, grant_name(label, a.lot));
             if show_until {
                 if let Some(t) = a.spendable_until_ms {
-                    s.push_str(&format!(" (spendable until {} UTC)", format_human(t)));
+                    s.push_str(&format!(" (spendable until {})", format_human_zoned(t)));
                 }
             }
             s
@@ -148,14 +148,16 @@ pub fn grants(ctx: &Context, a: &WorkspaceArg, out: &mut Out) -> Result<(), CliE
     if grants.is_empty() {
         return out.line("(none)");
     }
+    let starts = format!("STARTS ({})", zone_label());
+    let expires = format!("EXPIRES ({})", zone_label());
     let mut t = Table::new(&[
         ("GRANT", Align::Left),
         ("NAME", Align::Left),
         ("PRIORITY", Align::Right),
         ("REMAINING", Align::Right),
         ("AMOUNT", Align::Right),
-        ("STARTS (UTC)", Align::Left),
-        ("EXPIRES (UTC)", Align::Left),
+        (&starts, Align::Left),
+        (&expires, Align::Left),
         ("STATE", Align::Left),
     ]);
     for g in &grants {
@@ -190,14 +192,14 @@ pub fn void_grant(ctx: &Context, a: &VoidGrantArgs, out: &mut Out) -> Result<(),
         }));
     }
     out.line(format!(
-        "Voided {} credits of grant {} in {}: balance {} -> {} (transaction #{}, {} UTC)",
+        "Voided {} credits of grant {} in {}: balance {} -> {} (transaction #{}, {})",
         v.amount_credits,
         clean(&v.grant_id),
         clean(&v.workspace),
         v.balance_before_credits,
         v.balance_after_credits,
         v.txn_id,
-        format_human(v.at_ms)
+        format_human_zoned(v.at_ms)
     ))?;
     if v.replay {
         out.line("(already applied earlier: this is the original receipt; nothing changed)")?;

@@ -73,6 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE as u8);
         }
     };
+    time::set_zone(cli.tz.clone());
     let json = cli.json;
     let mut out = Out::new();
     let result = run(cli, &mut out).and_then(|()| out.flush());
@@ -122,6 +123,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Stats(a) => reads::stats(&ctx, a, out),
         Command::Export(a) => reads::export(&ctx, a, out),
         Command::Changes(a) => feed::changes(&ctx, a, out),
+        Command::Ack(a) => feed::ack(&ctx, a, out),
         Command::Simulate(a) => simulate::run(&ctx, a, out),
     }
 }
