@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use redb::{Database, ReadableDatabase};
 
 use super::Ledger;
-use crate::engine::{self, EngineConfig, WriterState};
+use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
 use crate::error::{Error, Result};
 use crate::storage::journal::{self, Journal};
 use crate::storage::tables;
@@ -69,8 +69,10 @@ pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
         let mut state = WriterState::load(&txn.open_table(tables::TRANSACTIONS)?)?;
         let mut ops = 0;
         for batch in &batches {
+            // Only batches with a trusted clock are journaled (see `run_batch`).
             let config = EngineConfig {
                 default_timeout_ms: batch.default_timeout_ms,
+                clock: ClockCheck::Trusted,
             };
             state = engine::run(&txn, state, batch.now_ms, config, &batch.ops)?.state;
             ops += batch.ops.len();

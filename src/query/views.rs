@@ -198,6 +198,10 @@ pub struct TransactionView {
     pub memo: Option<String>,
     /// The idempotency key of a credit or adjustment.
     pub idempotency_key: Option<String>,
+    /// For a Refund written while the ledger did not trust the clock (far behind the log, or
+    /// far ahead of the wall clock): what the clock read. The refund went ahead anyway, as
+    /// every refund does, stamped `at_ms`: the log's last time (or the wall clock's).
+    pub untrusted_clock_ms: Option<u64>,
 }
 
 fn plural(n: u64) -> &'static str {
@@ -265,6 +269,7 @@ impl TransactionView {
             refunded_by,
             memo: r.memo.filter(|m| !m.is_empty()),
             idempotency_key: r.idempotency_key,
+            untrusted_clock_ms: None,
         }
     }
 }

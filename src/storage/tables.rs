@@ -9,6 +9,7 @@
 //! | `generations` | generation id | [`GenerationRecord`] |
 //! | `deadlines` | (deadline ms, generation id) | `()`, running generations only |
 //! | `idempotency` | key | txn id |
+//! | `clock_notes` | refund txn id | what an untrusted clock read (ms) |
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
@@ -29,6 +30,10 @@ pub(crate) const HISTORY: TableDefinition<(&str, u8, u64), ()> =
 pub(crate) const GENERATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("generations");
 pub(crate) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
 pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+/// Refund txn id -> what the clock read when that refund was written with a clock the ledger
+/// did not trust (far behind the log, or far ahead of the wall clock); the refund itself is
+/// stamped with the log's time. Created by the first such refund; absent on most files.
+pub(crate) const CLOCK_NOTES: TableDefinition<u64, u64> = TableDefinition::new("clock_notes");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
