@@ -274,6 +274,20 @@ pub enum Error {
         detail: String,
     },
 
+    /// The ledger file records an open journal epoch, so its journal may hold acknowledged
+    /// writes the file does not, and the journal at `journal` is not that journal: it is
+    /// missing, another copy's or another ledger's, emptied, or older than what the file has
+    /// seen. Nothing was changed; opening it anyway would come back with an older state.
+    #[error("the ledger `{ledger}` keeps acknowledged writes in its journal `{journal}`, but {problem}. Nothing was changed. Put the ledger's own journal back at that path, or restore both files from a backup")]
+    JournalMismatch {
+        /// The ledger file.
+        ledger: String,
+        /// The journal path it expects.
+        journal: String,
+        /// What is wrong with the journal there.
+        problem: String,
+    },
+
     /// The file is not a credit-ledger file (or is damaged beyond opening).
     #[error("`{path}` is not a credit-ledger file: {detail}")]
     NotALedger {
@@ -312,6 +326,39 @@ pub enum Error {
     CommitUncertain {
         /// redb's description.
         message: String,
+    },
+
+    /// An ack names a transaction the log does not have yet.
+    #[error("consumer `{consumer}` acked transaction #{txn_id}, but the log ends at #{last_txn_id}; ack only ids the feed returned")]
+    AckBeyondEnd {
+        /// The consumer.
+        consumer: String,
+        /// The id acked.
+        txn_id: u64,
+        /// The last committed transaction.
+        last_txn_id: u64,
+    },
+
+    /// An ack behind the consumer's stored position: positions only move forward.
+    #[error("consumer `{consumer}` is at #{position_txn_id} and cannot go back to #{txn_id}; ack ids in increasing order (re-acking #{position_txn_id} is a safe replay)")]
+    AckBackwards {
+        /// The consumer.
+        consumer: String,
+        /// The id acked.
+        txn_id: u64,
+        /// Its stored position.
+        position_txn_id: u64,
+    },
+
+    /// A new consumer when the ledger already keeps [`MAX_CONSUMERS`](crate::limits::MAX_CONSUMERS).
+    #[error("consumer `{consumer}` would be consumer number {count_after}, over the limit of {max}; reuse an existing consumer name")]
+    TooManyConsumers {
+        /// The new consumer.
+        consumer: String,
+        /// How many there would be.
+        count_after: u64,
+        /// The limit.
+        max: u64,
     },
 
     /// A background thread of the ledger panicked; the ledger refuses further work.
@@ -356,8 +403,12 @@ impl Error {
             | Error::Overflow { .. }
             | Error::Conflict { .. }
             | Error::GenerationRefunded { .. }
-            | Error::GenerationSucceeded { .. } => ErrorCategory::Refused,
+            | Error::GenerationSucceeded { .. }
+            | Error::AckBeyondEnd { .. }
+            | Error::AckBackwards { .. }
+            | Error::TooManyConsumers { .. } => ErrorCategory::Refused,
             Error::Corruption { .. }
+            | Error::JournalMismatch { .. }
             | Error::NotALedger { .. }
             | Error::UnsupportedFormat { .. } => ErrorCategory::Corruption,
             Error::AlreadyOpen { .. }

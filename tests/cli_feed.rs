@@ -96,3 +96,55 @@ fn changes_prints_the_global_log_as_json_lines_in_the_export_shape() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("page limit"), "{}", bad.stderr);
 }
+
+#[test]
+fn a_consumer_reads_from_its_stored_position_and_acks_forward_only() {
+    let (_dir, db) = seeded();
+    let ids = |stdout: &str| -> Vec<u64> {
+        lines_json(stdout)
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect()
+    };
+    let first = ok(run(
+        &db,
+        &["changes", "--consumer", "sync", "--limit", "3", "--json"],
+    ));
+    assert_eq!(ids(&first), vec![1, 2, 3]);
+    // Not acked yet: the same entries again (at least once).
+    let again = ok(run(
+        &db,
+        &["changes", "--consumer", "sync", "--limit", "3", "--json"],
+    ));
+    assert_eq!(ids(&again), vec![1, 2, 3]);
+    let acked: Value =
+        serde_json::from_str(&ok(run(&db, &["ack", "sync", "3", "--json"]))).unwrap();
+    assert_eq!(
+        acked,
+        serde_json::json!({"consumer": "sync", "position": 3, "replay": false})
+    );
+    let rest = ok(run(&db, &["changes", "--consumer", "sync", "--json"]));
+    assert_eq!(ids(&rest), vec![4, 5]);
+    // A retried ack is a replay; backwards and beyond the end are refused (exit 1), and
+    // change nothing.
+    assert!(ok(run(&db, &["ack", "sync", "3"])).contains("already there"));
+    for bad in ["2", "6"] {
+        let r = run(&db, &["ack", "sync", bad]);
+        assert_eq!(r.code, 1, "ack {bad}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains("consumer `sync`"), "{}", r.stderr);
+    }
+    assert_eq!(
+        ids(&ok(run(&db, &["changes", "--consumer", "sync", "--json"]))),
+        vec![4, 5]
+    );
+    // Another consumer has its own position.
+    assert_eq!(
+        ids(&ok(run(&db, &["changes", "--consumer", "other", "--json"]))).len(),
+        5
+    );
+    let both = run(&db, &["changes", "--consumer", "sync", "--after", "1"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let bad_name = run(&db, &["ack", "", "1"]);
+    assert_eq!(bad_name.code, 2, "{}", bad_name.stderr);
+}

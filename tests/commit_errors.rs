@@ -228,6 +228,8 @@ fn unreplayed(r: &Result<Outcome, Error>) -> Result<Outcome, Error> {
         // A retry of a late complete whose refund landed finds it refunded: the retry did
         // not write it, so it carries no receipt (the analogue of `replay`).
         Err(Error::GenerationRefunded { refunded_now, .. }) => *refunded_now = None,
+        Ok(Outcome::Ack(x)) => x.replay = false,
+        Ok(Outcome::Alert(x)) => x.replay = false,
         Ok(Outcome::Sweep(_)) | Err(_) => {}
     }
     r

@@ -175,6 +175,7 @@ fn ack_of(r: &Result<Outcome, Error>) -> Ack {
             Ack::Refused(format!("{:?}", e.category()))
         }
         Err(e) => panic!("the workload got an unexpected error: {e}"),
+        Ok(other) => panic!("the workload sends no operation that answers {other:?}"),
     }
 }
 

@@ -113,7 +113,11 @@ fn reads_survive_a_restart_and_ids_and_time_continue() {
     for id in last_id + 4..=checked {
         let v = ledger.transaction(id).unwrap();
         assert_eq!(v.kind, credit_ledger::TxnKind::Refund, "#{id}");
-        assert_eq!(v.untrusted_clock_ms, Some(T0_MS - 24 * 60 * MINUTE_MS), "#{id}");
+        assert_eq!(
+            v.untrusted_clock_ms,
+            Some(T0_MS - 24 * 60 * MINUTE_MS),
+            "#{id}"
+        );
     }
     assert!(ledger.verify().unwrap().is_clean());
 }

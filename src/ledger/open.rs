@@ -44,13 +44,14 @@ pub(super) fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
 /// Run `f`, turning a panic into an error. redb asserts (or indexes out of bounds) on some kinds
 /// of damaged pages instead of returning an error, while reading and while committing; a
 /// caller of the ledger must get a typed error for a damaged file, never a panic, so opening,
-/// every read and every write's storage work run under this guard. The panic message is still
-/// printed by the process's panic hook: replacing a process-wide hook is not a library's call
-/// to make.
+/// every read and every write's storage work run under this guard. The process's panic hook
+/// still runs first (replacing a process-wide hook is not a library's call to make), but it can
+/// tell such a panic from a bug: [`super::inside_panic_guard`] is true while this guard runs.
 pub(super) fn no_panic<T>(
     on_panic: impl FnOnce(String) -> Error,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
+    let _marked = super::panic_guard::Marked::enter();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<&str>()
@@ -203,9 +204,10 @@ impl Ledger {
 
     fn init(db: Database, source: Source, options: Options) -> Result<Ledger> {
         ensure_schema(&db, Path::new(&source.to_string()))?;
-        let journal = match journal_path(&source, &options) {
-            Some(path) => Some(checkpoint::recover(&db, path)?),
-            None => None,
+        let journal = match &source {
+            // Every open of a file replays a pending journal, whatever the options say.
+            Source::File(path) => checkpoint::recover(&db, path, keeps_journal(&options))?,
+            _ => None,
         };
         let ledger = Ledger {
             db: RwLock::new(Some(db)),
@@ -272,9 +274,9 @@ impl Ledger {
             Source::Fixed(_) => return Ok(()),
         };
         ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
-        if let Some(path) = journal_path(&self.source, &self.options) {
+        if let Source::File(path) = &self.source {
             // The journal may hold commits the reopened file does not: replay them.
-            *self.journal.lock() = Some(checkpoint::recover(&fresh, path)?);
+            *self.journal.lock() = checkpoint::recover(&fresh, path, keeps_journal(&self.options))?;
         }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");
@@ -282,14 +284,9 @@ impl Ledger {
     }
 }
 
-/// The ledger file whose journal a ledger opened from `source` with `options` keeps, if any.
-fn journal_path<'a>(source: &'a Source, options: &Options) -> Option<&'a Path> {
-    match source {
-        Source::File(path) if options.journal && options.durability == Durability::Immediate => {
-            Some(path)
-        }
-        _ => None,
-    }
+/// Whether a file ledger opened with `options` writes through a journal.
+fn keeps_journal(options: &Options) -> bool {
+    options.journal && options.durability == Durability::Immediate
 }
 
 /// Create the tables of a new file, or check that an existing one is a ledger of a version
@@ -314,6 +311,8 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             txn.open_table(tables::GENERATIONS)?;
             txn.open_table(tables::DEADLINES)?;
             txn.open_table(tables::IDEMPOTENCY)?;
+            txn.open_table(tables::CONSUMERS)?;
+            txn.open_table(tables::ALERTS)?;
         }
         txn.commit()?;
         return Ok(());
@@ -354,6 +353,9 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
+    // A version 1 file lacks the consumers and alerts tables: opening never writes, so its
+    // first write creates them and records version 2 (see `engine::Ctx::open`), and reads
+    // take a missing table as empty.
     txn.abort()?;
     Ok(())
 }

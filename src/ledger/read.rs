@@ -11,6 +11,7 @@ use crate::query::{
     self, ChangePage, GenerationView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest, Stats,
     TimeWindow, TransactionView, WorkspaceSummary,
 };
+use crate::storage::tables;
 
 impl Ledger {
     /// Run `f` on a fresh read transaction. A redb panic on damaged data becomes
@@ -102,6 +103,29 @@ impl Ledger {
             let mut page = query::changes::changes(r, after_txn_id, limit)?;
             query::add_clock_notes(r, &mut page.entries)?;
             Ok(page)
+        })
+    }
+
+    /// The stored position of a change-feed consumer: the last transaction it acked, or 0
+    /// for a consumer that never acked. Read on with [`changes`](Self::changes)`(position, n)`.
+    pub fn position(&self, consumer: &str) -> Result<u64> {
+        validate::id("consumer", consumer)?;
+        self.read("consumers", |r| {
+            match tables::open_optional(r, tables::CONSUMERS)? {
+                Some(t) => Ok(t.get(consumer)?.map_or(0, |v| v.value())),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// The balance alert threshold of `workspace`, if one is set.
+    pub fn alert(&self, workspace: &str) -> Result<Option<u64>> {
+        validate::id("workspace", workspace)?;
+        self.read("alerts", |r| {
+            match tables::open_optional(r, tables::ALERTS)? {
+                Some(t) => Ok(t.get(workspace)?.map(|v| v.value())),
+                None => Ok(None),
+            }
         })
     }
 

@@ -56,6 +56,10 @@ pub const MAX_REPORTED_VIOLATIONS: usize = 1000;
 /// larger one is refused with [`Error::ClockRegressed`](crate::Error::ClockRegressed).
 pub const DEFAULT_MAX_CLOCK_REGRESSION_MS: u64 = 60_000;
 
+/// Most named consumers of the change feed one ledger keeps a position for. Each is a row the
+/// ledger keeps forever, so the set is bounded like every other.
+pub const MAX_CONSUMERS: usize = 64;
+
 /// The largest tolerance [`Options::max_clock_regression_ms`](crate::Options) accepts: 400
 /// days. A larger tolerance stamps new transactions with a time that far in the past without
 /// a word, which is no longer a tolerance. 400 days is enough to absorb a mistyped year: the

@@ -10,10 +10,12 @@
 //! | `deadlines` | (deadline ms, generation id) | `()`, running generations only |
 //! | `idempotency` | key | txn id |
 //! | `clock_notes` | refund txn id | what an untrusted clock read (ms) |
+//! | `consumers` | consumer name | the last txn id it acked (schema 2) |
+//! | `alerts` | workspace id | balance alert threshold in credits (schema 2) |
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
-//! matching entries, and unfiltered history is a merge of the seven category ranges.
+//! matching entries, and unfiltered history is a merge of the category ranges.
 
 use redb::{ReadableTable, TableDefinition};
 
@@ -34,6 +36,8 @@ pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new(
 /// did not trust (far behind the log, or far ahead of the wall clock); the refund itself is
 /// stamped with the log's time. Created by the first such refund; absent on most files.
 pub(crate) const CLOCK_NOTES: TableDefinition<u64, u64> = TableDefinition::new("clock_notes");
+pub(crate) const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
+pub(crate) const ALERTS: TableDefinition<&str, u64> = TableDefinition::new("alerts");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
@@ -41,8 +45,17 @@ pub(crate) const META_SCHEMA_KEY: &str = "schema";
 pub(crate) const META_LEDGER_ID_KEY: &str = "ledger_id";
 /// The `meta` key holding the sequence number of the last journal entry redb holds.
 pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
-/// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: u8 = 1;
+/// The `meta` key holding the open journal epoch, while one is open: its random id and the
+/// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
+/// acknowledged writes the file does not (see `storage::journal`).
+pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
+/// The schema version this build writes. Version 2 added the `consumers` and `alerts` tables,
+/// the `BalanceLow` notification records and the journal epoch record (and the journal's new
+/// entry format); the first write to a version 1 file that needs the tables adds them and
+/// records version 2. A version 1 file gets epoch records without that upgrade: no build that
+/// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
+/// then panicked on twice.
+pub(crate) const SCHEMA_VERSION: u8 = 2;
 
 /// A history category: a transaction kind, and for Usage its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,10 +68,11 @@ pub(crate) enum Category {
     UsageFailed = 4,
     Refund = 5,
     Adjustment = 6,
+    BalanceLow = 7,
 }
 
 impl Category {
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 8] = [
         Category::Purchase,
         Category::Grant,
         Category::UsagePending,
@@ -66,6 +80,7 @@ impl Category {
         Category::UsageFailed,
         Category::Refund,
         Category::Adjustment,
+        Category::BalanceLow,
     ];
 
     pub fn kind(self) -> TxnKind {
@@ -77,6 +92,7 @@ impl Category {
             }
             Category::Refund => TxnKind::Refund,
             Category::Adjustment => TxnKind::Adjustment,
+            Category::BalanceLow => TxnKind::BalanceLow,
         }
     }
 
@@ -98,6 +114,7 @@ impl Category {
             (TxnKind::Usage, Status::Failed) => Category::UsageFailed,
             (TxnKind::Refund, _) => Category::Refund,
             (TxnKind::Adjustment, _) => Category::Adjustment,
+            (TxnKind::BalanceLow, _) => Category::BalanceLow,
         }
     }
 
@@ -109,6 +126,18 @@ impl Category {
 /// The category a Usage belongs in, given its generation's state.
 pub(crate) fn usage_category(state: GenState) -> Category {
     Category::of(TxnKind::Usage, state.usage_status())
+}
+
+/// A table that a version 1 file lacks until its first write: `None` when it is not there.
+pub(crate) fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rtx: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, Error> {
+    match rtx.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) fn get_txn(
@@ -168,6 +197,46 @@ pub(crate) fn put_meta_u64(
     Ok(())
 }
 
+/// The open journal epoch recorded in `meta`: (epoch id, first seq), or `None`.
+pub(crate) fn get_journal_epoch(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<(u64, u64)>, Error> {
+    match meta.get(META_JOURNAL_EPOCH_KEY)? {
+        None => Ok(None),
+        Some(v) => match <[u8; 16]>::try_from(v.value()) {
+            Ok(b) => {
+                let (epoch, first) = b.split_at(8);
+                let u = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+                Ok(Some((u(epoch), u(first))))
+            }
+            Err(_) => Err(Error::Corruption {
+                table: "meta",
+                key: META_JOURNAL_EPOCH_KEY.to_string(),
+                detail: format!("{} bytes where 16 were expected", v.value().len()),
+            }),
+        },
+    }
+}
+
+/// Record (`Some`) or remove (`None`) the open journal epoch.
+pub(crate) fn put_journal_epoch(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    epoch: Option<(u64, u64)>,
+) -> Result<(), Error> {
+    match epoch {
+        Some((id, first_seq)) => {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&id.to_le_bytes());
+            b[8..].copy_from_slice(&first_seq.to_le_bytes());
+            meta.insert(META_JOURNAL_EPOCH_KEY, b.as_slice())?;
+        }
+        None => {
+            meta.remove(META_JOURNAL_EPOCH_KEY)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +248,6 @@ mod tests {
             assert_eq!(Category::from_u8(c as u8), Some(c));
             assert_eq!(Category::of(c.kind(), c.status()), c);
         }
-        assert_eq!(Category::from_u8(7), None);
+        assert_eq!(Category::from_u8(Category::ALL.len() as u8), None);
     }
 }

@@ -34,9 +34,10 @@ use credit_ledger::limits::{
     MAX_MESSAGE_BYTES, MAX_SWEEP_LIMIT, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS,
 };
 use credit_ledger::{
-    format_duration_ms, Adjust, Charge, Completion, Credit, Error, GenerationState, GenerationView,
-    HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options, Outcome, PageRequest, Receipt,
-    RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind, WorkspaceSummary,
+    format_duration_ms, AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, Error,
+    GenerationState, GenerationView, HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options,
+    Outcome, PageRequest, Receipt, RefundReason, RefundReceipt, StartGeneration, Status,
+    SweepReport, TxnKind, WorkspaceSummary,
 };
 
 /// Most operations one input is decoded into.
@@ -64,6 +65,7 @@ const KEY_AMOUNTS: [u64; 8] = [
 const FEATURES: [&str; 2] = ["Quick Video", "Image Upscale"];
 const MEMOS: [&str; 3] = ["", "promo", "goodwill"];
 const TIMEOUTS: [u64; 4] = [MIN_TIMEOUT_MS, 30_000, 600_000, DEFAULT_TIMEOUT_MS];
+const CONSUMERS: [&str; 2] = ["sync", "audit-export"];
 
 fn gen_id(i: usize) -> String {
     format!("gen-{i:02}")
@@ -199,8 +201,32 @@ pub enum Step {
     Forward(u64),
     /// Move the clock back.
     Back(u64),
-    /// Drop and reopen; `crash` rolls the image back to its last sync first.
-    Reopen { crash: bool },
+    /// Drop and reopen; `crash` rolls the image back to its last sync first. A crash of a file
+    /// ledger may first try a `separate` branch on a copy of what the crash left (see
+    /// [`Separation`]); the ledger then goes on from the crash itself.
+    Reopen {
+        crash: bool,
+        separate: Option<Separation>,
+    },
+    /// Set a workspace's balance alert this many credits below its balance now (so that the
+    /// next charges cross it): `Op::SetAlert` with a threshold only the run can know.
+    AlertNear { workspace: usize, below_by: u64 },
+}
+
+/// What a careless operator, a backup tool or a second program does to the pair (ledger file,
+/// journal) after a crash. Each must end "refused" (a typed error naming the journal, which is
+/// left as it was) or "nothing lost" (the open matches the model).
+#[derive(Debug, Clone, Copy)]
+pub enum Separation {
+    /// The journal is deleted.
+    DeleteJournal,
+    /// The journal of a copy of the ledger, written to since the copy, takes its place.
+    OtherCopysJournal,
+    /// One bit flips, anywhere in the journal before its last entry (a flip inside the last
+    /// entry is indistinguishable from a torn write at the crash).
+    FlipBit(u16),
+    /// The ledger is opened with the journal off.
+    JournalOff,
 }
 
 fn decode_amount(b: &mut Bytes<'_>) -> Option<u64> {
@@ -311,6 +337,27 @@ fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
                 message,
             }
         }
+        13 => match b.below(3)? {
+            0 => Op::Ack {
+                consumer: CONSUMERS[b.below(CONSUMERS.len())?].to_string(),
+                // Up to a little past the usual length of a run's log: forward, replays,
+                // backwards and beyond the end all happen.
+                txn_id: u64::from(b.u8()?),
+            },
+            1 => Op::SetAlert {
+                workspace: WORKSPACES[b.below(WORKSPACES.len())?].to_string(),
+                threshold_credits: match b.u8()? {
+                    0..=15 => None,
+                    16 => Some(0),                      // invalid
+                    17 => Some(MAX_AMOUNT_CREDITS + 1), // invalid
+                    18 => Some(MAX_AMOUNT_CREDITS),
+                    x => Some(u64::from(x % 120) + 1),
+                },
+            },
+            _ => Op::Sweep {
+                limit: b.below(5)? as u32,
+            },
+        },
         _ => Op::Sweep {
             limit: b.below(5)? as u32,
         },
@@ -319,7 +366,11 @@ fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
 
 fn decode_step(b: &mut Bytes<'_>) -> Option<Step> {
     Some(match b.below(32)? {
-        0..=17 => Step::One(decode_op(b)?),
+        0..=16 => Step::One(decode_op(b)?),
+        17 => Step::AlertNear {
+            workspace: b.below(WORKSPACES.len())?,
+            below_by: u64::from(b.u8()? % 4),
+        },
         18..=21 => {
             let n = b.below(MAX_BATCH)? + 1;
             let mut ops = Vec::with_capacity(n);
@@ -338,9 +389,23 @@ fn decode_step(b: &mut Bytes<'_>) -> Option<Step> {
             0..=2 => u64::from(b.u16()?) % DEFAULT_MAX_CLOCK_REGRESSION_MS + 1, // tolerated
             _ => DEFAULT_MAX_CLOCK_REGRESSION_MS + 1 + u64::from(b.u16()?),     // refused
         }),
-        _ => Step::Reopen {
-            crash: b.u8()? & 1 == 0,
-        },
+        _ => {
+            // The reopen byte decodes as it always did (even: a crash); one crash in eight also
+            // tries a separation, from further bytes, so saved inputs keep their meaning.
+            let x = b.u8()?;
+            let crash = x & 1 == 0;
+            let separate = if crash && (x >> 1) % 8 == 7 {
+                b.u8().map(|k| match k % 4 {
+                    0 => Separation::DeleteJournal,
+                    1 => Separation::OtherCopysJournal,
+                    2 => Separation::FlipBit(u16::from(k) << 8 | u16::from(x)),
+                    _ => Separation::JournalOff,
+                })
+            } else {
+                None
+            };
+            Step::Reopen { crash, separate }
+        }
     })
 }
 
@@ -440,6 +505,10 @@ struct Model {
     /// Index `i` holds transaction id `i + 1`.
     txns: Vec<TxnModel>,
     idem: BTreeMap<String, u64>,
+    /// Balance alert thresholds by workspace.
+    alerts: BTreeMap<String, u64>,
+    /// Change-feed consumer positions.
+    consumers: BTreeMap<String, u64>,
 }
 
 fn overflow(ws: &str, what: &'static str) -> Error {
@@ -494,6 +563,8 @@ impl Model {
             gens: BTreeMap::new(),
             txns: Vec::new(),
             idem: BTreeMap::new(),
+            alerts: BTreeMap::new(),
+            consumers: BTreeMap::new(),
         }
     }
 
@@ -532,11 +603,81 @@ impl Model {
         &self.txns[(id - 1) as usize]
     }
 
+    /// Append `t`; when it takes the balance from at or above the workspace's alert threshold
+    /// to below it, append a `BalanceLow` notification right after it. Returns `t`'s id.
     fn append(&mut self, now: u64, t: TxnModel) -> u64 {
         debug_assert_eq!(t.at, now);
+        let notification = self.alerts.get(&t.ws).and_then(|&th| {
+            (t.before >= th && t.after < th).then(|| TxnModel {
+                at: now,
+                ws: t.ws.clone(),
+                kind: TxnKind::BalanceLow,
+                amount: 0,
+                debit: false,
+                before: t.after,
+                after: t.after,
+                memo: None,
+                refund: None,
+                gen: t.gen.clone(),
+            })
+        });
         self.txns.push(t);
+        let id = self.txns.len() as u64;
+        if let Some(n) = notification {
+            self.ws.get_mut(&n.ws).expect("a notified workspace").txns += 1;
+            self.txns.push(n);
+        }
         self.last_at = now;
-        self.txns.len() as u64
+        id
+    }
+
+    fn ack(&mut self, consumer: &str, txn_id: u64) -> Result<AckReceipt, Error> {
+        check_text("consumer", consumer, 128, false)?;
+        let last = self.txns.len() as u64;
+        if txn_id > last {
+            return Err(Error::AckBeyondEnd {
+                consumer: consumer.to_string(),
+                txn_id,
+                last_txn_id: last,
+            });
+        }
+        let previous = self.consumers.get(consumer).copied().unwrap_or(0);
+        if txn_id < previous {
+            return Err(Error::AckBackwards {
+                consumer: consumer.to_string(),
+                txn_id,
+                position_txn_id: previous,
+            });
+        }
+        if txn_id > previous {
+            self.consumers.insert(consumer.to_string(), txn_id);
+        }
+        Ok(AckReceipt {
+            consumer: consumer.to_string(),
+            txn_id,
+            replay: txn_id == previous,
+        })
+    }
+
+    fn set_alert(&mut self, ws: &str, threshold: Option<u64>) -> Result<AlertReceipt, Error> {
+        if let Some(t) = threshold {
+            check_amount("alert threshold", u128::from(t))?;
+        }
+        if !self.ws.contains_key(ws) {
+            return Err(Error::UnknownWorkspace {
+                workspace: ws.to_string(),
+            });
+        }
+        let previous = self.alerts.get(ws).copied();
+        match threshold {
+            Some(t) => self.alerts.insert(ws.to_string(), t),
+            None => self.alerts.remove(ws),
+        };
+        Ok(AlertReceipt {
+            workspace: ws.to_string(),
+            threshold_credits: threshold,
+            replay: previous == threshold,
+        })
     }
 
     fn receipt(&self, id: u64, replay: bool) -> Receipt {
@@ -1031,6 +1172,13 @@ impl Model {
                 .fail(now, generation_id, *reason, message)
                 .map(Outcome::Fail),
             Op::Sweep { limit } => self.sweep(now, *limit).map(Outcome::Sweep),
+            Op::Ack { consumer, txn_id } => self.ack(consumer, *txn_id).map(Outcome::Ack),
+            Op::SetAlert {
+                workspace,
+                threshold_credits,
+            } => self
+                .set_alert(workspace, *threshold_credits)
+                .map(Outcome::Alert),
         }
     }
 
@@ -1145,6 +1293,14 @@ pub struct RunStats {
     pub refunds: u64,
     /// `verify()` runs, all clean.
     pub verifies: u64,
+    /// Separation branches tried (journal deleted, swapped, flipped, or bypassed).
+    pub separations: u64,
+    /// Of those, opens that refused with a typed error (the others lost nothing).
+    pub refusals: u64,
+    /// Consumer acks that moved a position.
+    pub acks: u64,
+    /// `BalanceLow` notifications in the final log.
+    pub notifications: u64,
     /// The errors returned (each matched by the model), by kind.
     pub error_kinds: BTreeMap<&'static str, u64>,
 }
@@ -1160,6 +1316,8 @@ fn error_kind(e: &Error) -> &'static str {
         Error::GenerationRefunded { .. } => "GenerationRefunded",
         Error::GenerationSucceeded { .. } => "GenerationSucceeded",
         Error::ClockRegressed { .. } => "ClockRegressed",
+        Error::AckBeyondEnd { .. } => "AckBeyondEnd",
+        Error::AckBackwards { .. } => "AckBackwards",
         _ => "other",
     }
 }
@@ -1175,6 +1333,10 @@ impl RunStats {
         self.crashes += o.crashes;
         self.refunds += o.refunds;
         self.verifies += o.verifies;
+        self.separations += o.separations;
+        self.refusals += o.refusals;
+        self.acks += o.acks;
+        self.notifications += o.notifications;
         for (k, v) in &o.error_kinds {
             *self.error_kinds.entry(k).or_default() += v;
         }
@@ -1274,6 +1436,7 @@ impl Harness {
         match r {
             Ok(Outcome::Fail(f)) if !f.replay => self.stats.refunds += 1,
             Ok(Outcome::Sweep(s)) => self.stats.refunds += s.refunds.len() as u64,
+            Ok(Outcome::Ack(a)) if !a.replay => self.stats.acks += 1,
             _ => {}
         }
         match r {
@@ -1358,6 +1521,97 @@ impl Harness {
         }
     }
 
+    /// Try `sep` on a copy of what a crash now would leave, and check that it ends "refused"
+    /// or "nothing lost". The ledger itself is left running; the step's own crash follows.
+    fn separate(&mut self, sep: Separation, step: usize) {
+        let Storage::Files { dir, path, copies } = &mut self.storage else {
+            return;
+        };
+        *copies += 1;
+        let trial = dir.path().join(format!("trial-{copies}.redb"));
+        let journal = Ledger::journal_path(&trial);
+        std::fs::copy(&*path, &trial).expect("copy the ledger file");
+        let had_journal = Ledger::journal_path(&*path).exists();
+        if had_journal {
+            std::fs::copy(Ledger::journal_path(&*path), &journal).expect("copy the journal");
+        }
+        let mut opts = options(&self.clock);
+        match sep {
+            Separation::DeleteJournal => {
+                let _ = std::fs::remove_file(&journal);
+            }
+            Separation::OtherCopysJournal => {
+                // A copy of the crashed files, opened (which replays its journal), written
+                // to, and crashed in turn: its journal has the same ledger id, a later epoch.
+                let other = dir.path().join(format!("other-{copies}.redb"));
+                std::fs::copy(&trial, &other).expect("copy the ledger file");
+                if had_journal {
+                    std::fs::copy(&journal, Ledger::journal_path(&other)).expect("copy");
+                }
+                let o = Ledger::open_with(&other, options(&self.clock).sweep_on_open(false))
+                    .expect("the copy opens");
+                for n in 0..2 {
+                    // (A clock far behind refuses these: then there is no other journal.)
+                    let _ = o.credit(Credit::grant("ws-other", 1, format!("other-{n}")));
+                }
+                if std::fs::copy(Ledger::journal_path(&other), &journal).is_err() {
+                    return;
+                }
+                drop(o);
+            }
+            Separation::FlipBit(seed) => {
+                let Ok(mut bytes) = std::fs::read(&journal) else {
+                    return;
+                };
+                let end = last_entry_offset(&bytes);
+                if end == 0 {
+                    return;
+                }
+                let at = usize::from(seed) * 7919 % end;
+                bytes[at] ^= 1 << (seed % 8);
+                std::fs::write(&journal, &bytes).expect("write the journal");
+            }
+            Separation::JournalOff => opts = opts.journal(false),
+        }
+        let placed = std::fs::read(&journal).ok();
+        let mut expected = self.model.clone();
+        if expected.open_sweep().is_err() {
+            return;
+        }
+        match Ledger::open_with(&trial, opts) {
+            Ok(ledger) => {
+                // Nothing lost: the open matches the model.
+                let main = self.ledger.replace(ledger);
+                let model = std::mem::replace(&mut self.model, expected);
+                self.compare(step);
+                self.audit(step);
+                self.ledger = main;
+                self.model = model;
+            }
+            Err(e) => {
+                assert!(
+                    !matches!(sep, Separation::JournalOff),
+                    "step {step}: {sep:?}: an intact crash image must open, got {e}"
+                );
+                assert!(
+                    e.to_string().contains(&journal.display().to_string()),
+                    "step {step}: {sep:?}: the refusal must name the journal: {e}"
+                );
+                assert!(
+                    matches!(e.category(), credit_ledger::ErrorCategory::Corruption),
+                    "step {step}: {sep:?}: a refusal is a damaged-file error: {e:?}"
+                );
+                assert_eq!(
+                    std::fs::read(&journal).ok(),
+                    placed,
+                    "step {step}: {sep:?}: a refusal leaves the journal as it was"
+                );
+                self.stats.refusals += 1;
+            }
+        }
+        self.stats.separations += 1;
+    }
+
     fn step(&mut self, i: usize, step: &Step) {
         match step {
             Step::One(op) => {
@@ -1381,6 +1635,15 @@ impl Harness {
                         .fail_generation(&generation_id, reason, &message)
                         .map(Outcome::Fail),
                     Op::Sweep { limit } => l.sweep_expired(limit).map(Outcome::Sweep),
+                    Op::Ack { consumer, txn_id } => l.ack(&consumer, txn_id).map(Outcome::Ack),
+                    Op::SetAlert {
+                        workspace,
+                        threshold_credits: Some(t),
+                    } => l.set_alert(&workspace, t).map(Outcome::Alert),
+                    Op::SetAlert {
+                        workspace,
+                        threshold_credits: None,
+                    } => l.remove_alert(&workspace).map(Outcome::Alert),
                 };
                 assert_eq!(got, want, "step {i}: {op:?}");
                 self.tally(&got);
@@ -1404,9 +1667,25 @@ impl Harness {
                 let t = self.model.clock.saturating_sub(*d);
                 self.set_clock(t);
             }
-            Step::Reopen { crash } => {
+            Step::Reopen { crash, separate } => {
+                if let (true, Some(sep)) = (*crash, separate) {
+                    self.separate(*sep, i);
+                }
                 self.reopen(*crash, i);
                 self.audit(i);
+            }
+            Step::AlertNear {
+                workspace,
+                below_by,
+            } => {
+                let ws = WORKSPACES[*workspace];
+                let balance = self.model.ws.get(ws).map_or(0, |w| w.balance);
+                let op = Op::SetAlert {
+                    workspace: ws.to_string(),
+                    threshold_credits: Some(balance.saturating_sub(*below_by).max(1)),
+                };
+                self.step(i, &Step::One(op));
+                return;
             }
         }
         self.stats.steps += 1;
@@ -1436,6 +1715,14 @@ impl Harness {
                     "step {i}: generation {id} should not exist"
                 ),
             }
+        }
+        for c in CONSUMERS {
+            let want = m.consumers.get(c).copied().unwrap_or(0);
+            assert_eq!(l.position(c), Ok(want), "step {i}: position of {c}");
+        }
+        for ws in WORKSPACES {
+            let want = m.alerts.get(ws).copied();
+            assert_eq!(l.alert(ws), Ok(want), "step {i}: alert of {ws}");
         }
         assert_eq!(l.now_ms(), m.clock.max(m.last_at), "step {i}: now_ms");
         assert_eq!(
@@ -1611,6 +1898,25 @@ pub fn run_journal(data: &[u8]) -> RunStats {
     run_on(data, Harness::new_journal())
 }
 
+/// Where the last entry of the journal's open epoch starts (entries are consecutive from block 1),
+/// or 0 when it has none: a flip before it is damage, not a torn tail.
+fn last_entry_offset(journal: &[u8]) -> usize {
+    const BLOCK: usize = 4096;
+    let Some(epoch) = journal.get(12..20) else {
+        return 0;
+    };
+    let (mut at, mut last) = (BLOCK, 0);
+    while let Some(h) = journal.get(at..at + 28) {
+        if &h[..4] != b"CLJ\x02" || &h[8..16] != epoch {
+            break;
+        }
+        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+        last = at;
+        at += (28 + len).div_ceil(BLOCK) * BLOCK;
+    }
+    last
+}
+
 fn run_on(data: &[u8], mut h: Harness) -> RunStats {
     let steps = decode(data);
     for (i, s) in steps.iter().enumerate() {
@@ -1618,8 +1924,15 @@ fn run_on(data: &[u8], mut h: Harness) -> RunStats {
     }
     // At the end: audit, then a crash and one more audit of what survived.
     h.audit(steps.len());
+    h.separate(Separation::DeleteJournal, steps.len());
     h.reopen(true, steps.len());
     h.compare(steps.len());
     h.audit(steps.len());
+    h.stats.notifications = h
+        .model
+        .txns
+        .iter()
+        .filter(|t| t.kind == TxnKind::BalanceLow)
+        .count() as u64;
     h.stats.clone()
 }

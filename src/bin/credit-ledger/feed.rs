@@ -1,10 +1,12 @@
-//! The change feed from a shell: `changes` (the global log after an id, as JSON lines with
-//! `--json`).
+//! The change feed from a shell: `changes` (the global log after an id or a consumer's
+//! stored position, as JSON lines with `--json`) and `ack` (store a consumer's position).
 
 use credit_ledger::limits::MAX_PAGE_LIMIT;
 use credit_ledger::{Ledger, TransactionView};
 
-use crate::args::ChangesArgs;
+use serde_json::json;
+
+use crate::args::{AckArgs, ChangesArgs};
 use crate::fail::CliError;
 use crate::open::{Context, Mode};
 use crate::output::{clean, signed, Out};
@@ -65,7 +67,29 @@ fn print_after(
 }
 
 pub fn changes(ctx: &Context, a: &ChangesArgs, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
-    print_after(ctx, &ledger, a.after, a.limit, out)?;
+    let ledger = ctx.open(Mode::Read)?;
+    let after = match (&a.consumer, a.after) {
+        (Some(c), _) => ledger.position(c)?,
+        (None, after) => after.unwrap_or(0),
+    };
+    print_after(ctx, &ledger, after, a.limit, out)?;
     Ok(())
+}
+
+pub fn ack(ctx: &Context, a: &AckArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Existing)?;
+    let r = ledger.ack(&a.consumer, a.txn)?;
+    if ctx.json {
+        return out.json(&json!({
+            "consumer": r.consumer,
+            "position": r.txn_id,
+            "replay": r.replay,
+        }));
+    }
+    let note = if r.replay { " (already there)" } else { "" };
+    out.line(format!(
+        "Consumer {} is at transaction #{}{note}",
+        clean(&r.consumer),
+        r.txn_id
+    ))
 }
