@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use redb::{Database, ReadableDatabase};
 
 use super::Ledger;
-use crate::engine::{self, EngineConfig, WriterState};
+use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
 use crate::error::{Error, Result};
 use crate::model::limits::MAX_MEMO_BYTES;
 use crate::storage::journal::{self, Batch, Journal, Proof};
@@ -68,8 +68,10 @@ fn replay(
                 batch.proof.before.0, batch.proof.before.2, state.next_txn_id, state.last_crc
             )));
         }
+        // Only batches with a trusted clock are journaled (see `commit_journaled`).
         let config = EngineConfig {
             default_timeout_ms: batch.default_timeout_ms,
+            clock: ClockCheck::Trusted,
         };
         let applied = engine::run(txn, state, batch.now_ms, config, &batch.ops)?;
         let ok_bits = Proof::ok_bits(&applied.results);
