@@ -218,6 +218,7 @@ fn replay_pending(
         let memo = discard_memo(epoch, from, last_seen, &reason);
         let config = EngineConfig {
             default_timeout_ms: 0,
+            clock: ClockCheck::Trusted,
         };
         engine::note_every_workspace(&txn, state, at_ms, config, JOURNAL_DISCARDED_TITLE, &memo)?;
         last_seq = last_seq.max(last_seen.unwrap_or(0));
