@@ -171,6 +171,8 @@ impl GrantAudit {
             );
         };
         match (rec.kind, rec.debit) {
+            // A zero-credit Adjustment is an audit note (a journal discard): no grant.
+            (TxnKind::Adjustment, false) if rec.amount_credits == 0 => {}
             (TxnKind::Purchase | TxnKind::Grant | TxnKind::Adjustment, false) => {
                 let key = rec.idempotency_key.clone().unwrap_or_default();
                 let k = (ws.to_string(), key.clone(), 0);

@@ -569,6 +569,8 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
             grant: req.grant_id.clone(),
         });
     }
+    // The clock check `append` makes, made before the first grant write.
+    ctx.trust_clock()?;
     let rec = close(
         ctx,
         &req.workspace,

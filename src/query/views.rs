@@ -235,6 +235,10 @@ pub struct TransactionView {
     /// Adjustment) which grants paid, in drawdown order; for a Refund where each part went
     /// back, and until when it is spendable; for an Expiration or a Void what was closed.
     pub allocations: Vec<Allocation>,
+    /// For a Refund written while the ledger did not trust the clock (far behind the log, or
+    /// far ahead of the wall clock): what the clock read. The refund went ahead anyway, as
+    /// every refund does, stamped `at_ms`: the log's last time (or the wall clock's).
+    pub untrusted_clock_ms: Option<u64>,
     /// For a `BalanceLow` notification: the alert threshold the balance fell below.
     pub alert_threshold_credits: Option<u64>,
 }
@@ -315,6 +319,7 @@ impl TransactionView {
             alert_threshold_credits,
             idempotency_key: r.idempotency_key,
             allocations: Vec::new(),
+            untrusted_clock_ms: None,
         }
     }
 }
