@@ -204,10 +204,18 @@ impl Ledger {
 
     fn init(db: Database, source: Source, options: Options) -> Result<Ledger> {
         ensure_schema(&db, Path::new(&source.to_string()))?;
-        let journal = match journal_path(&source, &options) {
-            Some(path) => Some(checkpoint::recover(&db, path)?),
-            None => None,
+        let recovered = match &source {
+            // Every open of a file replays a pending journal, whatever the options say.
+            Source::File(path) => {
+                let policy = checkpoint::Policy {
+                    keep_journal: keeps_journal(&options),
+                    discard_at_ms: options.discard_journal.then(|| options.clock.now_ms()),
+                };
+                Some(checkpoint::recover(&db, path, policy)?)
+            }
+            _ => None,
         };
+        let (journal, journal_discard) = recovered.map_or((None, None), |r| (r.journal, r.discard));
         let ledger = Ledger {
             db: RwLock::new(Some(db)),
             source,
@@ -215,6 +223,7 @@ impl Ledger {
             writer: Mutex::new(None),
             needs_reopen: AtomicBool::new(false),
             journal: Mutex::new(journal),
+            journal_discard,
             group: GroupCommit::default(),
             earliest_deadline_ms: AtomicU64::new(0),
             last_at_ms: AtomicU64::new(0),
@@ -274,9 +283,14 @@ impl Ledger {
             Source::Fixed(_) => return Ok(()),
         };
         ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
-        if let Some(path) = journal_path(&self.source, &self.options) {
+        if let Source::File(path) = &self.source {
             // The journal may hold commits the reopened file does not: replay them.
-            *self.journal.lock() = Some(checkpoint::recover(&fresh, path)?);
+            // (Never discarding: that is for the operator, at open.)
+            let policy = checkpoint::Policy {
+                keep_journal: keeps_journal(&self.options),
+                discard_at_ms: None,
+            };
+            *self.journal.lock() = checkpoint::recover(&fresh, path, policy)?.journal;
         }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");
@@ -284,14 +298,9 @@ impl Ledger {
     }
 }
 
-/// The ledger file whose journal a ledger opened from `source` with `options` keeps, if any.
-fn journal_path<'a>(source: &'a Source, options: &Options) -> Option<&'a Path> {
-    match source {
-        Source::File(path) if options.journal && options.durability == Durability::Immediate => {
-            Some(path)
-        }
-        _ => None,
-    }
+/// Whether a file ledger opened with `options` writes through a journal.
+fn keeps_journal(options: &Options) -> bool {
+    options.journal && options.durability == Durability::Immediate
 }
 
 /// Create the tables of a new file, or check that an existing one is a ledger of a version

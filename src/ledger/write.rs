@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{Durability, Ledger, NO_DEADLINE};
-use crate::engine::{self, EngineConfig, WriterState};
+use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
 use crate::error::{Error, Result};
 use crate::model::{Op, Outcome, RefundReceipt};
-use crate::storage::journal::{self, Journal};
+use crate::storage::journal::{self, Journal, Proof};
 use crate::storage::tables;
 
 /// The error a redb panic during a write becomes (see [`super::open::no_panic`]). As after any failed
@@ -43,21 +43,43 @@ impl Ledger {
         Ok(state)
     }
 
-    fn effective_now(&self, state: &WriterState) -> Result<u64> {
+    /// The time a batch is stamped with, and whether the clock's reading can be trusted.
+    ///
+    /// A clock more than `max_clock_ahead_ms` ahead of the wall clock is not trusted: the
+    /// batch runs at the wall clock's time (or the log's last time, if later). A clock within
+    /// `max_clock_regression_ms` behind the log is stamped with the log's last time; one
+    /// further behind is not trusted, and the batch runs at the log's last time too. With an
+    /// untrusted clock only refunds are written (see [`ClockCheck`]).
+    fn effective_now(&self, state: &WriterState) -> (u64, ClockCheck) {
         let clock = self.options.clock.now_ms();
-        if clock >= state.last_at_ms {
-            return Ok(clock);
+        let last_ms = state.last_at_ms;
+        if let Some(tolerance_ms) = self.options.max_clock_ahead_ms {
+            let wall_ms = self.options.wall_clock.now_ms();
+            if let Some(ahead_ms) = clock.checked_sub(wall_ms).filter(|a| *a > tolerance_ms) {
+                let check = ClockCheck::Ahead {
+                    now_ms: clock,
+                    wall_ms,
+                    ahead_ms,
+                    tolerance_ms,
+                };
+                return (wall_ms.max(last_ms), check);
+            }
         }
-        let behind_ms = state.last_at_ms - clock;
-        if behind_ms <= self.options.max_clock_regression_ms {
-            Ok(state.last_at_ms)
+        if clock >= last_ms {
+            return (clock, ClockCheck::Trusted);
+        }
+        let behind_ms = last_ms - clock;
+        let tolerance_ms = self.options.max_clock_regression_ms;
+        if behind_ms <= tolerance_ms {
+            (last_ms, ClockCheck::Trusted)
         } else {
-            Err(Error::ClockRegressed {
+            let check = ClockCheck::Behind {
                 now_ms: clock,
-                last_ms: state.last_at_ms,
+                last_ms,
                 behind_ms,
-                tolerance_ms: self.options.max_clock_regression_ms,
-            })
+                tolerance_ms,
+            };
+            (last_ms, check)
         }
     }
 
@@ -87,10 +109,7 @@ impl Ledger {
                 Err(e) => return all(e),
             },
         };
-        let now_ms = match self.effective_now(&state) {
-            Ok(t) => t,
-            Err(e) => return all(e),
-        };
+        let (now_ms, clock) = self.effective_now(&state);
         let mut journal = self.journal.lock();
         let mut panicked = false;
         let on_panic = |detail| {
@@ -98,7 +117,7 @@ impl Ledger {
             write_panic(detail)
         };
         let committed = self.with_db(on_panic, |db| {
-            self.run_batch(db, ops, state, now_ms, journal.as_mut())
+            self.run_batch(db, ops, state, now_ms, clock, journal.as_mut())
         });
         match committed {
             Ok((results, new_state, earliest)) => {
@@ -117,7 +136,7 @@ impl Ledger {
                     self.deliver(d);
                 }
                 // Only now, after the durable commit, do the refunds exist: tell the app.
-                self.log_refunds(state.next_txn_id, &results);
+                self.log_refunds(&results);
                 results
             }
             Err(e) => {
@@ -145,11 +164,13 @@ impl Ledger {
         ops: &[Op],
         state: WriterState,
         now_ms: u64,
+        clock: ClockCheck,
         journal: Option<&mut Journal>,
     ) -> Result<Committed> {
         let mut txn = db.begin_write()?;
         let config = EngineConfig {
             default_timeout_ms: self.options.default_timeout_ms,
+            clock,
         };
         let applied = engine::run(&txn, state, now_ms, config, ops)?;
         if !applied.dirty {
@@ -166,43 +187,25 @@ impl Ledger {
                 txn.commit()?;
             }
             Some(journal) => {
-                let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops);
-                let journaled = journal.fits(payload.len());
-                // redb records the last journal entry it holds, in the batch's own transaction:
-                // this batch's entry, or (for a checkpoint) the last one written.
-                let held_seq = if journaled {
-                    journal.next_seq()
-                } else {
-                    journal.last_seq()
+                let proof = Proof {
+                    before: (state.next_txn_id, state.last_at_ms, state.last_crc),
+                    after: (
+                        applied.state.next_txn_id,
+                        applied.state.last_at_ms,
+                        applied.state.last_crc,
+                    ),
+                    ok_bits: Proof::ok_bits(&applied.results),
                 };
-                tables::put_meta_u64(
-                    &mut txn.open_table(tables::META)?,
-                    tables::META_JOURNAL_SEQ_KEY,
-                    held_seq,
-                )?;
-                if journaled {
-                    // The journal entry is the commit point: once it is synced, a crash
-                    // replays it. redb commits without a sync, and only after the entry is
-                    // durable, so no reader ever sees a write that a crash could take back.
-                    journal.append(held_seq, &payload)?;
-                    txn.set_durability(redb::Durability::None)?;
-                    txn.commit()?;
-                } else {
-                    // Too big for what is left of the journal: commit durably to redb. That
-                    // makes every earlier journaled commit durable too, a checkpoint.
-                    txn.set_quick_repair(true);
-                    txn.commit()?;
-                    journal.reset();
-                }
+                commit_journaled(txn, journal, now_ms, &config, ops, &proof)?;
             }
         }
         Ok((applied.results, applied.state, applied.earliest))
     }
 
     /// Emit an info event for every refund a committed batch wrote: failure reports, sweep
-    /// refunds, and lazy expiries (a late `complete` answered with
-    /// [`Error::GenerationRefunded`] whose refund is newer than `first_new_txn`).
-    fn log_refunds(&self, first_new_txn: u64, results: &[Result<Outcome>]) {
+    /// refunds, and lazy expiries (a late `complete` or repeated `start` answered with
+    /// [`Error::GenerationRefunded`] carrying the refund it wrote).
+    fn log_refunds(&self, results: &[Result<Outcome>]) {
         if !tracing::enabled!(tracing::Level::INFO) {
             return;
         }
@@ -222,24 +225,9 @@ impl Ledger {
                 Ok(Outcome::Fail(r)) if !r.replay => emit(r),
                 Ok(Outcome::Sweep(report)) => report.refunds.iter().for_each(emit),
                 Err(Error::GenerationRefunded {
-                    generation,
-                    reason,
-                    refund_txn,
-                }) if *refund_txn >= first_new_txn => {
-                    // The error names the refund; its workspace and amount are one read away.
-                    let (workspace, amount_credits) = match self.transaction(*refund_txn) {
-                        Ok(v) => (v.workspace, v.amount_credits.unsigned_abs()),
-                        Err(_) => (String::new(), 0),
-                    };
-                    tracing::info!(
-                        generation = %generation,
-                        workspace = %workspace,
-                        reason = reason.as_str(),
-                        amount_credits,
-                        refund_txn = *refund_txn,
-                        "refunded generation (completion arrived after the deadline)"
-                    );
-                }
+                    refunded_now: Some(r),
+                    ..
+                }) => emit(r),
                 _ => {}
             }
         }
@@ -250,4 +238,84 @@ impl Ledger {
         self.check_poison()?;
         self.group.submit(op, |ops| self.commit_batch(ops))
     }
+}
+
+/// Commit a batch of a ledger with a journal: the journal rules of `storage::journal`.
+///
+/// - The entry does not fit in what is left of the journal (or in any journal): commit durably
+///   and close the epoch if one is open (a checkpoint).
+/// - No epoch open (the first write after opening or after a checkpoint): write a new epoch's
+///   header to the journal and sync it, then commit this batch *durably* to redb together with
+///   the epoch record. The batch needs no entry: redb holds it. This is the one durable redb
+///   commit an epoch costs.
+/// - In an epoch, when the entry fits: append it and sync it (the commit point), then commit to
+///   redb without a sync. If the journal file turns out to have been deleted meanwhile (its
+///   link count is 0), the entry is durable nowhere a reopen would look: the batch is committed
+///   durably to redb instead, closing the epoch, before it is acknowledged; the next write
+///   starts a new epoch in a new file.
+///
+/// redb records the last entry it holds (`journal_seq`) in the batch's own transaction.
+fn commit_journaled(
+    mut txn: redb::WriteTransaction,
+    journal: &mut Journal,
+    now_ms: u64,
+    config: &EngineConfig,
+    ops: &[Op],
+    proof: &Proof,
+) -> Result<()> {
+    let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops, proof);
+    // A batch with an untrusted clock is not journaled: its entry would not say which of its
+    // writes the clock refused, so a replay could not reproduce it. It is rare (a broken
+    // clock) and takes the durable path of a batch too big for the journal.
+    if !journal.fits(payload.len()) || config.clock != ClockCheck::Trusted {
+        // Too big for what is left of the journal (or an untrusted clock): commit durably to
+        // redb. That makes every earlier journaled commit durable too, a checkpoint, and
+        // closes the epoch if one is open (a batch too big for any journal opens none).
+        let mut meta = txn.open_table(tables::META)?;
+        tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, journal.last_seq())?;
+        tables::put_journal_epoch(&mut meta, None)?;
+        drop(meta);
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        journal.close_epoch();
+        return Ok(());
+    }
+    if journal.epoch().is_none() {
+        let epoch = journal.write_epoch_header()?;
+        {
+            let mut meta = txn.open_table(tables::META)?;
+            tables::put_journal_epoch(&mut meta, Some((epoch, journal.next_seq())))?;
+            tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, journal.last_seq())?;
+        }
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        journal.open_epoch(epoch);
+        return Ok(());
+    }
+    let seq = journal.next_seq();
+    tables::put_meta_u64(
+        &mut txn.open_table(tables::META)?,
+        tables::META_JOURNAL_SEQ_KEY,
+        seq,
+    )?;
+    // The journal entry is the commit point: once it is synced, a crash replays it. redb
+    // commits without a sync, and only after the entry is durable, so no reader ever sees a
+    // write that a crash could take back.
+    journal.append(seq, &payload)?;
+    if journal.is_unlinked()? {
+        tracing::warn!(
+            journal = %journal.path().display(),
+            "the journal was deleted while the ledger is open; committing to the ledger file \
+             and starting a new journal"
+        );
+        tables::put_journal_epoch(&mut txn.open_table(tables::META)?, None)?;
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        journal.close_epoch();
+        journal.forget_file();
+        return Ok(());
+    }
+    txn.set_durability(redb::Durability::None)?;
+    txn.commit()?;
+    Ok(())
 }

@@ -41,6 +41,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_wait_ms)]
     pub wait: u64,
 
+    /// The time zone times are printed in (tables, and the `at` strings of JSON and CSV; `at_ms`
+    /// is the same in every zone): UTC, local (this machine's zone, from TZ or /etc/localtime),
+    /// or an IANA name such as Europe/Berlin.
+    #[arg(long, global = true, value_name = "ZONE", default_value = "UTC", value_parser = crate::time::Zone::parse)]
+    pub tz: crate::time::Zone,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -84,6 +90,10 @@ pub enum Command {
     /// Run a simulated workload on a fresh ledger file and report throughput, refunds,
     /// the credit reconciliation and the audit.
     Simulate(SimulateArgs),
+    /// Open a ledger whose journal cannot be replayed (missing, another copy's, damaged),
+    /// accepting the loss of the writes in it: the operator's last resort after looking for
+    /// the right journal and for a backup.
+    Recover(RecoverArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -305,6 +315,14 @@ pub struct AckArgs {
     pub consumer: String,
     /// The last transaction id it has processed.
     pub txn: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Discard the journal entries that cannot be replayed, and write a note saying which
+    /// into every workspace's log. Required: without it nothing is ever discarded.
+    #[arg(long)]
+    pub discard_journal: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -59,7 +59,12 @@ impl Context {
     /// Options for the tool: the `--now` clock if given, and no catch-up sweep on open, so
     /// that reading never writes and `sweep` is the one command that sweeps.
     pub fn options(&self) -> Options {
-        let options = Options::default().sweep_on_open(false);
+        let mut options = Options::default().sweep_on_open(false);
+        if self.allow_future_now {
+            // The operator insisted: the library's own guard against a clock far ahead of the
+            // system clock (`Options::max_clock_ahead_ms`) steps aside too.
+            options = options.max_clock_ahead_ms(None);
+        }
         match self.now_ms {
             Some(ms) => options.clock(ManualClock::new(ms)),
             None => options,
@@ -87,7 +92,7 @@ impl Context {
                         } else {
                             format!(
                                 " (waited {}; wait longer with --wait, for example --wait 2m)",
-                                credit_ledger::format_duration_ms(self.wait_ms)
+                                crate::time::format_duration(self.wait_ms)
                             )
                         }));
                     }
@@ -119,7 +124,7 @@ impl Context {
         Err(CliError::future_now(format!(
             "--now {} is {} ahead of the system clock ({}); a write stamped then makes every later write with the real clock fail until that time. Check the date, or pass --allow-future-now if the system clock is the one that is wrong",
             crate::time::format_rfc3339(now_ms),
-            credit_ledger::format_duration_ms(ahead_ms),
+            crate::time::format_duration(ahead_ms),
             crate::time::format_rfc3339(system_ms),
         )))
     }
