@@ -278,7 +278,7 @@ pub enum Error {
     /// writes the file does not, and the journal at `journal` is not that journal: it is
     /// missing, another copy's or another ledger's, emptied, or older than what the file has
     /// seen. Nothing was changed; opening it anyway would come back with an older state.
-    #[error("the ledger `{ledger}` keeps acknowledged writes in its journal `{journal}`, but {problem}. Nothing was changed. Put the ledger's own journal back at that path, or restore both files from a backup")]
+    #[error("the ledger `{ledger}` keeps acknowledged writes in its journal `{journal}`, but {problem}. Nothing was changed. Put the ledger's own journal back at that path, or restore both files from a backup; to open the ledger without those writes, accepting their loss, run `credit-ledger --db {ledger} recover --discard-journal` (Options::discard_journal)")]
     JournalMismatch {
         /// The ledger file.
         ledger: String,

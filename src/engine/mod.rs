@@ -185,6 +185,32 @@ pub(crate) fn run(
     })
 }
 
+/// Append a zero-credit Adjustment titled `title` with `memo` to the log of every workspace, at
+/// `now_ms`: an audit note that each workspace's history shows and `verify` checks like any
+/// other record (the operator's journal discard writes one). Returns the writer state after it.
+pub(crate) fn note_every_workspace(
+    txn: &WriteTransaction,
+    state: WriterState,
+    now_ms: u64,
+    config: EngineConfig,
+    title: &str,
+    memo: &str,
+) -> Result<WriterState, Error> {
+    let mut ctx = Ctx::open(txn, state, now_ms, config)?;
+    let mut ids = Vec::new();
+    for entry in ctx.workspaces.iter()? {
+        ids.push(entry?.0.value().to_string());
+    }
+    for ws in &ids {
+        credit::note(&mut ctx, ws, title, memo)?;
+    }
+    ctx.flush()?;
+    if ctx.broken {
+        return Err(Error::storage("a write failed"));
+    }
+    Ok(ctx.state)
+}
+
 /// The consumers and alerts tables, which a version 1 file lacks until the first write that
 /// needs them.
 pub(crate) struct FeedTables<'txn> {

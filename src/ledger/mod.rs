@@ -8,6 +8,7 @@ mod open;
 mod options;
 mod panic_guard;
 mod read;
+mod subscribe;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -16,8 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use redb::Database;
 
+pub use checkpoint::{JournalDiscard, JOURNAL_DISCARDED_TITLE};
 pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use panic_guard::inside_panic_guard;
+pub use subscribe::{FeedEvent, Subscription};
 
 use crate::engine::WriterState;
 use crate::error::{Error, Result};
@@ -71,6 +74,8 @@ pub struct Ledger {
     /// The write-ahead journal of a file ledger with `Durability::Immediate`; locked only by
     /// the writer, after `writer`.
     journal: Mutex<Option<Journal>>,
+    /// What the operator's journal discard threw away when this ledger was opened, if anything.
+    journal_discard: Option<JournalDiscard>,
     group: GroupCommit,
     /// The earliest running deadline, so an idle sweep check needs no I/O.
     earliest_deadline_ms: AtomicU64,
@@ -78,6 +83,8 @@ pub struct Ledger {
     last_at_ms: AtomicU64,
     /// Set when a background thread of this ledger panicked.
     poison: Mutex<Option<String>>,
+    /// Receivers of committed entries ([`Ledger::subscribe`]).
+    feed: subscribe::Subscribers,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -114,6 +121,13 @@ impl Ledger {
             Source::File(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// What opening this ledger discarded from its journal, with
+    /// [`Options::discard_journal`] on and a journal that could not be replayed; `None` when
+    /// nothing was discarded.
+    pub fn journal_discard(&self) -> Option<&JournalDiscard> {
+        self.journal_discard.as_ref()
     }
 
     /// The options it was opened with.

@@ -205,11 +205,18 @@ impl Ledger {
 
     fn init(db: Database, source: Source, options: Options) -> Result<Ledger> {
         ensure_schema(&db, Path::new(&source.to_string()))?;
-        let journal = match &source {
+        let recovered = match &source {
             // Every open of a file replays a pending journal, whatever the options say.
-            Source::File(path) => checkpoint::recover(&db, path, keeps_journal(&options))?,
+            Source::File(path) => {
+                let policy = checkpoint::Policy {
+                    keep_journal: keeps_journal(&options),
+                    discard_at_ms: options.discard_journal.then(|| options.clock.now_ms()),
+                };
+                Some(checkpoint::recover(&db, path, policy)?)
+            }
             _ => None,
         };
+        let (journal, journal_discard) = recovered.map_or((None, None), |r| (r.journal, r.discard));
         let ledger = Ledger {
             db: RwLock::new(Some(db)),
             source,
@@ -217,10 +224,12 @@ impl Ledger {
             writer: Mutex::new(None),
             needs_reopen: AtomicBool::new(false),
             journal: Mutex::new(journal),
+            journal_discard,
             group: GroupCommit::default(),
             earliest_deadline_ms: AtomicU64::new(0),
             last_at_ms: AtomicU64::new(0),
             poison: Mutex::new(None),
+            feed: Default::default(),
         };
         {
             let mut writer = ledger.writer.lock();
@@ -277,7 +286,12 @@ impl Ledger {
         ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
         if let Source::File(path) = &self.source {
             // The journal may hold commits the reopened file does not: replay them.
-            *self.journal.lock() = checkpoint::recover(&fresh, path, keeps_journal(&self.options))?;
+            // (Never discarding: that is for the operator, at open.)
+            let policy = checkpoint::Policy {
+                keep_journal: keeps_journal(&self.options),
+                discard_at_ms: None,
+            };
+            *self.journal.lock() = checkpoint::recover(&fresh, path, policy)?.journal;
         }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");

@@ -10,9 +10,11 @@ mod feed;
 mod open;
 mod output;
 mod reads;
+mod recover;
 mod rows;
 mod simulate;
 mod time;
+mod warnings;
 mod writes;
 
 use std::process::ExitCode;
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     // leaves it) means "no path given": clap would otherwise reject it as an empty `--db`,
     // an option the user never typed. Nothing else runs yet, so changing the environment is
     // safe here.
+    warnings::install();
     if std::env::var_os(args::DB_ENV).is_some_and(|v| v.is_empty()) {
         std::env::remove_var(args::DB_ENV);
     }
@@ -122,5 +125,6 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Changes(a) => feed::changes(&ctx, a, out),
         Command::Ack(a) => feed::ack(&ctx, a, out),
         Command::Simulate(a) => simulate::run(&ctx, a, out),
+        Command::Recover(a) => recover::run(&ctx, a, out),
     }
 }
