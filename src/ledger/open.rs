@@ -59,7 +59,7 @@ pub(super) fn no_panic<T>(
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         Err(on_panic(format!(
-            "the storage engine failed on damaged data ({message}); run `verify` and restore from a backup"
+            "the storage engine failed on damaged data ({message})"
         )))
     })
 }
@@ -141,9 +141,10 @@ impl Ledger {
                 })
             }
         }
+        // A panic while opening: the file is damaged beyond opening, so `verify` cannot help.
         let not_ledger = |detail| Error::NotALedger {
             path: path.display().to_string(),
-            detail,
+            detail: format!("{detail}; restore it from a backup"),
         };
         no_panic(not_ledger, || {
             let db = open_file(path, options.cache_size_bytes)?;
@@ -228,6 +229,7 @@ impl Ledger {
             earliest_deadline_ms: AtomicU64::new(0),
             last_at_ms: AtomicU64::new(0),
             poison: Mutex::new(None),
+            feed: Default::default(),
         };
         {
             let mut writer = ledger.writer.lock();
