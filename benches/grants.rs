@@ -92,9 +92,7 @@ fn grants(c: &mut Criterion) {
                 let ops: Vec<Op> = (0..10_000)
                     .map(|_| {
                         next += 1;
-                        Op::Credit(
-                            Credit::grant("ws", 5, format!("exp-{next}")).expires_at_ms(at),
-                        )
+                        Op::Credit(Credit::grant("ws", 5, format!("exp-{next}")).expires_at_ms(at))
                     })
                     .collect();
                 common::apply_all(&ledger, ops);

@@ -180,6 +180,7 @@ pub fn run(ctx: &Context, a: &SimulateArgs, out: &mut Out) -> Result<(), CliErro
     let t = Instant::now();
     let audit = ledger.verify()?;
     let verify_elapsed = t.elapsed();
+    let (workspaces_reconciled, workspace_mismatches) = reconcile_workspaces(&ledger)?;
     drop(ledger);
 
     let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -195,6 +196,8 @@ pub fn run(ctx: &Context, a: &SimulateArgs, out: &mut Out) -> Result<(), CliErro
         wall: wall.elapsed(),
         file_bytes,
         peak_rss_bytes: peak_rss_bytes(),
+        workspaces_reconciled,
+        workspace_mismatches,
     });
     if ctx.json {
         out.json(&report.json())?;
@@ -216,6 +219,34 @@ pub fn run(ctx: &Context, a: &SimulateArgs, out: &mut Out) -> Result<(), CliErro
             ),
         })
     }
+}
+
+/// Each workspace's own reconciliation, from its totals: granted - spent + refunded -
+/// expired (and the operator's adjustments and voids, which the simulation makes none of)
+/// = balance. Returns how many were checked and the first few that did not add up.
+fn reconcile_workspaces(ledger: &Ledger) -> Result<(u64, Vec<String>), CliError> {
+    let (mut checked, mut bad) = (0u64, Vec::new());
+    let mut after: Option<String> = None;
+    loop {
+        let page = ledger.workspaces(after.as_deref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.workspace.clone());
+        for w in &page {
+            checked += 1;
+            let inflow = u128::from(w.granted_credits)
+                + u128::from(w.refunded_credits)
+                + u128::from(w.adjusted_in_credits);
+            let outflow = u128::from(w.spent_credits)
+                + u128::from(w.expired_credits)
+                + u128::from(w.voided_credits)
+                + u128::from(w.adjusted_out_credits);
+            if inflow.checked_sub(outflow) != Some(u128::from(w.balance_credits)) && bad.len() < 10
+            {
+                bad.push(w.workspace.clone());
+            }
+        }
+    }
+    Ok((checked, bad))
 }
 
 fn shown(p: &Path) -> String {

@@ -25,6 +25,9 @@ pub struct Inputs<'a> {
     pub wall: Duration,
     pub file_bytes: u64,
     pub peak_rss_bytes: Option<u64>,
+    /// Workspaces whose own totals were reconciled, and those (first few) that did not add up.
+    pub workspaces_reconciled: u64,
+    pub workspace_mismatches: Vec<String>,
 }
 
 struct Check {
@@ -88,22 +91,36 @@ impl<'a> Report<'a> {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        let expected_balance = (t.granted + t.expected_refunded).checked_sub(t.spent);
+        let expected_balance = (t.granted + t.expected_refunded).checked_sub(t.spent + t.expired);
         let mut checks = vec![
             Check {
                 name: "conservation",
                 ok: i.totals.is_conserved(),
                 detail: format!(
-                    "granted {} - spent {} + refunded {} = balances {}",
+                    "granted {} - spent {} + refunded {} - expired {} = balances {}",
                     i.totals.granted_credits,
                     i.totals.spent_credits,
                     i.totals.refunded_credits,
+                    i.totals.expired_credits,
                     i.totals.balance_credits
                 ),
+            },
+            Check {
+                name: "per workspace",
+                ok: i.workspace_mismatches.is_empty(),
+                detail: if i.workspace_mismatches.is_empty() {
+                    format!(
+                        "granted - spent + refunded - expired = balance in each of {} workspaces",
+                        i.workspaces_reconciled
+                    )
+                } else {
+                    format!("does not add up in {}", i.workspace_mismatches.join(", "))
+                },
             },
             eq_check("granted", i.totals.granted_credits, t.granted),
             eq_check("spent", i.totals.spent_credits, t.spent),
             eq_check("refunded", i.totals.refunded_credits, t.expected_refunded),
+            eq_check("expired", i.totals.expired_credits, t.expired),
             Check {
                 name: "balance",
                 ok: expected_balance == Some(i.totals.balance_credits),
@@ -228,6 +245,8 @@ impl<'a> Report<'a> {
                 "granted": i.totals.granted_credits.to_string(),
                 "spent": i.totals.spent_credits.to_string(),
                 "refunded": i.totals.refunded_credits.to_string(),
+                "expired": i.totals.expired_credits.to_string(),
+                "grace_refunds": t.grace_refunds,
                 "running": i.totals.running_generations,
                 "transactions": i.audit.checked.transactions,
             },
@@ -301,13 +320,18 @@ impl<'a> Report<'a> {
         lines.extend(table.render().into_iter().map(|l| format!("  {l}")));
         lines.push(String::new());
         lines.push(format!(
-            "Balances: {} workspaces hold {} credits = granted {} - spent {} + refunded {}; {} running",
+            "Balances: {} workspaces hold {} credits = granted {} - spent {} + refunded {} - expired {}; {} running",
             i.totals.workspaces,
             thousands(i.totals.balance_credits),
             thousands(i.totals.granted_credits),
             thousands(i.totals.spent_credits),
             thousands(i.totals.refunded_credits),
+            thousands(i.totals.expired_credits),
             i.totals.running_generations
+        ));
+        lines.push(format!(
+            "Grants: a 7-day trial and this month's subscription expired during the run; {} refunds gave credits back into a grace part of a grant that had expired or was about to",
+            thousands(u128::from(t.grace_refunds))
         ));
         for c in &self.checks {
             lines.push(format!(

@@ -56,8 +56,19 @@ const FINISH_AFTER_MS: u64 = 5 * 60_000;
 const LATE_ONE_IN: u64 = 4;
 /// Refunds per sweep call.
 const SWEEP_LIMIT: u32 = 10_000;
-/// Trial grant each workspace gets on top of its purchase.
+/// Trial grant each workspace gets on top of its purchase: 7 simulated days long, and it
+/// expires a third of the way through the run.
 pub const TRIAL_GRANT: u64 = 100;
+/// How long the trial lasts.
+const TRIAL_MS: u64 = 7 * 24 * 60 * 60_000;
+/// The monthly subscription grant, in credits per generation the workspace will run: more
+/// than the first half of the run spends, so part of this period's lapses at its end (half way
+/// through the run); the next period's (credited up front, not yet effective) starts then.
+const SUBSCRIPTION_PER_GENERATION: u64 = 10;
+/// A subscription period.
+const PERIOD_MS: u64 = 30 * 24 * 60 * 60_000;
+/// The trial and the subscription are spent before the top-up pack.
+const INCLUDED_PRIORITY: u32 = 10;
 
 #[derive(Clone, Copy)]
 enum Fate {
@@ -80,6 +91,11 @@ pub struct Tally {
     pub granted: u128,
     pub spent: u128,
     pub refunded: u128,
+    /// What the sweeps' Expirations took off.
+    pub expired: u128,
+    /// Refunds that gave credits back into a grant's refund-grace part (the grant had expired,
+    /// or was about to, while the generation ran).
+    pub grace_refunds: u64,
     pub started: u64,
     pub completed: u64,
     pub refunds_by_reason: BTreeMap<&'static str, u64>,
@@ -236,24 +252,44 @@ pub fn run(
     let start_ms = p.start_ms;
     clock.set_ms(start_ms);
 
-    // Fund: a purchase big enough for every generation the workspace will run, and a trial
-    // grant. Generation i is paid by workspace i % workspaces.
+    // Fund: a top-up pack without expiry big enough for every generation the workspace will
+    // run, a 7-day trial that expires a third of the way through the run, this month's
+    // subscription credits (expiring at the period's end, half way through) and next month's
+    // (effective from then). The trial and the subscription are spent first, so refunds cross
+    // their expiries. Generation i is paid by workspace i % workspaces.
+    let run_ms = p.generations.div_ceil(wave_size(p.generations)) * WAVE_STEP_MS;
+    let trial_ends = start_ms + run_ms / 3;
+    let period_ends = start_ms + run_ms / 2;
     let per_ws = p.generations.div_ceil(u64::from(p.workspaces));
     let purchase = per_ws.saturating_mul(MAX_COST).max(1);
+    let subscription = per_ws.saturating_mul(SUBSCRIPTION_PER_GENERATION).max(1);
     let workspaces = u64::from(p.workspaces);
     let mut w0 = 0;
     while w0 < workspaces {
         // In waves too, so that a million workspaces do not mean two million queued requests.
         let w1 = (w0 + 5_000).min(workspaces);
-        let mut ops = Vec::with_capacity(((w1 - w0) * 2) as usize);
+        let mut ops = Vec::with_capacity(((w1 - w0) * 4) as usize);
         for w in w0..w1 {
             let ws = workspace_id(w);
             ops.push(Op::Credit(
                 Credit::purchase(&ws, purchase, format!("order-{w}")).memo("simulated purchase"),
             ));
             ops.push(Op::Credit(
-                Credit::grant(&ws, TRIAL_GRANT, format!("trial-{w}")).memo("trial credits"),
+                Credit::grant(&ws, TRIAL_GRANT, format!("trial-{w}"))
+                    .memo("trial credits")
+                    .priority(INCLUDED_PRIORITY)
+                    .effective_at_ms(trial_ends.saturating_sub(TRIAL_MS))
+                    .expires_at_ms(trial_ends),
             ));
+            for (period, ends) in [("this", period_ends), ("next", period_ends + PERIOD_MS)] {
+                ops.push(Op::Credit(
+                    Credit::grant(&ws, subscription, format!("monthly-{period}-{w}"))
+                        .memo("monthly credits")
+                        .priority(INCLUDED_PRIORITY)
+                        .effective_at_ms(ends - PERIOD_MS)
+                        .expires_at_ms(ends),
+                ));
+            }
         }
         let n = ops.len() as u64;
         let t = Instant::now();
@@ -382,7 +418,8 @@ pub fn run(
                 Ok(Outcome::Fail(f))
                     if !f.replay && f.reason == reason && f.amount_credits == cost =>
                 {
-                    tally.refund(reason, cost)
+                    tally.refund(reason, cost);
+                    tally.grace_refunds += u64::from(f.allocations.iter().any(|a| a.lot > 0));
                 }
                 Err(e) if fatal(&e) => return Err(e),
                 other => tally.unexpected(format!("fail gen-{i:08}: {other:?}")),
@@ -469,9 +506,14 @@ fn sweep(ledger: &Ledger, tally: &mut Tally) -> Result<(), Error> {
             refunds += 1;
             if r.reason == RefundReason::Timeout && !r.replay {
                 tally.refund(RefundReason::Timeout, r.amount_credits);
+                tally.grace_refunds += u64::from(r.allocations.iter().any(|a| a.lot > 0));
             } else {
                 tally.unexpected(format!("sweep refund {r:?}"));
             }
+        }
+        for e in &report.expirations {
+            tally.expired += u128::from(e.amount_credits);
+            tally.transactions += 1;
         }
         if !report.more_expired {
             break;
