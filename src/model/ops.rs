@@ -262,7 +262,8 @@ pub struct Receipt {
     pub kind: TxnKind,
     /// The signed amount.
     pub amount_credits: i64,
-    /// Balance before the transaction.
+    /// Balance before the transaction: every credit the workspace's grants hold, spendable
+    /// now or not (see [`WorkspaceSummary`](crate::WorkspaceSummary) for the split).
     pub balance_before_credits: u64,
     /// Balance after it.
     pub balance_after_credits: u64,
@@ -283,7 +284,8 @@ pub struct Charge {
     pub usage_txn: u64,
     /// What was charged.
     pub cost_credits: u64,
-    /// Balance before the charge.
+    /// Balance before the charge (every credit the grants hold; the charge needed only the
+    /// spendable part).
     pub balance_before_credits: u64,
     /// Balance after it.
     pub balance_after_credits: u64,
@@ -327,7 +329,7 @@ pub struct RefundReceipt {
     pub reason: RefundReason,
     /// The stored error message.
     pub message: String,
-    /// Balance before the refund.
+    /// Balance before the refund (every credit the grants hold, spendable or not).
     pub balance_before_credits: u64,
     /// Balance after it.
     pub balance_after_credits: u64,
