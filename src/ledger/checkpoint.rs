@@ -11,7 +11,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use redb::{Database, ReadableDatabase};
+use std::fs::File;
+
+use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use super::Ledger;
 use crate::engine::{self, EngineConfig, WriterState};
@@ -41,9 +43,26 @@ fn commit_meta(db: &Database, key: &str, value: u64) -> Result<()> {
     Ok(())
 }
 
-/// Open the journal of the ledger file at `ledger` and replay into `db` every entry that redb
-/// does not hold yet, in one durable commit. The journal comes back empty.
-pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
+/// How many journal entries a read-only open would have to replay: the entries of `file` (the
+/// journal of the ledger file at `ledger`, if there is one) that the snapshot `rtx` lacks.
+pub(super) fn pending_entries(
+    rtx: &ReadTransaction,
+    ledger: &Path,
+    file: Option<File>,
+) -> Result<usize> {
+    let meta = rtx.open_table(tables::META)?;
+    let Some(id) = tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)? else {
+        // A file that never had a journal: nothing in one can be its.
+        return Ok(0);
+    };
+    let applied_seq = tables::get_meta_u64(&meta, tables::META_JOURNAL_SEQ_KEY)?.unwrap_or(0);
+    let (_, batches) = Journal::open(journal::path_for(ledger), file, id, applied_seq)?;
+    Ok(batches.len())
+}
+
+/// Open the journal `file` of the ledger file at `ledger` and replay into `db` every entry
+/// that redb does not hold yet, in one durable commit. The journal comes back empty.
+pub(super) fn recover(db: &Database, ledger: &Path, file: File) -> Result<Journal> {
     let (id, applied_seq) = {
         let rtx = db.begin_read()?;
         let meta = rtx.open_table(tables::META)?;
@@ -62,7 +81,8 @@ pub(super) fn recover(db: &Database, ledger: &Path) -> Result<Journal> {
             id
         }
     };
-    let (mut journal, batches) = Journal::open(journal::path_for(ledger), id, applied_seq)?;
+    let (mut journal, batches) =
+        Journal::open(journal::path_for(ledger), Some(file), id, applied_seq)?;
     if !batches.is_empty() {
         let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);
@@ -129,6 +149,11 @@ impl Ledger {
     pub fn checkpoint(&self) -> Result<()> {
         self.check_poison()?;
         let mut writer = self.writer.lock();
+        self.checkpoint_locked(&mut writer)
+    }
+
+    /// [`checkpoint`](Self::checkpoint), with the writer lock held by the caller.
+    pub(super) fn checkpoint_locked(&self, writer: &mut Option<WriterState>) -> Result<()> {
         if self.needs_reopen.load(Ordering::SeqCst) {
             // Reopening replays the journal and checkpoints it.
             self.reopen()?;
@@ -175,6 +200,11 @@ impl Drop for Ledger {
                     "the storage engine failed while closing the file; run `verify` on it"
                 );
             }
+        }
+        // The journal file is the ledger's lock: it goes last, and only when it is empty (a
+        // ledger without a journal, or the close checkpoint already removed it).
+        if let Some(file) = self.journal_file.take() {
+            file.remove_if_empty();
         }
     }
 }

@@ -32,7 +32,7 @@
 //! journal starts over at offset 0), and a journal left behind by another ledger of the same
 //! name all end the replay instead of being applied.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -87,6 +87,29 @@ pub(crate) fn path_for(ledger: &Path) -> PathBuf {
     ledger.with_file_name(name)
 }
 
+/// What the first bytes of a journal file say about whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// They do not start like an entry: not a journal.
+    Foreign,
+    /// An entry header cut before its ledger id: a torn first write, nothing to replay.
+    Cut,
+    /// An entry of the ledger with this id.
+    Ledger(u64),
+}
+
+/// Whose journal a file starting with `block` is.
+pub(crate) fn owner(block: &[u8]) -> Owner {
+    let magic = block.len().min(MAGIC.len());
+    if block[..magic] != MAGIC[..magic] {
+        return Owner::Foreign;
+    }
+    match block.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+        Some(id) => Owner::Ledger(u64::from_le_bytes(id)),
+        None => Owner::Cut,
+    }
+}
+
 fn entry_bytes(payload_len: usize) -> u64 {
     (HEADER_BYTES + payload_len).div_ceil(BLOCK_BYTES as usize) as u64 * BLOCK_BYTES
 }
@@ -101,7 +124,7 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
 #[derive(Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
-    /// `None` until the first append: opening a ledger to read it creates no file.
+    /// `None` only for a read-only ledger without a journal file.
     file: Option<File>,
     ledger_id: u64,
     /// Where the next entry goes.
@@ -113,10 +136,13 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// Open the journal at `path` and read the entries after `applied_seq` that belong to
-    /// `ledger_id`. A missing file is an empty journal.
+    /// Read the journal `file` (opened and locked at `path` by
+    /// [`JournalFile`](super::journal_file::JournalFile)) and the entries after `applied_seq`
+    /// that belong to `ledger_id`. No file (a read-only open of a ledger without one) is an
+    /// empty journal.
     pub fn open(
         path: PathBuf,
+        file: Option<File>,
         ledger_id: u64,
         applied_seq: u64,
     ) -> Result<(Journal, Vec<Batch>), Error> {
@@ -128,14 +154,8 @@ impl Journal {
             allocated_bytes: 0,
             last_seq: applied_seq,
         };
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&journal.path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((journal, Vec::new())),
-            Err(e) => return Err(io_error(&journal.path, "cannot open it", e)),
+        let Some(file) = file else {
+            return Ok((journal, Vec::new()));
         };
         let len = file
             .metadata()
@@ -278,21 +298,8 @@ impl Journal {
         })
     }
 
-    /// Make sure the first `end` bytes are allocated, creating the file if needed.
+    /// Make sure the first `end` bytes are allocated.
     fn grow(&mut self, end: u64) -> Result<(), Error> {
-        if self.file.is_none() {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&self.path)
-                .map_err(|e| io_error(&self.path, "cannot create it", e))?;
-            // The file's name must be durable before an entry in it is acknowledged.
-            super::sync_folder_of(&self.path)
-                .map_err(|e| io_error(&self.path, "cannot sync its folder", e))?;
-            self.file = Some(file);
-        }
         let doubled = (self.allocated_bytes * 2).clamp(FIRST_GROW_BYTES, JOURNAL_CAPACITY_BYTES);
         let target = end.max(doubled);
         let zeros = vec![0u8; (target - self.allocated_bytes) as usize];
@@ -309,6 +316,22 @@ impl Journal {
 mod tests {
     use super::*;
 
+    /// Open (creating) the file at `path` and read it as a journal.
+    fn open_at(
+        path: PathBuf,
+        ledger_id: u64,
+        applied_seq: u64,
+    ) -> Result<(Journal, Vec<Batch>), Error> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        Journal::open(path, Some(file), ledger_id, applied_seq)
+    }
+
     fn ops(n: usize) -> Vec<Op> {
         (0..n)
             .map(|i| Op::Complete {
@@ -321,25 +344,25 @@ mod tests {
     fn entries_read_back_in_order_and_stop_at_a_gap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.journal");
-        let (mut j, none) = Journal::open(path.clone(), 7, 0).unwrap();
-        assert!(none.is_empty() && !path.exists());
+        let (mut j, none) = open_at(path.clone(), 7, 0).unwrap();
+        assert!(none.is_empty());
         for seq in 1..=3 {
             let payload = encode_batch(seq * 10, 5, &ops(seq as usize));
             j.append(seq, &payload).unwrap();
         }
-        let (_, batches) = Journal::open(path.clone(), 7, 0).unwrap();
+        let (_, batches) = open_at(path.clone(), 7, 0).unwrap();
         assert_eq!(batches.len(), 3);
         assert_eq!(batches[2].now_ms, 30);
         assert_eq!(batches[2].ops, ops(3));
         // Entries redb already holds are skipped; another ledger's id reads nothing.
-        let (j2, batches) = Journal::open(path.clone(), 7, 2).unwrap();
+        let (j2, batches) = open_at(path.clone(), 7, 2).unwrap();
         assert_eq!(batches.len(), 0, "entry 1 is at offset 0, and is not seq 3");
         assert_eq!(j2.next_seq(), 3);
-        assert!(Journal::open(path.clone(), 8, 0).unwrap().1.is_empty());
+        assert!(open_at(path.clone(), 8, 0).unwrap().1.is_empty());
         // After a reset, new entries overwrite from offset 0 and old ones end the chain.
         j.reset();
         j.append(4, &encode_batch(40, 5, &ops(1))).unwrap();
-        let (_, batches) = Journal::open(path, 7, 3).unwrap();
+        let (_, batches) = open_at(path, 7, 3).unwrap();
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].now_ms, 40);
     }
@@ -348,7 +371,7 @@ mod tests {
     fn a_damaged_tail_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.journal");
-        let (mut j, _) = Journal::open(path.clone(), 1, 0).unwrap();
+        let (mut j, _) = open_at(path.clone(), 1, 0).unwrap();
         j.append(1, &encode_batch(1, 5, &ops(2))).unwrap();
         j.append(2, &encode_batch(2, 5, &ops(2))).unwrap();
         let bytes = std::fs::read(&path).unwrap();
@@ -357,7 +380,7 @@ mod tests {
             damaged[at] ^= 0x40;
             std::fs::write(&path, &damaged).unwrap();
             assert_eq!(
-                Journal::open(path.clone(), 1, 0).unwrap().1.len(),
+                open_at(path.clone(), 1, 0).unwrap().1.len(),
                 1,
                 "flip at {at}"
             );
@@ -365,7 +388,7 @@ mod tests {
         for len in [4096, 4096 + 27, 4096 + 40] {
             std::fs::write(&path, &bytes[..len]).unwrap();
             assert_eq!(
-                Journal::open(path.clone(), 1, 0).unwrap().1.len(),
+                open_at(path.clone(), 1, 0).unwrap().1.len(),
                 1,
                 "cut at {len}"
             );
@@ -375,7 +398,7 @@ mod tests {
     #[test]
     fn capacity_is_enforced() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(dir.path().join("j"), 1, 0).unwrap();
+        let (j, _) = open_at(dir.path().join("j"), 1, 0).unwrap();
         assert!(j.fits(100));
         assert!(!j.fits(MAX_JOURNAL_PAYLOAD_BYTES + 1));
         assert_eq!(entry_bytes(1), BLOCK_BYTES);

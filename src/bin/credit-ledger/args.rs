@@ -61,9 +61,18 @@ pub enum Command {
     Stats(WindowArgs),
     /// A workspace's full history, oldest first, as CSV or JSON lines on stdout.
     Export(ExportArgs),
+    /// Write a consistent copy of the ledger to a new file DEST (check it with
+    /// `--db DEST verify`). While an app has the ledger open, the app calls Ledger::backup.
+    Backup(BackupArgs),
     /// Run a simulated workload on a fresh ledger file and report throughput, refunds,
     /// the credit reconciliation and the audit.
     Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new file to write; it must not exist (nothing is ever overwritten).
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use credit_ledger::{Ledger, ManualClock, Options};
+use credit_ledger::{Error, Ledger, ManualClock, Options};
 
 use crate::args::{Cli, DEFAULT_DB};
-use crate::fail::CliError;
+use crate::fail::{one_line, CliError};
 
 /// The global options, resolved.
 pub struct Context {
@@ -18,13 +18,16 @@ pub struct Context {
     pub now_ms: Option<u64>,
 }
 
-/// Whether a command may create a new ledger file.
+/// Whether a command may create a new ledger file, and whether it writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Create the file when it does not exist (`credit`).
     Create,
     /// The file must exist already.
     Existing,
+    /// The file must exist, and is opened read-only when it needs no replay (the read
+    /// commands), so that they work on read-only files, filesystems and backups.
+    Read,
 }
 
 impl Context {
@@ -50,7 +53,24 @@ impl Context {
     /// Open the ledger file.
     pub fn open(&self, mode: Mode) -> Result<Ledger, CliError> {
         check_path(&self.db, mode)?;
-        Ok(Ledger::open_with(&self.db, self.options())?)
+        if mode != Mode::Read {
+            return Ok(Ledger::open_with(&self.db, self.options())?);
+        }
+        match Ledger::open_read_only_with(&self.db, self.options()) {
+            Ok(ledger) => Ok(ledger),
+            // A crashed ledger's journal must be replayed into the file before it can be read
+            // whole: open it to write, which replays, or say exactly why that cannot be done.
+            Err(needs @ Error::NeedsWrite { .. }) => {
+                match Ledger::open_with(&self.db, self.options()) {
+                    Ok(ledger) => Ok(ledger),
+                    Err(Error::Storage { message }) => Err(CliError::refused(one_line(&format!(
+                        "{needs}; opening it with write access failed: {message}"
+                    )))),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -63,7 +83,7 @@ fn check_path(path: &Path, mode: Mode) -> Result<(), CliError> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match mode {
             Mode::Create => Ok(()),
-            Mode::Existing => Err(CliError::usage(format!(
+            Mode::Existing | Mode::Read => Err(CliError::usage(format!(
                 "no ledger file at `{shown}`; check --db or CREDIT_LEDGER_DB (the `credit` command creates a new ledger)"
             ))),
         },

@@ -19,7 +19,7 @@ use crate::time::{format_human, format_rfc3339};
 const RUNNING_SHOWN: u32 = 50;
 
 pub fn balance(ctx: &Context, a: &WorkspaceArg, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     let s = ledger.balance(&a.workspace)?;
     let now = ledger.now_ms();
     // Pending Usage rows are exactly the running generations, newest first.
@@ -123,7 +123,7 @@ pub fn balance(ctx: &Context, a: &WorkspaceArg, out: &mut Out) -> Result<(), Cli
 }
 
 pub fn history(ctx: &Context, a: &HistoryArgs, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     let mut filter = HistoryFilter::all()
         .kinds(a.types.iter().copied())
         .statuses(a.status.iter().copied())
@@ -181,7 +181,7 @@ fn linked(
 }
 
 pub fn show(ctx: &Context, a: &ShowArgs, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     let t = ledger.transaction(a.txn)?;
     let link = linked(&ledger, &t)?;
     if ctx.json {
@@ -272,7 +272,7 @@ pub fn show(ctx: &Context, a: &ShowArgs, out: &mut Out) -> Result<(), CliError> 
 }
 
 pub fn generation(ctx: &Context, a: &GenArg, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     let g = ledger.generation(&a.generation)?;
     let now = ledger.now_ms();
     let refund = match g.state {
@@ -388,7 +388,7 @@ pub fn generation(ctx: &Context, a: &GenArg, out: &mut Out) -> Result<(), CliErr
 }
 
 pub fn verify(ctx: &Context, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     let report = ledger.verify()?;
     let c = &report.checked;
     if ctx.json {
@@ -452,7 +452,7 @@ fn pct(x: f64) -> String {
 }
 
 pub fn stats(ctx: &Context, a: &WindowArgs, out: &mut Out) -> Result<(), CliError> {
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     let s = ledger.stats(TimeWindow {
         since_ms: a.since,
         until_ms: a.until,
@@ -579,7 +579,7 @@ pub fn export(ctx: &Context, a: &ExportArgs, out: &mut Out) -> Result<(), CliErr
             "export writes its own format; drop --json and use --format jsonl",
         ));
     }
-    let ledger = ctx.open(Mode::Existing)?;
+    let ledger = ctx.open(Mode::Read)?;
     ledger.balance(&a.workspace)?;
     if a.format == ExportFormat::Csv {
         out.line(CSV_HEADER)?;
