@@ -24,6 +24,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::OFlags;
+
 use super::Ledger;
 use crate::error::{Error, Result};
 use crate::storage;
@@ -58,7 +60,7 @@ fn create_temp(dest: &Path) -> Result<(PathBuf, File)> {
         match OpenOptions::new()
             .write(true)
             .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
             .mode(0o644)
             .open(&tmp)
         {

@@ -486,12 +486,18 @@ impl Ledger {
             Source::File(path) => {
                 // The old handle holds the file lock: it must go before the new one opens.
                 drop(db.take());
+                // `open`, not `create`: a ledger file that is gone must not come back empty.
                 no_panic(
                     |detail| Error::NotALedger {
                         path: path.display().to_string(),
                         detail,
                     },
-                    || open_file(path, self.options.cache_size_bytes),
+                    || {
+                        redb::Builder::new()
+                            .set_cache_size(self.options.cache_size_bytes)
+                            .open(path)
+                            .map_err(|e| map_open_error(path, e))
+                    },
                 )?
             }
             Source::Factory(open) => {

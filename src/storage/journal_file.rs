@@ -11,7 +11,7 @@
 //! - a file already there that is neither empty (all zeros counts as empty: a journal that was
 //!   grown but never written) nor this ledger's journal is refused with
 //!   [`Error::ForeignFile`], and never written or removed;
-//! - it is `flock`ed for as long as the [`Ledger`](crate::Ledger) lives, exclusively by a
+//! - it is `flock`ed (through `rustix`, the crate has no unsafe code) for as long as the [`Ledger`](crate::Ledger) lives, exclusively by a
 //!   ledger that may write and shared by a read-only one. redb's own file lock is released
 //!   while a ledger reopens its file after an I/O error; this one is not, so another process
 //!   can never slip in and write while the app still runs.
@@ -23,6 +23,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, OFlags};
 
 use crate::error::Error;
 use crate::storage::journal::{self, Owner};
@@ -78,7 +80,7 @@ fn open_no_follow(path: &Path, access: Access, create: bool) -> std::io::Result<
     options
         .read(true)
         .write(access == Access::Write)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
     if create {
         options.create_new(true).mode(0o644);
     }
@@ -114,20 +116,18 @@ impl JournalFile {
                     "it is not a regular file (a directory, device, FIFO or socket)",
                 ));
             }
-            let locked = match access {
-                Access::Write => file.try_lock(),
-                Access::Read => file.try_lock_shared(),
+            let operation = match access {
+                Access::Write => FlockOperation::NonBlockingLockExclusive,
+                Access::Read => FlockOperation::NonBlockingLockShared,
             };
-            match locked {
+            match rustix::fs::flock(&file, operation) {
                 Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
                     return Err(Error::AlreadyOpen {
                         path: shown.display().to_string(),
                     })
                 }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(io_error(&path, "cannot lock it", e))
-                }
+                Err(e) => return Err(io_error(&path, "cannot lock it", e.into())),
             }
             let this = JournalFile {
                 path: path.clone(),
@@ -154,7 +154,12 @@ impl JournalFile {
     }
 
     fn open_error(path: &Path, e: std::io::Error) -> Error {
-        if e.raw_os_error() == Some(libc::ELOOP) {
+        if e.raw_os_error() == Some(rustix::io::Errno::ISDIR.raw_os_error()) {
+            foreign(
+                path,
+                "it is a directory; the journal must be a regular file",
+            )
+        } else if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
             foreign(
                 path,
                 "it is a symbolic link; the journal must be a regular file of its own",
