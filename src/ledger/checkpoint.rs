@@ -114,8 +114,9 @@ pub(super) fn recover(db: &Database, ledger: &Path, file: File) -> Result<Journa
 
 impl Ledger {
     /// The journal of the ledger file at `ledger_file`: `<file name>.journal` in the same
-    /// folder. It exists while a ledger with a journal is open (and after a crash, until the
-    /// next open replays it); a backup of an open ledger copies it with the ledger file.
+    /// folder (of the real file, symlinks resolved). It exists while a ledger is open (and after
+    /// a crash, until the next open replays it). Back up an open ledger with
+    /// [`backup`](Self::backup), never by copying these files.
     ///
     /// ```
     /// use credit_ledger::Ledger;
@@ -130,10 +131,11 @@ impl Ledger {
 
     /// Make every acknowledged write durable in the ledger file itself and empty the journal.
     ///
-    /// Call it before copying the ledger file while the ledger is open (a backup): between
-    /// checkpoints, the newest writes are durable in the `<file>.journal` next to it, and a copy
-    /// of the ledger file alone would miss them. Dropping the ledger checkpoints too, and
-    /// deletes the journal file. A ledger
+    /// Between checkpoints, the newest writes are durable in the `<file>.journal` next to it,
+    /// not in the ledger file. (To back up an open ledger use [`backup`](Self::backup), which
+    /// checkpoints and copies under the writer lock: a copy made after `checkpoint` returns
+    /// may already miss a write that came in meanwhile.) Dropping the ledger checkpoints too,
+    /// and deletes the journal file. A ledger
     /// without a journal (in memory, on a custom backend, or with
     /// [`Options::journal`](super::Options::journal) off) has nothing to do.
     ///
