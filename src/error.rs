@@ -94,6 +94,33 @@ pub enum InvalidInput {
         /// The cursor given.
         cursor: String,
     },
+    /// An [`Options`](crate::Options) setting outside its documented range; the ledger was
+    /// not opened.
+    #[error("Options::{option} is {value} {unit}; it must be between {min} and {max} {unit}")]
+    OptionOutOfRange {
+        /// Which setting.
+        option: &'static str,
+        /// The value given.
+        value: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+        /// The unit of all three numbers.
+        unit: &'static str,
+    },
+    /// An id with a character that prints as nothing, or that reorders the text around it
+    /// (Unicode format and bidi controls such as U+200B or U+202E), or with whitespace at either
+    /// end: two such ids would look identical, or reversed, in every table.
+    #[error("{field} `{shown}` contains {what}; ids must look like what they are: remove it")]
+    InvisibleCharacter {
+        /// Which field.
+        field: &'static str,
+        /// The value, with the offending characters written as `\u{..}` escapes.
+        shown: String,
+        /// What was found, in words (`U+200B ZERO WIDTH SPACE`, `leading whitespace`).
+        what: String,
+    },
     /// A time window whose start is after its end.
     #[error("time window starts at {since_ms} ms, after its end at {until_ms} ms")]
     EmptyWindow {
@@ -257,6 +284,39 @@ pub enum Error {
         message: String,
     },
 
+    /// An ack names a transaction the log does not have yet.
+    #[error("consumer `{consumer}` acked transaction #{txn_id}, but the log ends at #{last_txn_id}; ack only ids the feed returned")]
+    AckBeyondEnd {
+        /// The consumer.
+        consumer: String,
+        /// The id acked.
+        txn_id: u64,
+        /// The last committed transaction.
+        last_txn_id: u64,
+    },
+
+    /// An ack behind the consumer's stored position: positions only move forward.
+    #[error("consumer `{consumer}` is at #{position_txn_id} and cannot go back to #{txn_id}; ack ids in increasing order (re-acking #{position_txn_id} is a safe replay)")]
+    AckBackwards {
+        /// The consumer.
+        consumer: String,
+        /// The id acked.
+        txn_id: u64,
+        /// Its stored position.
+        position_txn_id: u64,
+    },
+
+    /// A new consumer when the ledger already keeps [`MAX_CONSUMERS`](crate::limits::MAX_CONSUMERS).
+    #[error("consumer `{consumer}` would be consumer number {count_after}, over the limit of {max}; reuse an existing consumer name")]
+    TooManyConsumers {
+        /// The new consumer.
+        consumer: String,
+        /// How many there would be.
+        count_after: u64,
+        /// The limit.
+        max: u64,
+    },
+
     /// A background thread of the ledger panicked; the ledger refuses further work.
     #[error("the ledger is poisoned: {message}; reopen it")]
     Poisoned {
@@ -333,7 +393,10 @@ impl Error {
             | Error::GenerationRefunded { .. }
             | Error::GenerationSucceeded { .. }
             | Error::ReadOnly { .. }
-            | Error::DestinationExists { .. } => ErrorCategory::Refused,
+            | Error::DestinationExists { .. }
+            | Error::AckBeyondEnd { .. }
+            | Error::AckBackwards { .. }
+            | Error::TooManyConsumers { .. } => ErrorCategory::Refused,
             Error::Corruption { .. }
             | Error::NotALedger { .. }
             | Error::ForeignFile { .. }

@@ -74,15 +74,17 @@ mod sweeper;
 pub use audit::{AuditCounts, AuditReport, Invariant, Violation};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCategory, InvalidInput, Result};
+pub use ledger::inside_panic_guard;
 pub use ledger::{Durability, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use model::limits;
 pub use model::{
-    Adjust, Charge, Completion, Credit, CreditKind, MessageCategory, Op, Outcome, Receipt,
-    RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
+    AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, CreditKind, MessageCategory, Op,
+    Outcome, Receipt, RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
 };
 pub use query::{
-    format_duration_ms, FeatureStats, GenerationState, GenerationView, HistoryFilter, HistoryPage,
-    LedgerTotals, PageRequest, ReasonStats, Stats, TimeWindow, TransactionView, WorkspaceSummary,
+    format_duration_ms, ChangePage, FeatureStats, GenerationState, GenerationView, HistoryFilter,
+    HistoryPage, LedgerTotals, PageRequest, ReasonStats, Stats, TimeWindow, TransactionView,
+    WorkspaceSummary,
 };
 pub use sweeper::{Sweeper, SweeperOptions};
 

@@ -358,3 +358,179 @@ fn a_credit_that_would_leave_no_room_for_refunds_is_refused() {
     assert_eq!(ledger.balance("rich").unwrap().held_credits, 0);
     assert_healthy(&ledger);
 }
+
+#[test]
+fn every_option_is_checked_at_open_at_both_ends_of_its_range() {
+    use credit_ledger::limits::{
+        MAX_CACHE_SIZE_BYTES, MAX_CLOCK_AHEAD_MS, MAX_CLOCK_REGRESSION_MS, MAX_TIMEOUT_MS,
+        MIN_CACHE_SIZE_BYTES, MIN_CLOCK_AHEAD_MS, MIN_TIMEOUT_MS,
+    };
+    use credit_ledger::Options;
+    let clock = ManualClock::new(T0_MS);
+    let base = || common::options(&clock);
+    // (option, just inside, just outside)
+    type Set = fn(Options, u64) -> Options;
+    let cases: [(&str, Set, u64, u64); 8] = [
+        (
+            "default_timeout_ms",
+            |o, v| o.default_timeout_ms(v),
+            MIN_TIMEOUT_MS,
+            MIN_TIMEOUT_MS - 1,
+        ),
+        (
+            "default_timeout_ms",
+            |o, v| o.default_timeout_ms(v),
+            MAX_TIMEOUT_MS,
+            MAX_TIMEOUT_MS + 1,
+        ),
+        (
+            "cache_size_bytes",
+            |o, v| o.cache_size_bytes(v as usize),
+            MIN_CACHE_SIZE_BYTES,
+            MIN_CACHE_SIZE_BYTES - 1,
+        ),
+        (
+            "cache_size_bytes",
+            |o, v| o.cache_size_bytes(v as usize),
+            MAX_CACHE_SIZE_BYTES,
+            MAX_CACHE_SIZE_BYTES + 1,
+        ),
+        (
+            "max_clock_regression_ms",
+            |o, v| o.max_clock_regression_ms(v),
+            MAX_CLOCK_REGRESSION_MS,
+            MAX_CLOCK_REGRESSION_MS + 1,
+        ),
+        (
+            "max_clock_regression_ms",
+            |o, v| o.max_clock_regression_ms(v),
+            0,
+            u64::MAX,
+        ),
+        (
+            "max_clock_ahead_ms",
+            |o, v| o.max_clock_ahead_ms(Some(v)),
+            MIN_CLOCK_AHEAD_MS,
+            MIN_CLOCK_AHEAD_MS - 1,
+        ),
+        (
+            "max_clock_ahead_ms",
+            |o, v| o.max_clock_ahead_ms(Some(v)),
+            MAX_CLOCK_AHEAD_MS,
+            MAX_CLOCK_AHEAD_MS + 1,
+        ),
+    ];
+    for (name, set, inside, outside) in cases {
+        assert_eq!(set(base(), inside).validate(), Ok(()), "{name} = {inside}");
+        let Err(e) = set(base(), outside).validate() else {
+            panic!("{name} = {outside} was accepted");
+        };
+        assert!(
+            matches!(&e, InvalidInput::OptionOutOfRange { option, value, .. } if *option == name && *value == outside),
+            "{name} = {outside}: {e:?}"
+        );
+        // Every way to open refuses it, and a file open creates nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.redb");
+        let err = Ledger::open_with(&path, set(base(), outside)).unwrap_err();
+        assert_eq!(err, Error::InvalidInput(e.clone()));
+        assert!(!path.exists(), "{name}: a refused open created the file");
+        assert_eq!(
+            Ledger::in_memory_with(set(base(), outside)).unwrap_err(),
+            Error::InvalidInput(e)
+        );
+    }
+    // The ahead guard can be turned off; the one value with no range.
+    assert_eq!(base().max_clock_ahead_ms(None).validate(), Ok(()));
+    // A zero timeout would refund every success the moment it is reported.
+    assert!(Ledger::in_memory_with(base().default_timeout_ms(0)).is_err());
+    // Inside the range the ledger opens and works with the setting.
+    let ledger = Ledger::in_memory_with(base().default_timeout_ms(MIN_TIMEOUT_MS)).unwrap();
+    fund(&ledger, "ws", 10);
+    let c = ledger
+        .start_generation(StartGeneration::new("g", "ws", "Quick Video", 1))
+        .unwrap();
+    assert_eq!(c.deadline_ms - c.started_at_ms, MIN_TIMEOUT_MS);
+}
+
+#[test]
+fn ids_that_print_like_other_ids_are_refused() {
+    let (ledger, _c) = setup();
+    fund(&ledger, "acme", 10);
+    let before = snapshot(&ledger);
+    for bad in [
+        "acme ",
+        " acme",
+        "ac\u{200b}me",
+        "\u{202e}emca",
+        "acme\u{2066}",
+        "ac\u{a0}me",
+    ] {
+        let results = [
+            ledger.credit(Credit::purchase(bad, 5, "k-new")).map(drop),
+            ledger.credit(Credit::purchase("acme", 5, bad)).map(drop),
+            ledger
+                .adjust(Adjust::new(bad, 5, "k-new", "memo"))
+                .map(drop),
+            ledger.adjust(Adjust::new("acme", 5, bad, "memo")).map(drop),
+            ledger
+                .start_generation(StartGeneration::new(bad, "acme", "Quick Video", 1))
+                .map(drop),
+            ledger
+                .start_generation(StartGeneration::new("g-new", bad, "Quick Video", 1))
+                .map(drop),
+            ledger
+                .start_generation(StartGeneration::new("g-new", "acme", bad, 1))
+                .map(drop),
+        ];
+        for (i, r) in results.into_iter().enumerate() {
+            let Err(Error::InvalidInput(InvalidInput::InvisibleCharacter { shown, what, .. })) = r
+            else {
+                panic!("{bad:?} in place {i}: {r:?}");
+            };
+            // The message shows the hidden character, so the operator can see it.
+            assert!(
+                shown.contains("\\u{") || what.contains("whitespace"),
+                "{bad:?}: {shown} / {what}"
+            );
+        }
+    }
+    assert_unchanged(&ledger, before);
+    // Inner plain spaces and non-Latin letters are fine.
+    ledger
+        .credit(Credit::purchase("acme corp", 5, "order é-1"))
+        .unwrap();
+    ledger
+        .start_generation(StartGeneration::new("gen-東京", "acme corp", "HD Video", 1))
+        .unwrap();
+}
+
+#[test]
+fn stats_sums_are_exact_past_u64() {
+    // Three workspaces each refunded i64::MAX credits: 3 * (2^63 - 1) > u64::MAX.
+    let (ledger, _c) = ledger();
+    for ws in ["a", "b", "c"] {
+        fund(&ledger, ws, MAX_AMOUNT_CREDITS);
+        let gen = format!("g-{ws}");
+        ledger
+            .start_generation(StartGeneration::new(
+                &gen,
+                ws,
+                "HD Video",
+                MAX_AMOUNT_CREDITS,
+            ))
+            .unwrap();
+        ledger
+            .fail_generation(&gen, RefundReason::ModelFailure, "crashed")
+            .unwrap();
+    }
+    let exact = 3 * u128::from(MAX_AMOUNT_CREDITS);
+    assert!(exact > u128::from(u64::MAX));
+    assert_eq!(ledger.totals().unwrap().refunded_credits, exact);
+    let s = ledger.stats(credit_ledger::TimeWindow::all()).unwrap();
+    assert_eq!(s.refunded_credits, exact);
+    assert_eq!(s.by_reason["model-failure"].refunded_credits, exact);
+    assert_eq!(s.by_feature["HD Video"].refunded_credits, exact);
+    assert_eq!(s.by_feature["HD Video"].charged_credits, exact);
+    assert_healthy(&ledger);
+}

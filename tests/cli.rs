@@ -79,11 +79,18 @@ impl Ws {
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> Run {
+    run_env(dir, &[], args)
+}
+
+/// Run the tool in `dir` with these environment variables set (and no other
+/// `CREDIT_LEDGER_DB`).
+fn run_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_credit-ledger"))
         .args(args)
         .current_dir(dir)
         .env_remove("CREDIT_LEDGER_DB")
         .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run credit-ledger");
     Run {
@@ -604,6 +611,82 @@ fn a_damaged_ledger_fails_verification_with_exit_3() {
     println!("cli: damaged ledger: exit 3 ({hits} copies of the memo altered): {j}");
 }
 
+/// Damaged ledgers on which redb panics, kept in `tests/data/cli-damaged/` so a failure
+/// reproduces: each is a copy of the file `simulate --workspaces 3 --generations 300 --threads
+/// 1` wrote, with 8 bits flipped (Python's `random.Random(seed)`: seeds 22, 24, 35 and 12).
+/// With each, the commands listed made redb panic, and the ledger turned the panic into a typed
+/// error. The operator must see that error alone, with exit 3, never a "panicked" line from the
+/// panic hook that asks them to report a bug.
+#[test]
+fn caught_storage_panics_print_only_the_typed_error() {
+    let csv = ["export", "ws-0001", "--format", "csv"];
+    let cases: [(&str, Vec<Vec<&str>>); 4] = [
+        (
+            // redb panics while opening: every command is refused.
+            "open-panic.redb",
+            vec![
+                vec!["verify"],
+                vec!["balance", "ws-0000"],
+                vec!["history", "ws-0000"],
+                csv.to_vec(),
+                vec!["stats"],
+                vec!["show", "5"],
+                vec!["generation", "sim-000001"],
+                vec!["credit", "ws-0000", "5", "--key", "late-order"],
+                vec!["sweep"],
+            ],
+        ),
+        (
+            "history-panic.redb",
+            vec![
+                vec!["verify"],
+                vec!["history", "ws-0000"],
+                vec!["history", "ws-0001"],
+                csv.to_vec(),
+                vec!["export", "ws-0000", "--format", "jsonl"],
+            ],
+        ),
+        (
+            "write-panic.redb",
+            vec![
+                vec!["verify"],
+                vec!["balance", "ws-0001"],
+                vec!["history", "ws-0000"],
+                vec!["credit", "ws-0000", "5", "--key", "late-order"],
+            ],
+        ),
+        (
+            "export-panic.redb",
+            vec![
+                vec!["verify"],
+                vec!["export", "ws-0000", "--format", "jsonl"],
+                vec!["credit", "ws-0000", "5", "--key", "late-order"],
+            ],
+        ),
+    ];
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cli-damaged");
+    for (name, commands) in &cases {
+        for args in commands {
+            // A fresh copy each time: a write may change the file.
+            let ws = Ws::new();
+            std::fs::copy(shipped.join(name), &ws.db).expect("copy the damaged file");
+            let r = ws.run(args);
+            assert_eq!(
+                r.code, 3,
+                "{name} {args:?}: stdout:\n{}\nstderr:\n{}",
+                r.stdout, r.stderr
+            );
+            assert!(
+                !r.stderr.contains("panicked") && !r.stderr.contains("this is a bug"),
+                "{name} {args:?}: {}",
+                r.stderr
+            );
+            assert_eq!(r.stderr.lines().count(), 1, "{name} {args:?}: {}", r.stderr);
+            assert!(r.stderr.starts_with("credit-ledger: "), "{}", r.stderr);
+        }
+    }
+}
+
 #[test]
 fn export_paging_and_replays() {
     let ws = Ws::new();
@@ -827,6 +910,226 @@ fn simulate_20000_generations_is_clean() {
         reasons.values().filter_map(Value::as_u64).sum::<u64>(),
         reasons
     );
+}
+
+/// `CREDIT_LEDGER_DB=` (set, but empty) is no path at all: the default file, not a complaint
+/// about an empty `--db` the user never typed.
+#[test]
+fn an_empty_db_variable_means_the_default_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = [("CREDIT_LEDGER_DB", "")];
+    let missing = run_env(dir.path(), &empty, &["balance", "acme"]).failed(2);
+    assert!(
+        missing
+            .stderr
+            .contains("no ledger file at `credit-ledger.redb`")
+            && !missing.stderr.contains("--db <PATH>"),
+        "{}",
+        missing.stderr
+    );
+    run_env(
+        dir.path(),
+        &empty,
+        &["--now", T0, "credit", "acme", "5", "--key", "k1"],
+    )
+    .ok();
+    assert!(dir.path().join("credit-ledger.redb").exists());
+    let b = run_env(dir.path(), &empty, &["--json", "balance", "acme"])
+        .ok()
+        .json();
+    assert_eq!(b["balance"], 5);
+    // A set variable still names the file, and --db still wins over it.
+    let other = dir.path().join("other.redb");
+    let named = [("CREDIT_LEDGER_DB", other.to_str().expect("utf-8 path"))];
+    run_env(
+        dir.path(),
+        &named,
+        &["--now", T0, "credit", "beta", "7", "--key", "k1"],
+    )
+    .ok();
+    assert!(other.exists());
+    run_env(
+        dir.path(),
+        &named,
+        &["--db", "credit-ledger.redb", "balance", "beta"],
+    )
+    .failed(1);
+}
+
+/// Scripts run commands in parallel on one file. Each process waits (`--wait`) while another
+/// has the file open, instead of failing with "open in another process"; they contend for the
+/// file for real, and every credit lands exactly once.
+#[test]
+fn parallel_commands_wait_for_the_file_instead_of_failing() {
+    const PROCESSES: usize = 32;
+    let ws = Ws::new();
+    ws.run(&["--now", T0, "credit", "acme", "1", "--key", "first"])
+        .ok();
+    let db = ws.db.to_str().expect("utf-8 path");
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|i| {
+            let key = format!("order-{i}");
+            Command::new(env!("CARGO_BIN_EXE_credit-ledger"))
+                .args(["--db", db, "--now", T0, "--wait", "2m", "--json"])
+                .args(["credit", "acme", "1", "--key", &key])
+                .env_remove("CREDIT_LEDGER_DB")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn credit-ledger")
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().expect("wait for credit-ledger");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "process {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let b = ws.run(&["--json", "balance", "acme"]).ok().json();
+    assert_eq!(b["balance"], 1 + PROCESSES as u64, "{b}");
+    assert_eq!(b["transactions"], 1 + PROCESSES as u64, "{b}");
+}
+
+/// `--wait 0` is the behaviour before there was a wait: a file another process holds is refused
+/// at once (exit 1), and the message says how to wait.
+#[test]
+fn wait_zero_fails_at_once_on_a_busy_file() {
+    let ws = Ws::new();
+    ws.run(&["--now", T0, "credit", "acme", "5", "--key", "k1"])
+        .ok();
+    let held = credit_ledger::Ledger::open(&ws.db).expect("hold the file open");
+    let r = ws.run(&["--wait", "0", "balance", "acme"]).failed(1);
+    assert!(
+        r.stderr.contains("open in another process") && r.stderr.contains("--wait"),
+        "{}",
+        r.stderr
+    );
+    let r = ws
+        .run(&[
+            "--json", "--wait", "0", "--now", T0, "credit", "acme", "1", "--key", "k2",
+        ])
+        .failed(1);
+    assert_eq!(r.json()["error"]["kind"], "storage", "{}", r.stdout);
+    drop(held);
+    let b = ws
+        .run(&["--wait", "0", "--json", "balance", "acme"])
+        .ok()
+        .json();
+    assert_eq!(b["balance"], 5, "the refused credit changed nothing");
+    // A wait needs a unit, and has a limit.
+    ws.run(&["--wait", "5", "balance", "acme"]).failed(2);
+    ws.run(&["--wait", "2h", "balance", "acme"]).failed(2);
+    ws.run(&["--wait", "soon", "balance", "acme"]).failed(2);
+}
+
+/// `--now 2027-12-01` typed for 2026 would stamp a write a year ahead, and every later write
+/// with the real clock (refunds included) would then fail as a clock gone backwards. A write at
+/// a `--now` further ahead of the system clock than the backwards-clock tolerance (one minute)
+/// is refused unless the operator passes `--allow-future-now`; reads are not affected.
+#[test]
+fn a_write_far_ahead_of_the_system_clock_needs_allow_future_now() {
+    let ws = Ws::new();
+    ws.run(&["--now", T0, "credit", "acme", "100", "--key", "k1"])
+        .ok();
+    let system_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits u64");
+    let year_ahead = (system_ms + 365 * 86_400_000).to_string();
+    for ahead in [year_ahead.as_str(), "18446744073709551615"] {
+        let r = ws
+            .run(&[
+                "--json", "--now", ahead, "credit", "acme", "5", "--key", "typo",
+            ])
+            .failed(2);
+        assert_eq!(r.json()["error"]["kind"], "future_now", "{}", r.stdout);
+        assert!(r.stderr.contains("--allow-future-now"), "{}", r.stderr);
+        ws.run(&["--now", ahead, "start", "g1", "--workspace", "acme"])
+            .failed(2);
+    }
+    ws.run(&["--now", &year_ahead, "sweep"]).failed(2);
+    // Nothing was written, and reading at a future time is fine.
+    let b = ws
+        .run(&["--json", "--now", &year_ahead, "balance", "acme"])
+        .ok()
+        .json();
+    assert_eq!(
+        (b["balance"].as_u64(), b["transactions"].as_u64()),
+        (Some(100), Some(1))
+    );
+    // Within the tolerance a --now ahead is accepted (a clock a few seconds fast).
+    let soon = (system_ms + 20_000).to_string();
+    ws.run(&["--now", &soon, "credit", "acme", "1", "--key", "k2"])
+        .ok();
+    // The operator can insist.
+    let r = ws
+        .run(&[
+            "--json",
+            "--allow-future-now",
+            "--now",
+            &year_ahead,
+            "credit",
+            "acme",
+            "5",
+            "--key",
+            "typo",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["balance_after"], 106, "{r}");
+}
+
+/// README is the record a reader of the repository meets: it documents every command and
+/// global option the tool has, and it names no document the repository does not contain (it
+/// once referred to "the starting design", a document only its authors had seen).
+#[test]
+fn readme_documents_every_command_and_option_and_only_documents_it_has() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let help = run_in(dir.path(), &["--help"]).ok().stdout;
+    let mut section = "";
+    let mut seen = 0;
+    for line in help.lines() {
+        if !line.starts_with(' ') {
+            section = line;
+            continue;
+        }
+        let word = line.split_whitespace().next().unwrap_or("");
+        let documented = match section {
+            "Commands:" if word != "help" => readme.contains(&format!("| `{word}")),
+            "Options:" if word.starts_with("--") => readme.contains(&format!("| `{word}")),
+            _ => continue,
+        };
+        assert!(documented, "README's CLI reference lacks `{word}`");
+        seen += 1;
+    }
+    assert!(
+        seen > 10,
+        "read the commands and options from --help:\n{help}"
+    );
+    for phrase in ["starting design", "original design", "the design doc"] {
+        assert!(
+            !readme.to_lowercase().contains(phrase),
+            "README refers to {phrase:?}, which a reader of the repository has never seen"
+        );
+    }
+    // Every Markdown document it names is in the repository.
+    for word in readme.split(|c: char| c.is_whitespace() || "()[]`,;:".contains(c)) {
+        let word = word.trim_end_matches('.');
+        if word.ends_with(".md") && !word.contains("://") {
+            assert!(
+                root.join(word).exists(),
+                "README names {word}, which is not in the repository"
+            );
+        }
+    }
 }
 
 #[test]

@@ -225,6 +225,8 @@ fn unreplayed(r: &Result<Outcome, Error>) -> Result<Outcome, Error> {
         Ok(Outcome::Start(x)) => x.replay = false,
         Ok(Outcome::Complete(x)) => x.replay = false,
         Ok(Outcome::Fail(x)) => x.replay = false,
+        Ok(Outcome::Ack(x)) => x.replay = false,
+        Ok(Outcome::Alert(x)) => x.replay = false,
         Ok(Outcome::Sweep(_)) | Err(_) => {}
     }
     r

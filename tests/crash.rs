@@ -39,14 +39,15 @@ use std::time::Instant;
 
 use credit_ledger::Ledger;
 use credit_ledger::{
-    Adjust, Credit, Durability, Error, GenerationState, LedgerTotals, ManualClock, Op, Options,
-    Outcome, RefundReason, StartGeneration, WorkspaceSummary,
+    Adjust, Credit, Durability, Error, GenerationState, HistoryFilter, LedgerTotals, ManualClock,
+    Op, Options, Outcome, PageRequest, RefundReason, StartGeneration, TxnKind, WorkspaceSummary,
 };
 use faulty::{CrashImages, CrashMode, FaultyBackend, IoLog, Plan, SplitMix64};
 
 const T0_MS: u64 = 1_700_000_000_000;
 const MINUTE_MS: u64 = 60_000;
 const WORKSPACES: [&str; 3] = ["acme", "globex", "initech"];
+const CONSUMERS: [&str; 2] = ["server-sync", "analytics"];
 
 /// One scripted operation and the clock reading it runs at.
 #[derive(Debug, Clone)]
@@ -76,6 +77,16 @@ fn script() -> Vec<Step> {
             at_ms: t,
             op: Op::Credit(c),
         });
+        // Balance alerts that the charges cross, so that notifications are written (and
+        // must survive) in the same commits as the charges that cross them.
+        steps.push(Step {
+            at_ms: t,
+            op: Op::SetAlert {
+                workspace: ws.to_string(),
+                // Near where grants and charges keep the balance, so that it crosses often.
+                threshold_credits: Some([1_995, 2_040, 2_120][i]),
+            },
+        });
     }
     while steps.len() < 200 {
         t += MINUTE_MS;
@@ -85,7 +96,20 @@ fn script() -> Vec<Step> {
         }
         let pick_gen =
             |rng: &mut SplitMix64| starts[rng.below(starts.len() as u64) as usize].clone();
-        let op = match rng.below(100) {
+        let op = match rng.below(110) {
+            // A consumer of the change feed acks a position that never goes back: mostly
+            // forward, sometimes the same (a replay), sometimes past the end (refused).
+            // Move a workspace's alert to near where its balance drifts (grants outweigh
+            // charges, about 1.5 credits a step), so that charges cross it again and again.
+            104..=109 => Op::SetAlert {
+                workspace: WORKSPACES[rng.below(3) as usize].to_string(),
+                threshold_credits: Some(2_000 + steps.len() as u64 * 3 / 2 + rng.below(10)),
+            },
+            100..=103 => Op::Ack {
+                consumer: CONSUMERS[rng.below(2) as usize].to_string(),
+                // Multiples of 10 that grow with the script: acks of the same position repeat.
+                txn_id: steps.len() as u64 / 20 * 10,
+            },
             0..=7 => {
                 let c = Credit::grant(
                     WORKSPACES[rng.below(3) as usize],
@@ -174,6 +198,8 @@ fn unreplayed(r: &Result<Outcome, Error>) -> Result<Outcome, Error> {
         Ok(Outcome::Start(x)) => x.replay = false,
         Ok(Outcome::Complete(x)) => x.replay = false,
         Ok(Outcome::Fail(x)) => x.replay = false,
+        Ok(Outcome::Ack(x)) => x.replay = false,
+        Ok(Outcome::Alert(x)) => x.replay = false,
         Ok(Outcome::Sweep(_)) | Err(_) => {}
     }
     r
@@ -186,6 +212,8 @@ fn wrote(r: &Result<Outcome, Error>) -> bool {
         Ok(Outcome::Start(x)) => !x.replay,
         Ok(Outcome::Complete(x)) => !x.replay,
         Ok(Outcome::Fail(x)) => !x.replay,
+        Ok(Outcome::Ack(x)) => !x.replay,
+        Ok(Outcome::Alert(x)) => !x.replay,
         Ok(Outcome::Sweep(s)) => !s.refunds.is_empty(),
         // Lazy expiry: a late completion refunds in the same write.
         Err(Error::GenerationRefunded { .. }) => true,
@@ -199,6 +227,14 @@ struct Snapshot {
     workspaces: Vec<WorkspaceSummary>,
     generations: BTreeMap<String, GenerationState>,
     totals: LedgerTotals,
+    /// Each consumer's stored position in the change feed.
+    positions: Vec<u64>,
+    /// Each workspace's balance alert threshold.
+    alerts: Vec<Option<u64>>,
+    /// The length of the log, notifications included.
+    last_txn_id: u64,
+    /// The `BalanceLow` notifications in the workspaces' histories.
+    balance_low: usize,
 }
 
 fn snapshot(ledger: &Ledger, gen_ids: &[String]) -> Snapshot {
@@ -217,6 +253,29 @@ fn snapshot(ledger: &Ledger, gen_ids: &[String]) -> Snapshot {
         workspaces,
         generations,
         totals: ledger.totals().expect("totals"),
+        positions: CONSUMERS
+            .iter()
+            .map(|c| ledger.position(c).expect("position"))
+            .collect(),
+        alerts: WORKSPACES
+            .iter()
+            .map(|w| ledger.alert(w).expect("alert"))
+            .collect(),
+        last_txn_id: ledger.changes(0, 1).expect("changes").last_txn_id,
+        balance_low: WORKSPACES
+            .iter()
+            .map(|w| {
+                match ledger.history(
+                    w,
+                    &HistoryFilter::all().kinds([TxnKind::BalanceLow]),
+                    &PageRequest::first(1000),
+                ) {
+                    Ok(page) => page.entries.len(),
+                    Err(Error::UnknownWorkspace { .. }) => 0,
+                    Err(e) => panic!("history of {w}: {e}"),
+                }
+            })
+            .sum(),
     }
 }
 
@@ -235,7 +294,7 @@ fn options(clock: &ManualClock) -> Options {
         .clock(clock.clone())
         .durability(Durability::Immediate)
         // The script jumps the clock backwards on retries of an earlier operation.
-        .max_clock_regression_ms(u64::MAX / 4)
+        .max_clock_regression_ms(credit_ledger::limits::MAX_CLOCK_REGRESSION_MS)
 }
 
 fn assert_healthy(ledger: &Ledger, ctx: &str) {
@@ -450,6 +509,8 @@ fn check_crash_point(
             Ok(Outcome::Start(x)) => x.replay,
             Ok(Outcome::Complete(x)) => x.replay,
             Ok(Outcome::Fail(x)) => x.replay,
+            Ok(Outcome::Ack(x)) => x.replay,
+            Ok(Outcome::Alert(x)) => x.replay,
             Err(Error::GenerationRefunded { .. }) => true,
             other => panic!("{ctx}: unexpected retry outcome {other:?}"),
         };
@@ -635,10 +696,28 @@ fn every_crash_point_recovers_acknowledged_work_exactly_once() {
             "fail after success (refused)",
             count(&|_, r| matches!(r, Err(Error::GenerationSucceeded { .. }))),
         ),
+        (
+            "consumer acks",
+            count(&|_, r| matches!(r, Ok(Outcome::Ack(a)) if !a.replay)),
+        ),
+        (
+            "ack replays",
+            count(&|_, r| matches!(r, Ok(Outcome::Ack(a)) if a.replay)),
+        ),
+        (
+            "balance alerts set",
+            count(&|_, r| matches!(r, Ok(Outcome::Alert(a)) if !a.replay)),
+        ),
     ];
     for (what, n) in coverage {
         assert!(n >= 1, "the script has no {what}: {coverage:?}");
     }
+    let notifications = reference.snaps.last().unwrap().balance_low;
+    assert!(
+        notifications >= 3,
+        "the script crosses too few alerts: {notifications}"
+    );
+    println!("balance-low notifications written: {notifications}");
     assert_eq!(
         count(&|_, r| matches!(r, Err(Error::InsufficientCredits { .. }))),
         0,

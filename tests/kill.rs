@@ -52,7 +52,7 @@ fn options(clock: &ManualClock) -> Options {
     Options::default()
         .clock(clock.clone())
         // A replay runs an earlier operation at its own, earlier time.
-        .max_clock_regression_ms(u64::MAX / 4)
+        .max_clock_regression_ms(credit_ledger::limits::MAX_CLOCK_REGRESSION_MS)
 }
 
 /// The operations of round `round`, each with the clock time it runs at.
@@ -175,6 +175,7 @@ fn ack_of(r: &Result<Outcome, Error>) -> Ack {
             Ack::Refused(format!("{:?}", e.category()))
         }
         Err(e) => panic!("the workload got an unexpected error: {e}"),
+        Ok(other) => panic!("the workload sends no operation that answers {other:?}"),
     }
 }
 

@@ -96,13 +96,15 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     }
     println!(
         "model ({mode}): seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
-         matched), {} refunds, {} reopens ({} crashes), {} clean verify() runs, in {:.1} s; \
-         errors by kind: {:?}",
+         matched), {} refunds, {} balance-low notifications, {} acks, {} reopens ({} crashes), \
+         {} clean verify() runs, in {:.1} s; errors by kind: {:?}",
         total.steps,
         total.ops,
         total.ok,
         total.errors,
         total.refunds,
+        total.notifications,
+        total.acks,
         total.reopens,
         total.crashes,
         total.verifies,
@@ -112,6 +114,10 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     assert!(cases >= MIN_CASES);
     // The generator must really reach the interesting paths, or the test proves little.
     assert!(total.refunds > 0 && total.crashes > 0 && total.errors > 0 && total.ok > 0);
+    assert!(
+        total.notifications > 0 && total.acks > 0,
+        "alerts and acks unreached"
+    );
 }
 
 fn saved_inputs() -> Vec<PathBuf> {

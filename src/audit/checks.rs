@@ -73,13 +73,36 @@ pub(super) fn check_txn(
     r.balance_credits = rec.balance_after_credits;
     r.txn_count = r.txn_count.saturating_add(1);
     let total = match (rec.kind, rec.debit) {
-        (TxnKind::Purchase | TxnKind::Grant, _) => &mut r.granted_credits,
-        (TxnKind::Usage, _) => &mut r.spent_credits,
-        (TxnKind::Refund, _) => &mut r.refunded_credits,
-        (TxnKind::Adjustment, false) => &mut r.adjusted_in_credits,
-        (TxnKind::Adjustment, true) => &mut r.adjusted_out_credits,
+        (TxnKind::Purchase | TxnKind::Grant, _) => Some(&mut r.granted_credits),
+        (TxnKind::Usage, _) => Some(&mut r.spent_credits),
+        (TxnKind::Refund, _) => Some(&mut r.refunded_credits),
+        (TxnKind::Adjustment, false) => Some(&mut r.adjusted_in_credits),
+        (TxnKind::Adjustment, true) => Some(&mut r.adjusted_out_credits),
+        (TxnKind::BalanceLow, _) => None,
     };
-    *total = total.saturating_add(a);
+    if let Some(total) = total {
+        *total = total.saturating_add(a);
+    }
+    if rec.kind.is_notification() {
+        // A notification moves nothing, and says a balance was below its threshold.
+        let below = rec
+            .alert_threshold()
+            .is_some_and(|t| rec.balance_after_credits < t);
+        if a != 0 || rec.debit || !below {
+            report.add(
+                Invariant::BalanceArithmetic,
+                format!(
+                    "#{id}: a {} notification must move 0 credits and show a balance below its threshold (amount {a}, balance {}, threshold {:?})",
+                    rec.kind,
+                    rec.balance_after_credits,
+                    rec.memo
+                ),
+                vec![id],
+                None,
+                Some(ws),
+            );
+        }
+    }
     acc.last_txn = id;
 
     if let Some(key) = &rec.idempotency_key {

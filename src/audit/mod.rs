@@ -37,7 +37,8 @@ pub enum Invariant {
     IdsNotDense,
     /// A timestamp is earlier than the one before it.
     TimeWentBackwards,
-    /// A transaction's balance after is not its balance before plus its amount.
+    /// A transaction's balance after is not its balance before plus its amount, or a
+    /// notification moves credits or shows a balance that is not below its threshold.
     BalanceArithmetic,
     /// A transaction's balance before is not the workspace's balance after the previous one.
     BalanceChain,

@@ -32,9 +32,9 @@ impl Movement<'_> {
 }
 
 pub(super) fn credit(ctx: &mut Ctx<'_>, req: &Credit) -> Result<Receipt, Error> {
-    validate::id("workspace", &req.workspace)?;
+    validate::new_id("workspace", &req.workspace)?;
     validate::amount("amount", req.amount_credits)?;
-    validate::id("idempotency key", &req.idempotency_key)?;
+    validate::new_id("idempotency key", &req.idempotency_key)?;
     validate::text("memo", &req.memo, MAX_MEMO_BYTES, true)?;
     apply(
         ctx,
@@ -50,9 +50,9 @@ pub(super) fn credit(ctx: &mut Ctx<'_>, req: &Credit) -> Result<Receipt, Error> 
 }
 
 pub(super) fn adjust(ctx: &mut Ctx<'_>, req: &Adjust) -> Result<Receipt, Error> {
-    validate::id("workspace", &req.workspace)?;
+    validate::new_id("workspace", &req.workspace)?;
     validate::amount("amount", req.amount_credits.unsigned_abs())?;
-    validate::id("idempotency key", &req.idempotency_key)?;
+    validate::new_id("idempotency key", &req.idempotency_key)?;
     validate::text("memo", &req.memo, MAX_MEMO_BYTES, false)?;
     apply(
         ctx,

@@ -50,9 +50,9 @@ fn charge(gen: &GenerationRecord, usage: &TxnRecord, replay: bool) -> Charge {
 }
 
 pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, Error> {
-    validate::id("generation id", &req.generation_id)?;
-    validate::id("workspace", &req.workspace)?;
-    validate::text("feature", &req.feature, MAX_FEATURE_BYTES, false)?;
+    validate::new_id("generation id", &req.generation_id)?;
+    validate::new_id("workspace", &req.workspace)?;
+    validate::name("feature", &req.feature, MAX_FEATURE_BYTES)?;
     validate::amount("cost", req.cost_credits)?;
     if let Some(t) = req.timeout_ms {
         if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&t) {

@@ -7,6 +7,7 @@
 
 mod credit;
 mod generation;
+mod notify;
 mod sweep;
 
 use std::collections::HashMap;
@@ -116,6 +117,46 @@ pub(crate) fn run(
     })
 }
 
+/// The consumers and alerts tables, which a version 1 file lacks until the first write that
+/// needs them.
+pub(crate) struct FeedTables<'txn> {
+    pub consumers: Table<'txn, &'static str, u64>,
+    pub alerts: Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> FeedTables<'txn> {
+    /// Open the tables if the file has them (schema 2 and later); a version 1 file has none,
+    /// and opening them in a write transaction would create them, changing every write of a
+    /// file that never uses them.
+    fn open_existing(txn: &'txn WriteTransaction) -> Result<Option<Self>, Error> {
+        let version = txn
+            .open_table(tables::META)?
+            .get(tables::META_SCHEMA_KEY)?
+            .and_then(|v| v.value().first().copied());
+        if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+            Self::open(txn).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, Error> {
+        Ok(FeedTables {
+            consumers: txn.open_table(tables::CONSUMERS)?,
+            alerts: txn.open_table(tables::ALERTS)?,
+        })
+    }
+
+    /// Create the tables in a version 1 file and record version 2, which says that records
+    /// of that version (a `BalanceLow` notification) may follow, so an older build refuses
+    /// the file with a clear error instead of failing to decode them.
+    fn create(txn: &'txn WriteTransaction) -> Result<Self, Error> {
+        txn.open_table(tables::META)?
+            .insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+        Self::open(txn)
+    }
+}
+
 /// One write transaction's worth of open tables and state.
 pub(crate) struct Ctx<'txn> {
     pub workspaces: Table<'txn, &'static str, &'static [u8]>,
@@ -124,6 +165,9 @@ pub(crate) struct Ctx<'txn> {
     pub generations: Table<'txn, &'static str, &'static [u8]>,
     pub deadlines: Table<'txn, (u64, &'static str), ()>,
     pub idempotency: Table<'txn, &'static str, u64>,
+    /// `None` in a version 1 file until an operation needs them: see [`Ctx::feed_tables`].
+    feed: Option<FeedTables<'txn>>,
+    txn: &'txn WriteTransaction,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.
     pub now_ms: u64,
@@ -138,6 +182,9 @@ pub(crate) struct Ctx<'txn> {
     /// batch of operations on one workspace reads its record once and writes it once, in
     /// [`Ctx::flush`], instead of once per operation.
     workspace_cache: HashMap<String, (WorkspaceRecord, bool)>,
+    /// Notifications appended per workspace in this transaction: they count in the
+    /// workspace's `txn_count`, added in [`Ctx::flush`] so the operations need not know.
+    notifications: HashMap<String, u64>,
 }
 
 impl<'txn> Ctx<'txn> {
@@ -154,6 +201,8 @@ impl<'txn> Ctx<'txn> {
             generations: txn.open_table(tables::GENERATIONS)?,
             deadlines: txn.open_table(tables::DEADLINES)?,
             idempotency: txn.open_table(tables::IDEMPOTENCY)?,
+            feed: FeedTables::open_existing(txn)?,
+            txn,
             state,
             now_ms,
             config,
@@ -161,6 +210,7 @@ impl<'txn> Ctx<'txn> {
             deadlines_changed: false,
             broken: false,
             workspace_cache: HashMap::new(),
+            notifications: HashMap::new(),
         })
     }
 
@@ -179,7 +229,27 @@ impl<'txn> Ctx<'txn> {
                 message,
             } => generation::fail(self, generation_id, *reason, message).map(Outcome::Fail),
             Op::Sweep { limit } => sweep::sweep(self, *limit).map(Outcome::Sweep),
+            Op::Ack { consumer, txn_id } => notify::ack(self, consumer, *txn_id).map(Outcome::Ack),
+            Op::SetAlert {
+                workspace,
+                threshold_credits,
+            } => notify::set_alert(self, workspace, *threshold_credits).map(Outcome::Alert),
         }
+    }
+
+    /// The consumers and alerts tables, if the file has them yet.
+    pub fn existing_feed_tables(&self) -> Option<&FeedTables<'txn>> {
+        self.feed.as_ref()
+    }
+
+    /// The consumers and alerts tables, created (with the schema upgrade) in a version 1 file.
+    /// Call only for an operation that writes to them.
+    pub fn feed_tables(&mut self) -> Result<&mut FeedTables<'txn>, Error> {
+        if self.feed.is_none() {
+            self.dirty = true;
+            self.feed = Some(FeedTables::create(self.txn).inspect_err(|_| self.broken = true)?);
+        }
+        Ok(self.feed.as_mut().expect("invariant: just opened"))
     }
 
     /// The earliest running deadline, read from the index.
@@ -220,6 +290,22 @@ impl<'txn> Ctx<'txn> {
     /// Write the changed workspace records. Call once, after the last operation and before
     /// the commit.
     pub fn flush(&mut self) -> Result<(), Error> {
+        for (id, n) in std::mem::take(&mut self.notifications) {
+            // Every notification follows a movement of the same workspace, which read its
+            // record into the cache.
+            let (rec, changed) = self
+                .workspace_cache
+                .get_mut(&id)
+                .expect("invariant: a notified workspace was read in this transaction");
+            rec.txn_count = rec
+                .txn_count
+                .checked_add(n)
+                .ok_or_else(|| Error::Overflow {
+                    workspace: id.clone(),
+                    what: "the transaction count",
+                })?;
+            *changed = true;
+        }
         let changed: Vec<(String, WorkspaceRecord)> = self
             .workspace_cache
             .drain()
@@ -282,8 +368,24 @@ impl<'txn> Ctx<'txn> {
     }
 
     /// Append a transaction to the log: assign its id, time and chain link, file it in the
-    /// workspace history. Returns the stored record.
-    pub fn append(&mut self, mut rec: TxnRecord, category: Category) -> Result<TxnRecord, Error> {
+    /// workspace history. When it takes the balance below the workspace's alert threshold,
+    /// append the `BalanceLow` notification right after it, in the same write. Returns the
+    /// stored record.
+    pub fn append(&mut self, rec: TxnRecord, category: Category) -> Result<TxnRecord, Error> {
+        let notification = notify::crossing(self, &rec)?;
+        let rec = self.append_record(rec, category)?;
+        if let Some(n) = notification {
+            let n = self.append_record(n, notify::NOTIFICATION_CATEGORY)?;
+            *self.notifications.entry(n.workspace).or_default() += 1;
+        }
+        Ok(rec)
+    }
+
+    fn append_record(
+        &mut self,
+        mut rec: TxnRecord,
+        category: Category,
+    ) -> Result<TxnRecord, Error> {
         rec.id = self.state.next_txn_id;
         rec.at_ms = self.now_ms;
         rec.prev_crc = self.state.last_crc;

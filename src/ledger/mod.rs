@@ -7,6 +7,7 @@ mod checkpoint;
 mod commit;
 mod open;
 mod options;
+mod panic_guard;
 mod read;
 mod write;
 
@@ -17,13 +18,14 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
 
 pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
+pub use panic_guard::inside_panic_guard;
 
 use crate::engine::WriterState;
 use crate::error::{Error, Result};
 use crate::model::limits::{MAX_BATCH_OPS, MAX_SWEEP_LIMIT};
 use crate::model::{
-    validate, Adjust, Charge, Completion, Credit, Op, Outcome, Receipt, RefundReason,
-    RefundReceipt, StartGeneration, SweepReport,
+    validate, AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, Op, Outcome, Receipt,
+    RefundReason, RefundReceipt, StartGeneration, SweepReport,
 };
 use crate::storage::journal::Journal;
 use crate::storage::journal_file::JournalFile;
@@ -287,6 +289,82 @@ impl Ledger {
         })? {
             Outcome::Fail(r) => Ok(r),
             other => unreachable!("fail produced {other:?}"),
+        }
+    }
+
+    /// Store that `consumer` has processed the change feed up to and including `txn_id`, in a
+    /// durable write of its own (journaled and group-committed like any other). Read on from
+    /// [`position`](Self::position) after a restart: a consumer that crashed before acking
+    /// sees those entries again, so delivery is at least once, and each entry's id lets the
+    /// receiver apply it exactly once.
+    ///
+    /// Acking the current position again is a replay (`replay: true`), so a retried ack is
+    /// safe. Acking beyond the end of the log is [`Error::AckBeyondEnd`], going back is
+    /// [`Error::AckBackwards`], and a new name beyond
+    /// [`MAX_CONSUMERS`](crate::limits::MAX_CONSUMERS) is [`Error::TooManyConsumers`].
+    ///
+    /// ```
+    /// use credit_ledger::{Credit, Ledger};
+    /// let ledger = Ledger::in_memory()?;
+    /// ledger.credit(Credit::purchase("ws", 10, "o-1"))?;
+    /// let page = ledger.changes(ledger.position("server-sync")?, 100)?;
+    /// // ... ship page.entries, then:
+    /// ledger.ack("server-sync", page.next_after(0))?;
+    /// assert_eq!(ledger.position("server-sync")?, 1);
+    /// assert!(ledger.ack("server-sync", 1)?.replay);
+    /// # Ok::<(), credit_ledger::Error>(())
+    /// ```
+    pub fn ack(&self, consumer: &str, txn_id: u64) -> Result<AckReceipt> {
+        match self.submit(Op::Ack {
+            consumer: consumer.to_string(),
+            txn_id,
+        })? {
+            Outcome::Ack(r) => Ok(r),
+            other => unreachable!("ack produced {other:?}"),
+        }
+    }
+
+    /// Turn on an edge-triggered balance alert for `workspace`: each transaction that takes
+    /// its balance from at or above `threshold_credits` to below it writes one `BalanceLow`
+    /// notification into the log, in the same commit. Debits that stay below write nothing
+    /// more; going back up and down again writes one more. Notifications appear in the
+    /// change feed and in history (kind [`TxnKind::BalanceLow`](crate::TxnKind::BalanceLow))
+    /// and move no credits. Setting the same threshold again is a replay; a threshold of 0
+    /// or above [`MAX_AMOUNT_CREDITS`](crate::limits::MAX_AMOUNT_CREDITS) is
+    /// [`Error::InvalidInput`]. A balance already below the new threshold writes nothing
+    /// until it has come back up.
+    ///
+    /// ```
+    /// use credit_ledger::{Credit, Ledger, StartGeneration, TxnKind};
+    /// let ledger = Ledger::in_memory()?;
+    /// ledger.credit(Credit::purchase("ws", 100, "o-1"))?;
+    /// ledger.set_alert("ws", 50)?;
+    /// ledger.start_generation(StartGeneration::new("g-1", "ws", "HD Video", 60))?;
+    /// let last = ledger.changes(1, 10)?.entries.pop().unwrap();
+    /// assert_eq!((last.kind, last.alert_threshold_credits), (TxnKind::BalanceLow, Some(50)));
+    /// assert_eq!(ledger.balance("ws")?.balance_credits, 40);
+    /// # Ok::<(), credit_ledger::Error>(())
+    /// ```
+    pub fn set_alert(&self, workspace: &str, threshold_credits: u64) -> Result<AlertReceipt> {
+        self.submit_alert(workspace, Some(threshold_credits))
+    }
+
+    /// Turn off the balance alert of `workspace` (a replay when none is set).
+    pub fn remove_alert(&self, workspace: &str) -> Result<AlertReceipt> {
+        self.submit_alert(workspace, None)
+    }
+
+    fn submit_alert(
+        &self,
+        workspace: &str,
+        threshold_credits: Option<u64>,
+    ) -> Result<AlertReceipt> {
+        match self.submit(Op::SetAlert {
+            workspace: workspace.to_string(),
+            threshold_credits,
+        })? {
+            Outcome::Alert(r) => Ok(r),
+            other => unreachable!("set_alert produced {other:?}"),
         }
     }
 

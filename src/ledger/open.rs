@@ -49,13 +49,14 @@ pub(super) fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
 /// Run `f`, turning a panic into an error. redb asserts (or indexes out of bounds) on some kinds
 /// of damaged pages instead of returning an error, while reading and while committing; a
 /// caller of the ledger must get a typed error for a damaged file, never a panic, so opening,
-/// every read and every write's storage work run under this guard. The panic message is still
-/// printed by the process's panic hook: replacing a process-wide hook is not a library's call
-/// to make.
+/// every read and every write's storage work run under this guard. The process's panic hook
+/// still runs first (replacing a process-wide hook is not a library's call to make), but it can
+/// tell such a panic from a bug: [`super::inside_panic_guard`] is true while this guard runs.
 pub(super) fn no_panic<T>(
     on_panic: impl FnOnce(String) -> Error,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
+    let _marked = super::panic_guard::Marked::enter();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<&str>()
@@ -226,6 +227,7 @@ impl Ledger {
     /// next to the real file, whichever link it was opened through. While it is open, the
     /// journal file exists and is locked; a clean close removes it.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Ledger> {
+        options.validate()?;
         let path = path.as_ref();
         let not_ledger = |detail| Error::NotALedger {
             path: path.display().to_string(),
@@ -352,6 +354,7 @@ impl Ledger {
 
     /// A ledger that lives in memory only.
     pub fn in_memory_with(options: Options) -> Result<Ledger> {
+        options.validate()?;
         let db = redb::Builder::new()
             .set_cache_size(options.cache_size_bytes)
             .create_with_backend(redb::backends::InMemoryBackend::new())
@@ -364,6 +367,7 @@ impl Ledger {
     /// storage error, and the caller must open it anew. See
     /// [`open_backend_factory`](Self::open_backend_factory) for one that can.
     pub fn open_backend(backend: impl redb::StorageBackend, options: Options) -> Result<Ledger> {
+        options.validate()?;
         let db = Self::open_backend_db(backend, options.cache_size_bytes)?;
         Self::init(db, Source::Fixed("<backend>"), options, None)
     }
@@ -374,6 +378,7 @@ impl Ledger {
         factory: impl Fn() -> B + Send + Sync + 'static,
         options: Options,
     ) -> Result<Ledger> {
+        options.validate()?;
         let cache = options.cache_size_bytes;
         let db = Self::open_backend_db(factory(), cache)?;
         let reopen = move || Self::open_backend_db(factory(), cache);
@@ -627,6 +632,8 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             txn.open_table(tables::GENERATIONS)?;
             txn.open_table(tables::DEADLINES)?;
             txn.open_table(tables::IDEMPOTENCY)?;
+            txn.open_table(tables::CONSUMERS)?;
+            txn.open_table(tables::ALERTS)?;
         }
         txn.commit()?;
         return Ok(());
@@ -661,6 +668,9 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
+    // A version 1 file lacks the consumers and alerts tables: opening never writes, so its
+    // first write creates them and records version 2 (see `engine::Ctx::open`), and reads
+    // take a missing table as empty.
     txn.abort()?;
     Ok(())
 }

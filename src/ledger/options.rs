@@ -3,7 +3,12 @@
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
-use crate::model::limits::{DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_TIMEOUT_MS};
+use crate::error::InvalidInput;
+use crate::model::limits::{
+    DEFAULT_MAX_CLOCK_AHEAD_MS, DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_TIMEOUT_MS,
+    MAX_CACHE_SIZE_BYTES, MAX_CLOCK_AHEAD_MS, MAX_CLOCK_REGRESSION_MS, MAX_TIMEOUT_MS,
+    MIN_CACHE_SIZE_BYTES, MIN_CLOCK_AHEAD_MS, MIN_TIMEOUT_MS,
+};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +28,11 @@ pub const DEFAULT_CACHE_SIZE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Settings for [`Ledger::open_with`](crate::Ledger::open_with).
 ///
+/// Every number is checked when the ledger opens ([`Options::validate`]): a value outside its
+/// documented range is refused with [`InvalidInput::OptionOutOfRange`] and nothing is opened or
+/// created, because a wrong setting (a zero timeout refunds every success) does its damage
+/// silently.
+///
 /// ```
 /// use credit_ledger::{ManualClock, Options};
 /// let opts = Options::default()
@@ -35,14 +45,33 @@ pub const DEFAULT_CACHE_SIZE_BYTES: usize = 32 * 1024 * 1024;
 pub struct Options {
     /// Where time comes from. Default: [`SystemClock`].
     pub clock: Arc<dyn Clock>,
-    /// Timeout of a generation started without one. Default: 150 minutes.
+    /// Timeout of a generation started without one, [`MIN_TIMEOUT_MS`] (1 s) to
+    /// [`MAX_TIMEOUT_MS`] (7 days). Default: 150 minutes.
     pub default_timeout_ms: u64,
     /// When writes are acknowledged. Default: [`Durability::Immediate`].
     pub durability: Durability,
-    /// redb's page cache. Default: [`DEFAULT_CACHE_SIZE_BYTES`].
+    /// redb's page cache, [`MIN_CACHE_SIZE_BYTES`] (64 KiB) to [`MAX_CACHE_SIZE_BYTES`]
+    /// (64 GiB). Default: [`DEFAULT_CACHE_SIZE_BYTES`].
     pub cache_size_bytes: usize,
-    /// How far the clock may step back before writes are refused. Default: one minute.
+    /// How far `clock` may read behind the last committed transaction before writes other
+    /// than refunds are refused, 0 to [`MAX_CLOCK_REGRESSION_MS`] (400 days). Within it, writes
+    /// are stamped with the last committed time. Default: one minute. Refunds are never
+    /// refused because of the clock: see [`Error::ClockRegressed`](crate::Error::ClockRegressed).
     pub max_clock_regression_ms: u64,
+    /// How far `clock` may read ahead of `wall_clock` before writes other than refunds are
+    /// refused with [`Error::ClockAhead`](crate::Error::ClockAhead), [`MIN_CLOCK_AHEAD_MS`]
+    /// (1 s) to [`MAX_CLOCK_AHEAD_MS`] (400 days); `None` turns the guard off (to replay events
+    /// dated in the future on purpose). Default: one hour.
+    ///
+    /// Why: a transaction stamped in the future moves the log's time there, and every later
+    /// write with the right time then reads as a clock gone backwards. The guard stops a
+    /// mistyped time before it is written.
+    pub max_clock_ahead_ms: Option<u64>,
+    /// The clock `clock` is compared with for [`Options::max_clock_ahead_ms`]. Default:
+    /// [`SystemClock`]. With the default `clock` (also `SystemClock`) the guard never trips;
+    /// it is there for a `clock` the caller supplies (a `ManualClock` set from user input, an
+    /// app's own time source). Tests give it a `ManualClock` of their own.
+    pub wall_clock: Arc<dyn Clock>,
     /// Write redb's allocator state with each durable commit of a ledger *without* a journal,
     /// so that reopening after a crash needs no full repair scan. Default: off.
     ///
@@ -79,6 +108,8 @@ impl Default for Options {
             durability: Durability::Immediate,
             cache_size_bytes: DEFAULT_CACHE_SIZE_BYTES,
             max_clock_regression_ms: DEFAULT_MAX_CLOCK_REGRESSION_MS,
+            max_clock_ahead_ms: Some(DEFAULT_MAX_CLOCK_AHEAD_MS),
+            wall_clock: Arc::new(SystemClock),
             quick_repair: false,
             sweep_on_open: true,
             journal: true,
@@ -115,6 +146,67 @@ impl Options {
     pub fn max_clock_regression_ms(mut self, ms: u64) -> Self {
         self.max_clock_regression_ms = ms;
         self
+    }
+
+    /// Refuse writes (other than refunds) whose clock reads more than this ahead of the wall
+    /// clock; `None` turns the guard off. See [`Options::max_clock_ahead_ms`].
+    pub fn max_clock_ahead_ms(mut self, ms: Option<u64>) -> Self {
+        self.max_clock_ahead_ms = ms;
+        self
+    }
+
+    /// Compare the clock with this one for [`Options::max_clock_ahead_ms`].
+    pub fn wall_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.wall_clock = Arc::new(clock);
+        self
+    }
+
+    /// Check every setting against its documented range. Every `open` calls this first.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        let range = |option, value: u64, min, max, unit| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(InvalidInput::OptionOutOfRange {
+                    option,
+                    value,
+                    min,
+                    max,
+                    unit,
+                })
+            }
+        };
+        range(
+            "default_timeout_ms",
+            self.default_timeout_ms,
+            MIN_TIMEOUT_MS,
+            MAX_TIMEOUT_MS,
+            "ms",
+        )?;
+        range(
+            "cache_size_bytes",
+            u64::try_from(self.cache_size_bytes).unwrap_or(u64::MAX),
+            MIN_CACHE_SIZE_BYTES,
+            MAX_CACHE_SIZE_BYTES,
+            "bytes",
+        )?;
+        range(
+            "max_clock_regression_ms",
+            self.max_clock_regression_ms,
+            0,
+            MAX_CLOCK_REGRESSION_MS,
+            "ms",
+        )?;
+        if let Some(ahead_ms) = self.max_clock_ahead_ms {
+            range(
+                "max_clock_ahead_ms",
+                ahead_ms,
+                MIN_CLOCK_AHEAD_MS,
+                MAX_CLOCK_AHEAD_MS,
+                "ms",
+            )?;
+        }
+        Ok(())
     }
 
     /// Turn redb's quick repair on or off.

@@ -8,9 +8,10 @@ use crate::audit::{self, AuditReport};
 use crate::error::{Error, InvalidInput, Result};
 use crate::model::validate;
 use crate::query::{
-    self, GenerationView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest, Stats, TimeWindow,
-    TransactionView, WorkspaceSummary,
+    self, ChangePage, GenerationView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest, Stats,
+    TimeWindow, TransactionView, WorkspaceSummary,
 };
+use crate::storage::tables;
 
 impl Ledger {
     /// Run `f` on a fresh read transaction. A redb panic on damaged data becomes
@@ -76,6 +77,51 @@ impl Ledger {
         validate::id("workspace", workspace)?;
         self.read("workspace_history", |r| {
             query::history::history(r, workspace, filter, page)
+        })
+    }
+
+    /// The change feed: the global log after `after_txn_id`, oldest first, across every
+    /// workspace, at most `limit` entries (1..=[`MAX_PAGE_LIMIT`](crate::limits::MAX_PAGE_LIMIT)).
+    /// The entries are the views history shows, each with its transaction id, so a receiver
+    /// can apply each exactly once. Ids are dense, so a page costs the entries it returns.
+    ///
+    /// ```
+    /// use credit_ledger::{Credit, Ledger};
+    /// let ledger = Ledger::in_memory()?;
+    /// ledger.credit(Credit::purchase("a", 10, "o-1"))?;
+    /// ledger.credit(Credit::purchase("b", 20, "o-2"))?;
+    /// let page = ledger.changes(0, 100)?;
+    /// let ids: Vec<u64> = page.entries.iter().map(|e| e.id).collect();
+    /// assert_eq!((ids, page.last_txn_id), (vec![1, 2], 2));
+    /// assert!(ledger.changes(2, 100)?.entries.is_empty());
+    /// # Ok::<(), credit_ledger::Error>(())
+    /// ```
+    pub fn changes(&self, after_txn_id: u64, limit: u32) -> Result<ChangePage> {
+        self.read("transactions", |r| {
+            query::changes::changes(r, after_txn_id, limit)
+        })
+    }
+
+    /// The stored position of a change-feed consumer: the last transaction it acked, or 0
+    /// for a consumer that never acked. Read on with [`changes`](Self::changes)`(position, n)`.
+    pub fn position(&self, consumer: &str) -> Result<u64> {
+        validate::id("consumer", consumer)?;
+        self.read("consumers", |r| {
+            match tables::open_optional(r, tables::CONSUMERS)? {
+                Some(t) => Ok(t.get(consumer)?.map_or(0, |v| v.value())),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// The balance alert threshold of `workspace`, if one is set.
+    pub fn alert(&self, workspace: &str) -> Result<Option<u64>> {
+        validate::id("workspace", workspace)?;
+        self.read("alerts", |r| {
+            match tables::open_optional(r, tables::ALERTS)? {
+                Some(t) => Ok(t.get(workspace)?.map(|v| v.value())),
+                None => Ok(None),
+            }
         })
     }
 

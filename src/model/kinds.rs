@@ -19,17 +19,26 @@ pub enum TxnKind {
     Refund,
     /// An operator's signed correction (+ or -).
     Adjustment,
+    /// A notification, not a movement: the balance fell below the workspace's alert
+    /// threshold (see [`Ledger::set_alert`](crate::Ledger::set_alert)). Its amount is 0.
+    BalanceLow,
 }
 
 impl TxnKind {
     /// Every kind, in display order.
-    pub const ALL: [TxnKind; 5] = [
+    pub const ALL: [TxnKind; 6] = [
         TxnKind::Purchase,
         TxnKind::Grant,
         TxnKind::Usage,
         TxnKind::Refund,
         TxnKind::Adjustment,
+        TxnKind::BalanceLow,
     ];
+
+    /// True for notification records, which move no credits.
+    pub fn is_notification(self) -> bool {
+        matches!(self, TxnKind::BalanceLow)
+    }
 
     /// The lowercase name used by the CLI and JSON.
     pub fn as_str(self) -> &'static str {
@@ -39,6 +48,7 @@ impl TxnKind {
             TxnKind::Usage => "usage",
             TxnKind::Refund => "refund",
             TxnKind::Adjustment => "adjustment",
+            TxnKind::BalanceLow => "balance-low",
         }
     }
 }
@@ -51,6 +61,7 @@ impl fmt::Display for TxnKind {
             TxnKind::Usage => "Usage",
             TxnKind::Refund => "Refund",
             TxnKind::Adjustment => "Adjustment",
+            TxnKind::BalanceLow => "Balance Low",
         })
     }
 }
@@ -65,7 +76,7 @@ impl FromStr for TxnKind {
                 Error::InvalidInput(InvalidInput::UnknownName {
                     field: "transaction type",
                     value: s.to_string(),
-                    expected: "purchase, grant, usage, refund, adjustment",
+                    expected: "purchase, grant, usage, refund, adjustment, balance-low",
                 })
             })
     }

@@ -55,3 +55,33 @@ pub const MAX_REPORTED_VIOLATIONS: usize = 1000;
 /// slewing, a VM resuming) is absorbed: the ledger keeps stamping the last committed time. A
 /// larger one is refused with [`Error::ClockRegressed`](crate::Error::ClockRegressed).
 pub const DEFAULT_MAX_CLOCK_REGRESSION_MS: u64 = 60_000;
+
+/// Most named consumers of the change feed one ledger keeps a position for. Each is a row the
+/// ledger keeps forever, so the set is bounded like every other.
+pub const MAX_CONSUMERS: usize = 64;
+
+/// The largest tolerance [`Options::max_clock_regression_ms`](crate::Options) accepts: 400
+/// days. A larger tolerance stamps new transactions with a time that far in the past without
+/// a word, which is no longer a tolerance. 400 days is enough to absorb a mistyped year: the
+/// documented way to keep writing to a ledger whose log was stamped a year ahead (see
+/// [`Error::ClockRegressed`](crate::Error::ClockRegressed)).
+pub const MAX_CLOCK_REGRESSION_MS: u64 = 400 * 24 * 60 * 60 * 1000;
+
+/// Default for [`Options::max_clock_ahead_ms`](crate::Options): one hour. Two sane clocks
+/// never disagree by that much; a mistyped year, month or day does.
+pub const DEFAULT_MAX_CLOCK_AHEAD_MS: u64 = 60 * 60 * 1000;
+
+/// The smallest value [`Options::max_clock_ahead_ms`](crate::Options) accepts: one second, so
+/// that two reads of the same clock never trip the guard.
+pub const MIN_CLOCK_AHEAD_MS: u64 = 1_000;
+
+/// The largest value [`Options::max_clock_ahead_ms`](crate::Options) accepts: 400 days. To
+/// turn the guard off (replaying events dated in the future on purpose), set it to `None`.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 400 * 24 * 60 * 60 * 1000;
+
+/// The smallest redb page cache [`Options::cache_size_bytes`](crate::Options) accepts: 64 KiB.
+/// A zero cache makes every read go to the file.
+pub const MIN_CACHE_SIZE_BYTES: u64 = 64 * 1024;
+
+/// The largest redb page cache [`Options::cache_size_bytes`](crate::Options) accepts: 64 GiB.
+pub const MAX_CACHE_SIZE_BYTES: u64 = 64 * 1024 * 1024 * 1024;

@@ -156,6 +156,22 @@ pub enum Op {
         /// Most refunds to write.
         limit: u32,
     },
+    /// See [`Ledger::ack`](crate::Ledger::ack).
+    Ack {
+        /// The consumer's name (the id rules apply).
+        consumer: String,
+        /// The last transaction it has processed.
+        txn_id: u64,
+    },
+    /// See [`Ledger::set_alert`](crate::Ledger::set_alert) and
+    /// [`Ledger::remove_alert`](crate::Ledger::remove_alert).
+    SetAlert {
+        /// The workspace, which must exist.
+        workspace: String,
+        /// The threshold, 1..=[`MAX_AMOUNT_CREDITS`](crate::limits::MAX_AMOUNT_CREDITS);
+        /// `None` removes the alert.
+        threshold_credits: Option<u64>,
+    },
 }
 
 /// The receipt of a credit or adjustment.
@@ -253,6 +269,29 @@ pub struct SweepReport {
     pub next_deadline_ms: Option<u64>,
 }
 
+/// The receipt of an [`Op::Ack`]: a consumer's stored position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AckReceipt {
+    /// The consumer.
+    pub consumer: String,
+    /// Its position now: the last transaction it has processed.
+    pub txn_id: u64,
+    /// True when it already stood at `txn_id` and nothing changed. A retried ack gets the
+    /// same receipt with this set, like every other write.
+    pub replay: bool,
+}
+
+/// The receipt of an [`Op::SetAlert`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertReceipt {
+    /// The workspace.
+    pub workspace: String,
+    /// The threshold now; `None` when no alert is set.
+    pub threshold_credits: Option<u64>,
+    /// True when the alert already stood so and nothing changed.
+    pub replay: bool,
+}
+
 /// The result of one [`Op`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Outcome {
@@ -268,4 +307,8 @@ pub enum Outcome {
     Fail(RefundReceipt),
     /// From [`Op::Sweep`].
     Sweep(SweepReport),
+    /// From [`Op::Ack`].
+    Ack(AckReceipt),
+    /// From [`Op::SetAlert`].
+    Alert(AlertReceipt),
 }

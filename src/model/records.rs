@@ -23,6 +23,9 @@ pub(crate) struct TxnRecord {
     pub generation_id: Option<String>,
     pub refund: Option<RefundDetail>,
     pub idempotency_key: Option<String>,
+    /// The memo of a credit or adjustment. For a `BalanceLow` notification, the threshold it
+    /// crossed, in decimal (a record field of its own would change the format of every
+    /// record; this keeps version 1 records readable as they are).
     pub memo: Option<String>,
     /// The checksum of the previous transaction's record (0 for the first), which makes the log
     /// a chain: a changed, missing or reordered entry breaks it.
@@ -30,6 +33,14 @@ pub(crate) struct TxnRecord {
 }
 
 impl TxnRecord {
+    /// The alert threshold a `BalanceLow` notification records; `None` for anything else.
+    pub fn alert_threshold(&self) -> Option<u64> {
+        match self.kind {
+            TxnKind::BalanceLow => self.memo.as_deref().and_then(|m| m.parse().ok()),
+            _ => None,
+        }
+    }
+
     /// The signed amount.
     pub fn signed_amount(&self) -> i128 {
         if self.debit {

@@ -1,12 +1,14 @@
 //! Reads: balances, generations, transactions, history pages and stats. Each read runs in
 //! one redb read transaction, a consistent snapshot that never blocks writers.
 
+pub(crate) mod changes;
 pub(crate) mod history;
 pub(crate) mod stats;
 mod views;
 
 use redb::{ReadTransaction, ReadableTable};
 
+pub use changes::ChangePage;
 pub use history::{HistoryFilter, HistoryPage, PageRequest};
 pub use stats::{FeatureStats, ReasonStats, Stats, TimeWindow};
 pub use views::{
@@ -64,7 +66,17 @@ pub(crate) fn totals(rtx: &ReadTransaction) -> Result<LedgerTotals, Error> {
         s.refunded_credits += u128::from(r.refunded_credits);
         s.adjusted_in_credits += u128::from(r.adjusted_in_credits);
         s.adjusted_out_credits += u128::from(r.adjusted_out_credits);
-        s.running_generations = s.running_generations.saturating_add(r.running_generations);
+        // Each running generation has its own Usage transaction, so on a healthy file the sum
+        // fits a u64 (ids do); a sum past it means damaged records, not a number to cut short.
+        s.running_generations = s
+            .running_generations
+            .checked_add(r.running_generations)
+            .ok_or_else(|| Error::Corruption {
+                table: "workspaces",
+                key: k.value().to_string(),
+                detail: "the running-generation counts of all workspaces add up past u64::MAX"
+                    .into(),
+            })?;
     }
     Ok(s)
 }

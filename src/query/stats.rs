@@ -36,13 +36,14 @@ impl TimeWindow {
     }
 }
 
-/// Refunds of one reason.
+/// Refunds of one reason. Credit sums are `u128`: each amount is a `u64`, and a sum over many
+/// workspaces can pass `u64::MAX` (a sum is never cut short: it is exact or it is an error).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReasonStats {
     /// Refunds.
     pub refunds: u64,
     /// Credits refunded.
-    pub refunded_credits: u64,
+    pub refunded_credits: u128,
 }
 
 /// Activity of one feature.
@@ -53,9 +54,9 @@ pub struct FeatureStats {
     /// Generations refunded.
     pub refunds: u64,
     /// Credits charged.
-    pub charged_credits: u64,
+    pub charged_credits: u128,
     /// Credits refunded.
-    pub refunded_credits: u64,
+    pub refunded_credits: u128,
 }
 
 /// Failures and refunds in a window. Every failure is a refund, so the two counts agree.
@@ -68,7 +69,7 @@ pub struct Stats {
     /// Refunds written in the window.
     pub refunds: u64,
     /// Credits refunded in the window.
-    pub refunded_credits: u64,
+    pub refunded_credits: u128,
     /// `refunds / started`, or 0 when nothing started.
     pub failure_rate: f64,
     /// Refunds by reason (`model-failure`, `timeout`...).
@@ -78,6 +79,9 @@ pub struct Stats {
 }
 
 /// O(transactions in the window): stats are an aggregate, read by operators, not per request.
+///
+/// The counts are `u64` and cannot overflow: each counts transactions, whose ids are `u64`.
+/// The credit sums add `u64` amounts into `u128`, which 2^64 transactions cannot overflow.
 pub(crate) fn stats(rtx: &ReadTransaction, window: TimeWindow) -> Result<Stats, Error> {
     let txns = rtx.open_table(tables::TRANSACTIONS)?;
     let (lo, hi) = id_range(&txns, window.since_ms, window.until_ms)?;
@@ -96,22 +100,22 @@ pub(crate) fn stats(rtx: &ReadTransaction, window: TimeWindow) -> Result<Stats, 
                 s.started += 1;
                 let f = s.by_feature.entry(rec.title.clone()).or_default();
                 f.started += 1;
-                f.charged_credits = f.charged_credits.saturating_add(rec.amount_credits);
+                f.charged_credits += u128::from(rec.amount_credits);
             }
             TxnKind::Refund => {
                 s.refunds += 1;
-                s.refunded_credits = s.refunded_credits.saturating_add(rec.amount_credits);
+                s.refunded_credits += u128::from(rec.amount_credits);
                 if let Some(d) = &rec.refund {
                     let r = s
                         .by_reason
                         .entry(d.reason.as_str().to_string())
                         .or_default();
                     r.refunds += 1;
-                    r.refunded_credits = r.refunded_credits.saturating_add(rec.amount_credits);
+                    r.refunded_credits += u128::from(rec.amount_credits);
                 }
                 let f = s.by_feature.entry(rec.title.clone()).or_default();
                 f.refunds += 1;
-                f.refunded_credits = f.refunded_credits.saturating_add(rec.amount_credits);
+                f.refunded_credits += u128::from(rec.amount_credits);
             }
             _ => {}
         }

@@ -198,6 +198,8 @@ pub struct TransactionView {
     pub memo: Option<String>,
     /// The idempotency key of a credit or adjustment.
     pub idempotency_key: Option<String>,
+    /// For a `BalanceLow` notification: the alert threshold the balance fell below.
+    pub alert_threshold_credits: Option<u64>,
 }
 
 fn plural(n: u64) -> &'static str {
@@ -235,7 +237,12 @@ impl TransactionView {
             },
             TxnKind::Adjustment if r.debit => format!("Adjusted -{n} {}", plural(n)),
             TxnKind::Adjustment => format!("Adjusted +{n} {}", plural(n)),
+            TxnKind::BalanceLow => match r.alert_threshold() {
+                Some(t) => format!("Balance fell below {t} {}", plural(t)),
+                None => "Balance fell below the alert threshold".to_string(),
+            },
         };
+        let alert_threshold_credits = r.alert_threshold();
         let amount_credits = i64::try_from(r.signed_amount()).unwrap_or(i64::MIN);
         let (reason, message, message_truncated, refund_of) = match r.refund {
             Some(d) => (
@@ -263,7 +270,10 @@ impl TransactionView {
             message_truncated,
             refund_of,
             refunded_by,
-            memo: r.memo.filter(|m| !m.is_empty()),
+            memo: r
+                .memo
+                .filter(|m| !m.is_empty() && alert_threshold_credits.is_none()),
+            alert_threshold_credits,
             idempotency_key: r.idempotency_key,
         }
     }

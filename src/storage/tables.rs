@@ -9,10 +9,12 @@
 //! | `generations` | generation id | [`GenerationRecord`] |
 //! | `deadlines` | (deadline ms, generation id) | `()`, running generations only |
 //! | `idempotency` | key | txn id |
+//! | `consumers` | consumer name | the last txn id it acked (schema 2) |
+//! | `alerts` | workspace id | balance alert threshold in credits (schema 2) |
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
-//! matching entries, and unfiltered history is a merge of the seven category ranges.
+//! matching entries, and unfiltered history is a merge of the category ranges.
 
 use redb::{ReadableTable, TableDefinition};
 
@@ -29,6 +31,8 @@ pub(crate) const HISTORY: TableDefinition<(&str, u8, u64), ()> =
 pub(crate) const GENERATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("generations");
 pub(crate) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
 pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+pub(crate) const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
+pub(crate) const ALERTS: TableDefinition<&str, u64> = TableDefinition::new("alerts");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
@@ -36,8 +40,10 @@ pub(crate) const META_SCHEMA_KEY: &str = "schema";
 pub(crate) const META_LEDGER_ID_KEY: &str = "ledger_id";
 /// The `meta` key holding the sequence number of the last journal entry redb holds.
 pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
-/// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: u8 = 1;
+/// The schema version this build writes. Version 2 added the `consumers` and `alerts` tables
+/// and the `BalanceLow` notification records; the first write to a version 1 file adds the
+/// tables and records version 2.
+pub(crate) const SCHEMA_VERSION: u8 = 2;
 
 /// A history category: a transaction kind, and for Usage its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,10 +56,11 @@ pub(crate) enum Category {
     UsageFailed = 4,
     Refund = 5,
     Adjustment = 6,
+    BalanceLow = 7,
 }
 
 impl Category {
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 8] = [
         Category::Purchase,
         Category::Grant,
         Category::UsagePending,
@@ -61,6 +68,7 @@ impl Category {
         Category::UsageFailed,
         Category::Refund,
         Category::Adjustment,
+        Category::BalanceLow,
     ];
 
     pub fn kind(self) -> TxnKind {
@@ -72,6 +80,7 @@ impl Category {
             }
             Category::Refund => TxnKind::Refund,
             Category::Adjustment => TxnKind::Adjustment,
+            Category::BalanceLow => TxnKind::BalanceLow,
         }
     }
 
@@ -93,6 +102,7 @@ impl Category {
             (TxnKind::Usage, Status::Failed) => Category::UsageFailed,
             (TxnKind::Refund, _) => Category::Refund,
             (TxnKind::Adjustment, _) => Category::Adjustment,
+            (TxnKind::BalanceLow, _) => Category::BalanceLow,
         }
     }
 
@@ -104,6 +114,18 @@ impl Category {
 /// The category a Usage belongs in, given its generation's state.
 pub(crate) fn usage_category(state: GenState) -> Category {
     Category::of(TxnKind::Usage, state.usage_status())
+}
+
+/// A table that a version 1 file lacks until its first write: `None` when it is not there.
+pub(crate) fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rtx: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, Error> {
+    match rtx.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) fn get_txn(
@@ -174,6 +196,6 @@ mod tests {
             assert_eq!(Category::from_u8(c as u8), Some(c));
             assert_eq!(Category::of(c.kind(), c.status()), c);
         }
-        assert_eq!(Category::from_u8(7), None);
+        assert_eq!(Category::from_u8(Category::ALL.len() as u8), None);
     }
 }

@@ -34,9 +34,10 @@ use credit_ledger::limits::{
     MAX_MESSAGE_BYTES, MAX_SWEEP_LIMIT, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS,
 };
 use credit_ledger::{
-    format_duration_ms, Adjust, Charge, Completion, Credit, Error, GenerationState, GenerationView,
-    HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options, Outcome, PageRequest, Receipt,
-    RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind, WorkspaceSummary,
+    format_duration_ms, AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, Error,
+    GenerationState, GenerationView, HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options,
+    Outcome, PageRequest, Receipt, RefundReason, RefundReceipt, StartGeneration, Status,
+    SweepReport, TxnKind, WorkspaceSummary,
 };
 
 /// Most operations one input is decoded into.
@@ -64,6 +65,7 @@ const KEY_AMOUNTS: [u64; 8] = [
 const FEATURES: [&str; 2] = ["Quick Video", "Image Upscale"];
 const MEMOS: [&str; 3] = ["", "promo", "goodwill"];
 const TIMEOUTS: [u64; 4] = [MIN_TIMEOUT_MS, 30_000, 600_000, DEFAULT_TIMEOUT_MS];
+const CONSUMERS: [&str; 2] = ["sync", "audit-export"];
 
 fn gen_id(i: usize) -> String {
     format!("gen-{i:02}")
@@ -201,6 +203,9 @@ pub enum Step {
     Back(u64),
     /// Drop and reopen; `crash` rolls the image back to its last sync first.
     Reopen { crash: bool },
+    /// Set a workspace's balance alert this many credits below its balance now (so that the
+    /// next charges cross it): `Op::SetAlert` with a threshold only the run can know.
+    AlertNear { workspace: usize, below_by: u64 },
 }
 
 fn decode_amount(b: &mut Bytes<'_>) -> Option<u64> {
@@ -311,6 +316,27 @@ fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
                 message,
             }
         }
+        13 => match b.below(3)? {
+            0 => Op::Ack {
+                consumer: CONSUMERS[b.below(CONSUMERS.len())?].to_string(),
+                // Up to a little past the usual length of a run's log: forward, replays,
+                // backwards and beyond the end all happen.
+                txn_id: u64::from(b.u8()?),
+            },
+            1 => Op::SetAlert {
+                workspace: WORKSPACES[b.below(WORKSPACES.len())?].to_string(),
+                threshold_credits: match b.u8()? {
+                    0..=15 => None,
+                    16 => Some(0),                      // invalid
+                    17 => Some(MAX_AMOUNT_CREDITS + 1), // invalid
+                    18 => Some(MAX_AMOUNT_CREDITS),
+                    x => Some(u64::from(x % 120) + 1),
+                },
+            },
+            _ => Op::Sweep {
+                limit: b.below(5)? as u32,
+            },
+        },
         _ => Op::Sweep {
             limit: b.below(5)? as u32,
         },
@@ -319,7 +345,11 @@ fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
 
 fn decode_step(b: &mut Bytes<'_>) -> Option<Step> {
     Some(match b.below(32)? {
-        0..=17 => Step::One(decode_op(b)?),
+        0..=16 => Step::One(decode_op(b)?),
+        17 => Step::AlertNear {
+            workspace: b.below(WORKSPACES.len())?,
+            below_by: u64::from(b.u8()? % 4),
+        },
         18..=21 => {
             let n = b.below(MAX_BATCH)? + 1;
             let mut ops = Vec::with_capacity(n);
@@ -437,6 +467,10 @@ struct Model {
     /// Index `i` holds transaction id `i + 1`.
     txns: Vec<TxnModel>,
     idem: BTreeMap<String, u64>,
+    /// Balance alert thresholds by workspace.
+    alerts: BTreeMap<String, u64>,
+    /// Change-feed consumer positions.
+    consumers: BTreeMap<String, u64>,
 }
 
 fn overflow(ws: &str, what: &'static str) -> Error {
@@ -490,6 +524,8 @@ impl Model {
             gens: BTreeMap::new(),
             txns: Vec::new(),
             idem: BTreeMap::new(),
+            alerts: BTreeMap::new(),
+            consumers: BTreeMap::new(),
         }
     }
 
@@ -521,11 +557,81 @@ impl Model {
         &self.txns[(id - 1) as usize]
     }
 
+    /// Append `t`; when it takes the balance from at or above the workspace's alert threshold
+    /// to below it, append a `BalanceLow` notification right after it. Returns `t`'s id.
     fn append(&mut self, now: u64, t: TxnModel) -> u64 {
         debug_assert_eq!(t.at, now);
+        let notification = self.alerts.get(&t.ws).and_then(|&th| {
+            (t.before >= th && t.after < th).then(|| TxnModel {
+                at: now,
+                ws: t.ws.clone(),
+                kind: TxnKind::BalanceLow,
+                amount: 0,
+                debit: false,
+                before: t.after,
+                after: t.after,
+                memo: None,
+                refund: None,
+                gen: t.gen.clone(),
+            })
+        });
         self.txns.push(t);
+        let id = self.txns.len() as u64;
+        if let Some(n) = notification {
+            self.ws.get_mut(&n.ws).expect("a notified workspace").txns += 1;
+            self.txns.push(n);
+        }
         self.last_at = now;
-        self.txns.len() as u64
+        id
+    }
+
+    fn ack(&mut self, consumer: &str, txn_id: u64) -> Result<AckReceipt, Error> {
+        check_text("consumer", consumer, 128, false)?;
+        let last = self.txns.len() as u64;
+        if txn_id > last {
+            return Err(Error::AckBeyondEnd {
+                consumer: consumer.to_string(),
+                txn_id,
+                last_txn_id: last,
+            });
+        }
+        let previous = self.consumers.get(consumer).copied().unwrap_or(0);
+        if txn_id < previous {
+            return Err(Error::AckBackwards {
+                consumer: consumer.to_string(),
+                txn_id,
+                position_txn_id: previous,
+            });
+        }
+        if txn_id > previous {
+            self.consumers.insert(consumer.to_string(), txn_id);
+        }
+        Ok(AckReceipt {
+            consumer: consumer.to_string(),
+            txn_id,
+            replay: txn_id == previous,
+        })
+    }
+
+    fn set_alert(&mut self, ws: &str, threshold: Option<u64>) -> Result<AlertReceipt, Error> {
+        if let Some(t) = threshold {
+            check_amount("alert threshold", u128::from(t))?;
+        }
+        if !self.ws.contains_key(ws) {
+            return Err(Error::UnknownWorkspace {
+                workspace: ws.to_string(),
+            });
+        }
+        let previous = self.alerts.get(ws).copied();
+        match threshold {
+            Some(t) => self.alerts.insert(ws.to_string(), t),
+            None => self.alerts.remove(ws),
+        };
+        Ok(AlertReceipt {
+            workspace: ws.to_string(),
+            threshold_credits: threshold,
+            replay: previous == threshold,
+        })
     }
 
     fn receipt(&self, id: u64, replay: bool) -> Receipt {
@@ -1002,6 +1108,13 @@ impl Model {
                 .fail(now, generation_id, *reason, message)
                 .map(Outcome::Fail),
             Op::Sweep { limit } => self.sweep(now, *limit).map(Outcome::Sweep),
+            Op::Ack { consumer, txn_id } => self.ack(consumer, *txn_id).map(Outcome::Ack),
+            Op::SetAlert {
+                workspace,
+                threshold_credits,
+            } => self
+                .set_alert(workspace, *threshold_credits)
+                .map(Outcome::Alert),
         }
     }
 
@@ -1115,6 +1228,10 @@ pub struct RunStats {
     pub refunds: u64,
     /// `verify()` runs, all clean.
     pub verifies: u64,
+    /// Consumer acks that moved a position.
+    pub acks: u64,
+    /// `BalanceLow` notifications in the final log.
+    pub notifications: u64,
     /// The errors returned (each matched by the model), by kind.
     pub error_kinds: BTreeMap<&'static str, u64>,
 }
@@ -1130,6 +1247,8 @@ fn error_kind(e: &Error) -> &'static str {
         Error::GenerationRefunded { .. } => "GenerationRefunded",
         Error::GenerationSucceeded { .. } => "GenerationSucceeded",
         Error::ClockRegressed { .. } => "ClockRegressed",
+        Error::AckBeyondEnd { .. } => "AckBeyondEnd",
+        Error::AckBackwards { .. } => "AckBackwards",
         _ => "other",
     }
 }
@@ -1145,6 +1264,8 @@ impl RunStats {
         self.crashes += o.crashes;
         self.refunds += o.refunds;
         self.verifies += o.verifies;
+        self.acks += o.acks;
+        self.notifications += o.notifications;
         for (k, v) in &o.error_kinds {
             *self.error_kinds.entry(k).or_default() += v;
         }
@@ -1241,6 +1362,7 @@ impl Harness {
         match r {
             Ok(Outcome::Fail(f)) if !f.replay => self.stats.refunds += 1,
             Ok(Outcome::Sweep(s)) => self.stats.refunds += s.refunds.len() as u64,
+            Ok(Outcome::Ack(a)) if !a.replay => self.stats.acks += 1,
             _ => {}
         }
         match r {
@@ -1348,6 +1470,15 @@ impl Harness {
                         .fail_generation(&generation_id, reason, &message)
                         .map(Outcome::Fail),
                     Op::Sweep { limit } => l.sweep_expired(limit).map(Outcome::Sweep),
+                    Op::Ack { consumer, txn_id } => l.ack(&consumer, txn_id).map(Outcome::Ack),
+                    Op::SetAlert {
+                        workspace,
+                        threshold_credits: Some(t),
+                    } => l.set_alert(&workspace, t).map(Outcome::Alert),
+                    Op::SetAlert {
+                        workspace,
+                        threshold_credits: None,
+                    } => l.remove_alert(&workspace).map(Outcome::Alert),
                 };
                 assert_eq!(got, want, "step {i}: {op:?}");
                 self.tally(&got);
@@ -1374,6 +1505,19 @@ impl Harness {
             Step::Reopen { crash } => {
                 self.reopen(*crash, i);
                 self.audit(i);
+            }
+            Step::AlertNear {
+                workspace,
+                below_by,
+            } => {
+                let ws = WORKSPACES[*workspace];
+                let balance = self.model.ws.get(ws).map_or(0, |w| w.balance);
+                let op = Op::SetAlert {
+                    workspace: ws.to_string(),
+                    threshold_credits: Some(balance.saturating_sub(*below_by).max(1)),
+                };
+                self.step(i, &Step::One(op));
+                return;
             }
         }
         self.stats.steps += 1;
@@ -1403,6 +1547,14 @@ impl Harness {
                     "step {i}: generation {id} should not exist"
                 ),
             }
+        }
+        for c in CONSUMERS {
+            let want = m.consumers.get(c).copied().unwrap_or(0);
+            assert_eq!(l.position(c), Ok(want), "step {i}: position of {c}");
+        }
+        for ws in WORKSPACES {
+            let want = m.alerts.get(ws).copied();
+            assert_eq!(l.alert(ws), Ok(want), "step {i}: alert of {ws}");
         }
         assert_eq!(l.now_ms(), m.clock.max(m.last_at), "step {i}: now_ms");
         assert_eq!(
@@ -1477,6 +1629,59 @@ impl Harness {
         }
     }
 
+    /// The change feed, paged in sizes that vary with the step, against the model's whole
+    /// log: every transaction exactly once, in id order, across all workspaces.
+    fn compare_feed(&self, i: usize) {
+        let l = self.ledger();
+        let m = &self.model;
+        let page_size = 1 + (i % 7) as u32;
+        let (mut got, mut after) = (Vec::new(), 0);
+        loop {
+            let page = l.changes(after, page_size).expect("changes");
+            assert_eq!(page.last_txn_id, m.txns.len() as u64, "step {i}: feed end");
+            assert!(
+                page.entries.len() <= page_size as usize,
+                "step {i}: page size"
+            );
+            if page.entries.is_empty() {
+                break;
+            }
+            after = page.next_after(after);
+            got.extend(page.entries.into_iter().map(|e| {
+                (
+                    e.id,
+                    e.workspace,
+                    e.kind,
+                    i128::from(e.amount_credits),
+                    e.balance_before_credits,
+                    e.balance_after_credits,
+                    e.at_ms,
+                    e.generation_id,
+                    e.reason,
+                )
+            }));
+        }
+        let want: Vec<_> = m
+            .txns
+            .iter()
+            .enumerate()
+            .map(|(n, t)| {
+                (
+                    n as u64 + 1,
+                    t.ws.clone(),
+                    t.kind,
+                    t.signed(),
+                    t.before,
+                    t.after,
+                    t.at,
+                    t.gen.clone(),
+                    t.refund.as_ref().map(|r| r.0),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "step {i}: the change feed");
+    }
+
     /// `verify()`, conservation, and the log's length and last entry.
     fn audit(&mut self, i: usize) {
         let l = self.ledger();
@@ -1509,6 +1714,7 @@ impl Harness {
             "step {i}: ids are dense"
         );
         self.compare_history(i);
+        self.compare_feed(i);
         self.stats.verifies += 1;
     }
 }
@@ -1534,5 +1740,11 @@ fn run_on(data: &[u8], mut h: Harness) -> RunStats {
     h.reopen(true, steps.len());
     h.compare(steps.len());
     h.audit(steps.len());
+    h.stats.notifications = h
+        .model
+        .txns
+        .iter()
+        .filter(|t| t.kind == TxnKind::BalanceLow)
+        .count() as u64;
     h.stats.clone()
 }

@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The default ledger file, in the current directory.
 pub const DEFAULT_DB: &str = "credit-ledger.redb";
 
+/// The environment variable that names the ledger file when `--db` is not given; set but empty,
+/// it counts as unset.
+pub const DB_ENV: &str = "CREDIT_LEDGER_DB";
+
 /// Inspect and operate a credit ledger: credits, generation charges and their automatic
 /// refunds. Exit codes: 0 ok, 1 refused (insufficient credits, conflict, unknown id, already
 /// finished), 2 usage error, 3 verification failure or damaged file.
@@ -14,7 +18,7 @@ pub const DEFAULT_DB: &str = "credit-ledger.redb";
 #[command(name = "credit-ledger", version, about, max_term_width = 100)]
 pub struct Cli {
     /// The ledger file [default: credit-ledger.redb]
-    #[arg(long, global = true, env = "CREDIT_LEDGER_DB", value_name = "PATH")]
+    #[arg(long, global = true, env = DB_ENV, value_name = "PATH")]
     pub db: Option<PathBuf>,
 
     /// Print exactly one JSON document on stdout instead of text.
@@ -25,6 +29,17 @@ pub struct Cli {
     /// milliseconds. For replaying events and for tests. Default: the system clock.
     #[arg(long, global = true, value_name = "TIME", value_parser = crate::time::parse_time)]
     pub now: Option<u64>,
+
+    /// Write even though --now is ahead of the system clock by more than the ledger's
+    /// tolerance for a backwards clock (one minute). Without it such a write is refused: once
+    /// stamped, it makes every later write with the real clock fail until that time.
+    #[arg(long, global = true)]
+    pub allow_future_now: bool,
+
+    /// How long to wait for a ledger file another process has open, retrying with a short
+    /// backoff: 5s, 500ms, 2m (at most 1h). 0 fails at once.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_wait_ms)]
+    pub wait: u64,
 
     #[command(subcommand)]
     pub command: Command,
@@ -64,6 +79,11 @@ pub enum Command {
     /// Write a consistent copy of the ledger to a new file DEST (check it with
     /// `--db DEST verify`). While an app has the ledger open, the app calls Ledger::backup.
     Backup(BackupArgs),
+    /// The change feed: every workspace's transactions after an id, oldest first (JSON
+    /// lines with --json, one object per line in the shape of `export --format jsonl`).
+    Changes(ChangesArgs),
+    /// Store a change-feed consumer's position: it has processed every entry up to ID.
+    Ack(AckArgs),
     /// Run a simulated workload on a fresh ledger file and report throughput, refunds,
     /// the credit reconciliation and the audit.
     Simulate(SimulateArgs),
@@ -211,6 +231,23 @@ pub struct HistoryArgs {
     pub cursor: Option<String>,
 }
 
+fn parse_wait_ms(s: &str) -> Result<u64, String> {
+    // A bare number is minutes for --timeout; for a wait that would surprise (`--wait 5`).
+    let t = s.trim();
+    if t != "0" && !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{s}` needs a unit: 5s, 500ms or 2m (0 fails at once)"
+        ));
+    }
+    let ms = crate::time::parse_duration_ms(s)?;
+    if ms > crate::open::MAX_LOCK_WAIT_MS {
+        return Err(format!(
+            "`{s}` is longer than the longest wait, 1h; a script that must wait longer can retry"
+        ));
+    }
+    Ok(ms)
+}
+
 fn parse_kind(s: &str) -> Result<credit_ledger::TxnKind, String> {
     s.parse().map_err(|e: credit_ledger::Error| e.to_string())
 }
@@ -256,6 +293,27 @@ pub struct ExportArgs {
     /// The output format.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    /// Print the entries after this transaction id [default: 0, from the start].
+    #[arg(long, value_name = "ID", conflicts_with = "consumer")]
+    pub after: Option<u64>,
+    /// Start after this consumer's stored position (see `ack`).
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// Print at most this many entries (1 to 1000); default: everything up to the end.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct AckArgs {
+    /// The consumer's name (an id: 1 to 128 printable bytes).
+    pub consumer: String,
+    /// The last transaction id it has processed.
+    pub txn: u64,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -42,6 +42,16 @@ impl CliError {
         }
     }
 
+    /// A write at a `--now` far ahead of the system clock, refused without
+    /// `--allow-future-now` (a usage error: the operator typed the time).
+    pub fn future_now(message: impl Into<String>) -> Self {
+        CliError::Exit {
+            code: EXIT_USAGE,
+            kind: "future_now",
+            message: message.into(),
+        }
+    }
+
     /// A fault of the tool itself; never expected.
     pub fn internal(message: impl Into<String>) -> Self {
         CliError::Exit {
@@ -49,6 +59,17 @@ impl CliError {
             kind: "internal",
             message: message.into(),
         }
+    }
+
+    /// The same failure, with `more` appended to its message.
+    pub fn context(mut self, more: &str) -> Self {
+        match &mut self {
+            CliError::Exit { message, .. } | CliError::Reported { message, .. } => {
+                message.push_str(&one_line(more));
+            }
+            CliError::BrokenPipe => {}
+        }
+        self
     }
 
     pub fn from_io(e: std::io::Error) -> Self {

@@ -6,6 +6,7 @@
 
 mod args;
 mod fail;
+mod feed;
 mod open;
 mod output;
 mod reads;
@@ -24,13 +25,24 @@ use output::Out;
 
 fn main() -> ExitCode {
     // Defence in depth: nothing should panic, but if something does, say so in one line
-    // instead of a backtrace.
+    // instead of a backtrace. A redb panic on a damaged page that the ledger catches is not a
+    // bug: it comes back as a typed error, printed below, so the hook stays quiet about it.
     std::panic::set_hook(Box::new(|info| {
+        if credit_ledger::inside_panic_guard() {
+            return;
+        }
         eprintln!(
             "credit-ledger: internal error: {}; this is a bug, please report it",
             fail::one_line(&info.to_string())
         );
     }));
+    // `CREDIT_LEDGER_DB=` (set but empty, as a script's `export CREDIT_LEDGER_DB=$UNSET_VAR`
+    // leaves it) means "no path given": clap would otherwise reject it as an empty `--db`,
+    // an option the user never typed. Nothing else runs yet, so changing the environment is
+    // safe here.
+    if std::env::var_os(args::DB_ENV).is_some_and(|v| v.is_empty()) {
+        std::env::remove_var(args::DB_ENV);
+    }
     let wants_json = std::env::args_os()
         .take_while(|a| a != "--")
         .any(|a| a == "--json");
@@ -107,6 +119,8 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Stats(a) => reads::stats(&ctx, a, out),
         Command::Export(a) => reads::export(&ctx, a, out),
         Command::Backup(a) => writes::backup(&ctx, a, out),
+        Command::Changes(a) => feed::changes(&ctx, a, out),
+        Command::Ack(a) => feed::ack(&ctx, a, out),
         Command::Simulate(a) => simulate::run(&ctx, a, out),
     }
 }

@@ -1,11 +1,22 @@
-//! Which file, which clock: opening the ledger the way the global options say.
+//! Which file, which clock: opening the ledger the way the global options say, waiting for a
+//! file another process holds, and refusing a write stamped far in the future.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use credit_ledger::{Error, Ledger, ManualClock, Options};
+use credit_ledger::{Clock, Error, Ledger, ManualClock, Options, SystemClock};
 
 use crate::args::{Cli, DEFAULT_DB};
-use crate::fail::{one_line, CliError};
+use crate::fail::CliError;
+
+/// The longest `--wait` accepted, in milliseconds (one hour): a script that needs longer is
+/// better off retrying on its own than holding a process that long.
+pub const MAX_LOCK_WAIT_MS: u64 = 3_600_000;
+/// The first pause between two tries to open a file another process holds, in milliseconds.
+const LOCK_RETRY_FIRST_MS: u64 = 2;
+/// The longest pause between two tries, in milliseconds: the backoff doubles up to here, so a
+/// freed file is picked up within this long while dozens of processes take turns with it.
+const LOCK_RETRY_MAX_MS: u64 = 50;
 
 /// The global options, resolved.
 pub struct Context {
@@ -16,17 +27,20 @@ pub struct Context {
     pub json: bool,
     /// `--now`, in Unix milliseconds.
     pub now_ms: Option<u64>,
+    /// `--allow-future-now`: write at a `--now` far ahead of the system clock.
+    pub allow_future_now: bool,
+    /// `--wait`: how long to wait for a file another process has open, in milliseconds.
+    pub wait_ms: u64,
 }
 
-/// Whether a command may create a new ledger file, and whether it writes.
+/// What a command does with the ledger file.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Create the file when it does not exist (`credit`).
+    /// Write, creating the file when it does not exist (`credit`).
     Create,
-    /// The file must exist already.
+    /// Write; the file must exist already.
     Existing,
-    /// The file must exist, and is opened read-only when it needs no replay (the read
-    /// commands), so that they work on read-only files, filesystems and backups.
+    /// Only read; the file must exist already. Opened read-only when it needs no replay.
     Read,
 }
 
@@ -37,6 +51,8 @@ impl Context {
             db_explicit: cli.db.is_some(),
             json: cli.json,
             now_ms: cli.now,
+            allow_future_now: cli.allow_future_now,
+            wait_ms: cli.wait,
         }
     }
 
@@ -50,27 +66,103 @@ impl Context {
         }
     }
 
-    /// Open the ledger file.
+    /// Open the ledger file, waiting up to `--wait` while another process has it open.
     pub fn open(&self, mode: Mode) -> Result<Ledger, CliError> {
         check_path(&self.db, mode)?;
         if mode != Mode::Read {
-            return Ok(Ledger::open_with(&self.db, self.options())?);
+            self.check_future_now()?;
+        }
+        let started = Instant::now();
+        let wait = Duration::from_millis(self.wait_ms);
+        let mut pause_ms = LOCK_RETRY_FIRST_MS;
+        let mut jitter = Jitter::new();
+        loop {
+            match self.open_once(mode) {
+                Err(e @ Error::AlreadyOpen { .. }) => {
+                    let waited = started.elapsed();
+                    if waited >= wait {
+                        return Err(CliError::from(e).context(&if self.wait_ms == 0 {
+                            "; or let the tool wait for it with --wait (for example --wait 30s)"
+                                .to_string()
+                        } else {
+                            format!(
+                                " (waited {}; wait longer with --wait, for example --wait 2m)",
+                                credit_ledger::format_duration_ms(self.wait_ms)
+                            )
+                        }));
+                    }
+                    // Sleep a random part of the pause, so processes that found the file
+                    // busy together do not all try again at the same instant.
+                    let pause = Duration::from_millis(jitter.between(pause_ms / 2, pause_ms));
+                    std::thread::sleep(pause.min(wait - waited));
+                    pause_ms = (pause_ms * 2).min(LOCK_RETRY_MAX_MS);
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// One try at opening the file. A read opens it read-only when it needs no replay, so
+    /// that reads work on read-only files, filesystems and backups. A crashed ledger's journal
+    /// must be replayed into the file before it can be read whole: the read then opens it to
+    /// write, which replays, or says exactly why that cannot be done.
+    fn open_once(&self, mode: Mode) -> Result<Ledger, Error> {
+        if mode != Mode::Read {
+            return Ledger::open_with(&self.db, self.options());
         }
         match Ledger::open_read_only_with(&self.db, self.options()) {
-            Ok(ledger) => Ok(ledger),
-            // A crashed ledger's journal must be replayed into the file before it can be read
-            // whole: open it to write, which replays, or say exactly why that cannot be done.
-            Err(needs @ Error::NeedsWrite { .. }) => {
+            Err(Error::NeedsWrite { path, detail }) => {
                 match Ledger::open_with(&self.db, self.options()) {
-                    Ok(ledger) => Ok(ledger),
-                    Err(Error::Storage { message }) => Err(CliError::refused(one_line(&format!(
-                        "{needs}; opening it with write access failed: {message}"
-                    )))),
-                    Err(e) => Err(e.into()),
+                    Err(Error::Storage { message }) => Err(Error::NeedsWrite {
+                        path,
+                        detail: format!("{detail}; opening it with write access failed: {message}"),
+                    }),
+                    other => other,
                 }
             }
-            Err(e) => Err(e.into()),
+            other => other,
         }
+    }
+
+    /// A write stamped with a `--now` far ahead of the real time (2027 typed for 2026) would
+    /// make every later write with the real clock fail as a clock that went backwards, refunds
+    /// included. So a `--now` further ahead of the system clock than the ledger's tolerance for
+    /// a backwards clock is refused unless the operator says `--allow-future-now`.
+    fn check_future_now(&self) -> Result<(), CliError> {
+        let Some(now_ms) = self.now_ms else {
+            return Ok(());
+        };
+        let system_ms = SystemClock.now_ms();
+        let tolerance_ms = self.options().max_clock_regression_ms;
+        let ahead_ms = now_ms.saturating_sub(system_ms);
+        if ahead_ms <= tolerance_ms || self.allow_future_now {
+            return Ok(());
+        }
+        Err(CliError::future_now(format!(
+            "--now {} is {} ahead of the system clock ({}); a write stamped then makes every later write with the real clock fail until that time. Check the date, or pass --allow-future-now if the system clock is the one that is wrong",
+            crate::time::format_rfc3339(now_ms),
+            credit_ledger::format_duration_ms(ahead_ms),
+            crate::time::format_rfc3339(system_ms),
+        )))
+    }
+}
+
+/// Cheap pseudo-random pauses (xorshift, seeded by the process id and the time), enough to
+/// spread out retries; nothing here needs real randomness.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        let t = SystemClock.now_ms();
+        Jitter((u64::from(std::process::id()) << 32 ^ t) | 1)
+    }
+
+    /// A number in `lo..=hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + self.0 % (hi - lo + 1)
     }
 }
 

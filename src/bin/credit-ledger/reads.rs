@@ -524,7 +524,7 @@ pub fn stats(ctx: &Context, a: &WindowArgs, out: &mut Out) -> Result<(), CliErro
                 format!(
                     "{} ({} credits)",
                     thousands(u128::from(s.refunds)),
-                    thousands(u128::from(s.refunded_credits))
+                    thousands(s.refunded_credits)
                 ),
             ),
             ("Failure rate", pct(s.failure_rate)),
@@ -542,7 +542,7 @@ pub fn stats(ctx: &Context, a: &WindowArgs, out: &mut Out) -> Result<(), CliErro
             t.row(vec![
                 k.clone(),
                 thousands(u128::from(r.refunds)),
-                thousands(u128::from(r.refunded_credits)),
+                thousands(r.refunded_credits),
                 pct(rate(r.refunds, s.refunds)),
             ]);
         }
@@ -564,8 +564,8 @@ pub fn stats(ctx: &Context, a: &WindowArgs, out: &mut Out) -> Result<(), CliErro
                 thousands(u128::from(f.started)),
                 thousands(u128::from(f.refunds)),
                 pct(rate(f.refunds, f.started)),
-                thousands(u128::from(f.charged_credits)),
-                thousands(u128::from(f.refunded_credits)),
+                thousands(f.charged_credits),
+                thousands(f.refunded_credits),
             ]);
         }
         t.print(out)?;

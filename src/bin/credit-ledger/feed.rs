@@ -1,0 +1,95 @@
+//! The change feed from a shell: `changes` (the global log after an id or a consumer's
+//! stored position, as JSON lines with `--json`) and `ack` (store a consumer's position).
+
+use credit_ledger::limits::MAX_PAGE_LIMIT;
+use credit_ledger::{Ledger, TransactionView};
+
+use serde_json::json;
+
+use crate::args::{AckArgs, ChangesArgs};
+use crate::fail::CliError;
+use crate::open::{Context, Mode};
+use crate::output::{clean, signed, Out};
+use crate::rows::txn_json;
+use crate::time::format_human;
+
+/// One entry as a line of text: id, time, workspace, type, amount, balance, title.
+fn change_line(t: &TransactionView) -> String {
+    format!(
+        "#{}  {}  {}  {}  {}  {} -> {}  {}",
+        t.id,
+        format_human(t.at_ms),
+        clean(&t.workspace),
+        t.kind,
+        signed(t.amount_credits),
+        t.balance_before_credits,
+        t.balance_after_credits,
+        clean(&t.action),
+    )
+}
+
+fn print_entry(ctx: &Context, t: &TransactionView, out: &mut Out) -> Result<(), CliError> {
+    if ctx.json {
+        out.json_line(&txn_json(t))
+    } else {
+        out.line(change_line(t))
+    }
+}
+
+/// Print the entries after `after`: at most `limit` when given, otherwise every entry up to
+/// the end of the log. Returns the id of the last entry printed (or `after`).
+fn print_after(
+    ctx: &Context,
+    ledger: &Ledger,
+    after: u64,
+    limit: Option<u32>,
+    out: &mut Out,
+) -> Result<u64, CliError> {
+    let mut at = after;
+    let mut left = limit;
+    loop {
+        let want = left.unwrap_or(MAX_PAGE_LIMIT);
+        let page = ledger.changes(at, want)?;
+        for t in &page.entries {
+            print_entry(ctx, t, out)?;
+        }
+        at = page.next_after(at);
+        if let Some(l) = &mut left {
+            *l = l.saturating_sub(u32::try_from(page.entries.len()).unwrap_or(u32::MAX));
+            if *l == 0 {
+                return Ok(at);
+            }
+        }
+        if page.entries.is_empty() || at >= page.last_txn_id {
+            return Ok(at);
+        }
+    }
+}
+
+pub fn changes(ctx: &Context, a: &ChangesArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Read)?;
+    let after = match (&a.consumer, a.after) {
+        (Some(c), _) => ledger.position(c)?,
+        (None, after) => after.unwrap_or(0),
+    };
+    print_after(ctx, &ledger, after, a.limit, out)?;
+    Ok(())
+}
+
+pub fn ack(ctx: &Context, a: &AckArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Existing)?;
+    let r = ledger.ack(&a.consumer, a.txn)?;
+    if ctx.json {
+        return out.json(&json!({
+            "consumer": r.consumer,
+            "position": r.txn_id,
+            "replay": r.replay,
+        }));
+    }
+    let note = if r.replay { " (already there)" } else { "" };
+    out.line(format!(
+        "Consumer {} is at transaction #{}{note}",
+        clean(&r.consumer),
+        r.txn_id
+    ))
+}

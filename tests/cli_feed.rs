@@ -1,0 +1,150 @@
+//! The feed commands of `credit-ledger`: `changes` (and, with consumers, `ack`), driven as
+//! real processes on a file the library wrote.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use credit_ledger::{Credit, Ledger, ManualClock, Options, RefundReason, StartGeneration};
+use serde_json::Value;
+
+const T0_MS: u64 = 1_772_355_600_000; // 2026-03-01T09:00:00Z
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(db: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_credit-ledger"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("CREDIT_LEDGER_DB")
+        .output()
+        .expect("run credit-ledger");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(r: Run) -> String {
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+fn lines_json(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Two workspaces, a charge and its refund: five transactions.
+fn seeded() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.redb");
+    let clock = ManualClock::new(T0_MS);
+    let ledger = Ledger::open_with(&db, Options::default().clock(clock.clone())).unwrap();
+    ledger.credit(Credit::purchase("acme", 100, "o-1")).unwrap();
+    ledger.credit(Credit::grant("beta", 40, "o-2")).unwrap();
+    ledger
+        .start_generation(StartGeneration::new("g-1", "acme", "Quick Video", 12))
+        .unwrap();
+    clock.advance_ms(60_000);
+    ledger
+        .fail_generation("g-1", RefundReason::ModelFailure, "no frames")
+        .unwrap();
+    ledger.credit(Credit::purchase("beta", 5, "o-3")).unwrap();
+    drop(ledger);
+    (dir, db)
+}
+
+#[test]
+fn changes_prints_the_global_log_as_json_lines_in_the_export_shape() {
+    let (_dir, db) = seeded();
+    let all = lines_json(&ok(run(&db, &["changes", "--json"])));
+    let ids: Vec<u64> = all.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    let ws: Vec<&str> = all
+        .iter()
+        .map(|v| v["workspace"].as_str().unwrap())
+        .collect();
+    assert_eq!(ws, vec!["acme", "beta", "acme", "acme", "beta"]);
+    assert_eq!(all[3]["type"], "refund");
+    assert_eq!(all[3]["refund_of"], 3);
+    // The same objects, field for field, as `export --format jsonl` of each workspace.
+    let export = lines_json(&ok(run(&db, &["export", "acme", "--format", "jsonl"])));
+    let acme: Vec<&Value> = all.iter().filter(|v| v["workspace"] == "acme").collect();
+    assert_eq!(acme, export.iter().collect::<Vec<_>>());
+
+    let after = lines_json(&ok(run(
+        &db,
+        &["changes", "--after", "2", "--limit", "2", "--json"],
+    )));
+    let ids: Vec<u64> = after.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![3, 4]);
+    assert!(ok(run(&db, &["changes", "--after", "5", "--json"])).is_empty());
+
+    let text = ok(run(&db, &["changes", "--after", "3"]));
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.lines().next().unwrap().starts_with("#4  "), "{text}");
+
+    let bad = run(&db, &["changes", "--limit", "1001"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("page limit"), "{}", bad.stderr);
+}
+
+#[test]
+fn a_consumer_reads_from_its_stored_position_and_acks_forward_only() {
+    let (_dir, db) = seeded();
+    let ids = |stdout: &str| -> Vec<u64> {
+        lines_json(stdout)
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect()
+    };
+    let first = ok(run(
+        &db,
+        &["changes", "--consumer", "sync", "--limit", "3", "--json"],
+    ));
+    assert_eq!(ids(&first), vec![1, 2, 3]);
+    // Not acked yet: the same entries again (at least once).
+    let again = ok(run(
+        &db,
+        &["changes", "--consumer", "sync", "--limit", "3", "--json"],
+    ));
+    assert_eq!(ids(&again), vec![1, 2, 3]);
+    let acked: Value =
+        serde_json::from_str(&ok(run(&db, &["ack", "sync", "3", "--json"]))).unwrap();
+    assert_eq!(
+        acked,
+        serde_json::json!({"consumer": "sync", "position": 3, "replay": false})
+    );
+    let rest = ok(run(&db, &["changes", "--consumer", "sync", "--json"]));
+    assert_eq!(ids(&rest), vec![4, 5]);
+    // A retried ack is a replay; backwards and beyond the end are refused (exit 1), and
+    // change nothing.
+    assert!(ok(run(&db, &["ack", "sync", "3"])).contains("already there"));
+    for bad in ["2", "6"] {
+        let r = run(&db, &["ack", "sync", bad]);
+        assert_eq!(r.code, 1, "ack {bad}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains("consumer `sync`"), "{}", r.stderr);
+    }
+    assert_eq!(
+        ids(&ok(run(&db, &["changes", "--consumer", "sync", "--json"]))),
+        vec![4, 5]
+    );
+    // Another consumer has its own position.
+    assert_eq!(
+        ids(&ok(run(&db, &["changes", "--consumer", "other", "--json"]))).len(),
+        5
+    );
+    let both = run(&db, &["changes", "--consumer", "sync", "--after", "1"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let bad_name = run(&db, &["ack", "", "1"]);
+    assert_eq!(bad_name.code, 2, "{}", bad_name.stderr);
+}
