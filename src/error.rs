@@ -244,6 +244,20 @@ pub enum Error {
         detail: String,
     },
 
+    /// The ledger file records an open journal epoch, so its journal may hold acknowledged
+    /// writes the file does not, and the journal at `journal` is not that journal: it is
+    /// missing, another copy's or another ledger's, emptied, or older than what the file has
+    /// seen. Nothing was changed; opening it anyway would come back with an older state.
+    #[error("the ledger `{ledger}` keeps acknowledged writes in its journal `{journal}`, but {problem}. Nothing was changed. Put the ledger's own journal back at that path, or restore both files from a backup")]
+    JournalMismatch {
+        /// The ledger file.
+        ledger: String,
+        /// The journal path it expects.
+        journal: String,
+        /// What is wrong with the journal there.
+        problem: String,
+    },
+
     /// The file is not a credit-ledger file (or is damaged beyond opening).
     #[error("`{path}` is not a credit-ledger file: {detail}")]
     NotALedger {
@@ -398,6 +412,7 @@ impl Error {
             | Error::AckBackwards { .. }
             | Error::TooManyConsumers { .. } => ErrorCategory::Refused,
             Error::Corruption { .. }
+            | Error::JournalMismatch { .. }
             | Error::NotALedger { .. }
             | Error::ForeignFile { .. }
             | Error::UnsupportedFormat { .. } => ErrorCategory::Corruption,

@@ -1132,6 +1132,124 @@ fn readme_documents_every_command_and_option_and_only_documents_it_has() {
     }
 }
 
+/// Times go in in any documented form (an offset, Unix milliseconds, durations in days) and
+/// come out in the zone `--tz` names: table cells and headers, sentences, and the `at` strings
+/// of JSON and CSV, while `at_ms` is the same in every zone. `local` is the machine's zone,
+/// which the test sets through `TZ` so that it does not depend on the machine.
+#[test]
+fn tz_prints_times_in_the_operators_zone() {
+    let ws = Ws::new();
+    // 10:00 in Berlin is 09:00 UTC (winter, +01:00).
+    ws.run(&[
+        "--now",
+        "2026-03-01T10:00:00+01:00",
+        "credit",
+        "acme",
+        "100",
+        "--key",
+        "k1",
+    ])
+    .ok();
+    // 2026-03-01T09:01:00Z as Unix milliseconds; a one-day timeout.
+    ws.run(&[
+        "--now",
+        "1772355660000",
+        "start",
+        "g1",
+        "--workspace",
+        "acme",
+        "--feature",
+        "Image",
+        "--cost",
+        "5",
+        "--timeout",
+        "1d",
+    ])
+    .ok();
+    // Summer time: 12:00 UTC is 14:00 in Berlin (+02:00).
+    ws.run(&[
+        "--now",
+        "2026-07-01T12:00:00Z",
+        "credit",
+        "acme",
+        "1",
+        "--key",
+        "k2",
+    ])
+    .ok();
+
+    let utc = ws.run(&["--json", "history", "acme"]).ok().json();
+    let berlin = ws
+        .run(&["--json", "--tz", "Europe/Berlin", "history", "acme"])
+        .ok()
+        .json();
+    let at = |v: &Value, i: usize| v["entries"][i]["at"].as_str().unwrap_or("").to_string();
+    assert_eq!(
+        [at(&utc, 0), at(&utc, 1), at(&utc, 2)],
+        [
+            "2026-07-01T12:00:00Z",
+            "2026-03-01T09:01:00Z",
+            "2026-03-01T09:00:00Z"
+        ]
+    );
+    assert_eq!(
+        [at(&berlin, 0), at(&berlin, 1), at(&berlin, 2)],
+        [
+            "2026-07-01T14:00:00+02:00",
+            "2026-03-01T10:01:00+01:00",
+            "2026-03-01T10:00:00+01:00"
+        ]
+    );
+    for i in 0..3 {
+        assert_eq!(utc["entries"][i]["at_ms"], berlin["entries"][i]["at_ms"]);
+    }
+
+    let table = ws
+        .run(&["--tz", "Europe/Berlin", "history", "acme"])
+        .ok()
+        .stdout;
+    assert!(table.starts_with("ID  DATE (Europe/Berlin)"), "{table}");
+    assert!(table.contains("2026-07-01 14:00:00"), "{table}");
+    assert!(table.contains("2026-03-01 10:00:00"), "{table}");
+    let g = ws
+        .run(&["--tz", "Europe/Berlin", "generation", "g1"])
+        .ok()
+        .stdout;
+    assert!(
+        g.contains("2026-03-01 10:01:00 CET") && g.contains("2026-03-02 10:01:00 CET"),
+        "{g}"
+    );
+    assert!(g.contains("(timeout 24h)"), "{g}");
+    let csv = ws
+        .run(&["--tz", "Europe/Berlin", "export", "acme", "--format", "csv"])
+        .ok()
+        .stdout;
+    assert!(csv.contains("\n1,2026-03-01T10:00:00+01:00,acme,"), "{csv}");
+
+    // `local` is the machine's zone: here whatever TZ says.
+    let ny = run_env(
+        ws.dir(),
+        &[("TZ", "America/New_York")],
+        &[
+            "--db",
+            ws.db.to_str().expect("utf-8 path"),
+            "--json",
+            "--tz",
+            "local",
+            "history",
+            "acme",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(at(&ny, 2), "2026-03-01T04:00:00-05:00");
+
+    let r = ws
+        .run(&["--tz", "Mars/Olympus_Mons", "history", "acme"])
+        .failed(2);
+    assert!(r.stderr.contains("Europe/Berlin"), "{}", r.stderr);
+}
+
 #[test]
 fn simulate_without_db_uses_a_named_temporary_file() {
     let dir = tempfile::tempdir().expect("tempdir");

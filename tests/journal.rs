@@ -1,7 +1,8 @@
 //! The write-ahead journal: what a crash leaves (the ledger file as of the last checkpoint, plus
-//! the journal) replays to exactly the acknowledged writes; a torn or damaged tail ends the
-//! replay at the last whole entry; another ledger's journal is never replayed; checkpoints let
-//! the ledger file stand alone.
+//! the journal) replays to exactly the acknowledged writes; a torn last entry ends the replay at
+//! the entry before it; another ledger's journal is never replayed; checkpoints let the ledger
+//! file stand alone. (`journal_fail_closed.rs` has the refusals: a missing, foreign or damaged
+//! journal.)
 //!
 //! A "crash image" here is a copy of the two files taken while the ledger is still open: the
 //! bytes a `kill -9` at that moment would leave (the real `kill -9` runs are in `kill.rs`).
@@ -16,7 +17,9 @@ use credit_ledger::{
 
 use common::{assert_healthy, options, T0_MS};
 
-/// Entries start on this boundary (one page); every single-operation entry fits in one.
+/// Entries start on this boundary (one page); every single-operation entry fits in one. Block 0
+/// is the journal epoch's header, and the first write of an epoch is committed to the ledger
+/// file itself, so the entry of step `k >= 1` of a script is block `k`.
 const BLOCK: usize = 4096;
 
 fn journal_of(ledger: &Path) -> PathBuf {
@@ -119,10 +122,14 @@ fn a_crash_image_replays_exactly_the_acknowledged_writes() {
         "the writes went through the journal"
     );
 
-    // The ledger file alone holds none of them: the journal is what makes them durable.
+    // The ledger file alone holds only the first (the epoch's start): it refuses to open
+    // without its journal rather than come back with an older state.
     let alone = dir.path().join("alone.redb");
     crash_copy(&a, &alone, false);
-    assert_same(&snapshot(&open(&alone, &clock)), &snapshots[0], "state");
+    assert!(matches!(
+        Ledger::open_with(&alone, options(&clock)),
+        Err(Error::JournalMismatch { .. })
+    ));
 
     // With its journal, every acknowledged write is back, and the audit is clean.
     let b = dir.path().join("b.redb");
@@ -141,31 +148,35 @@ fn a_crash_image_replays_exactly_the_acknowledged_writes() {
     assert_healthy(&reopened);
     drop(reopened);
 
-    // A crash in the middle of writing entry k (torn, cut short, or a flipped bit) loses that
-    // entry and nothing before it: the state is the one after the first k steps.
+    // A crash in the middle of writing the last entry k (cut short, or torn with a flipped
+    // bit) loses that entry and nothing before it: the state is the one after the first k
+    // steps.
     let journal = std::fs::read(journal_of(&a)).unwrap();
     let d = dir.path().join("d.redb");
-    for (k, expected) in snapshots.iter().enumerate().take(steps) {
+    for (k, expected) in snapshots.iter().enumerate().take(steps).skip(1) {
         let at = k * BLOCK;
-        let damaged: Vec<(&str, Vec<u8>)> = vec![
+        let mut damaged: Vec<(&str, Vec<u8>)> = vec![
             ("cut inside the header", journal[..at + 20].to_vec()),
             ("cut inside the payload", journal[..at + 60].to_vec()),
-            ("zeroed", {
+            ("cut at the entry", journal[..at].to_vec()),
+        ];
+        if k == steps - 1 {
+            damaged.push(("zeroed", {
                 let mut j = journal.clone();
                 j[at..at + BLOCK].fill(0);
                 j
-            }),
-            ("bit flipped in the seq", {
+            }));
+            damaged.push(("bit flipped in the seq", {
                 let mut j = journal.clone();
                 j[at + 16] ^= 1;
                 j
-            }),
-            ("bit flipped in the payload", {
+            }));
+            damaged.push(("bit flipped in the payload", {
                 let mut j = journal.clone();
                 j[at + 40] ^= 0x10;
                 j
-            }),
-        ];
+            }));
+        }
         for (what, bytes) in damaged {
             crash_copy(&a, &d, false);
             std::fs::write(journal_of(&d), &bytes).unwrap();
@@ -283,33 +294,39 @@ fn a_damaged_entry_that_passes_its_checksum_is_a_typed_error_and_garbage_is_igno
     let clock = ManualClock::new(T0_MS);
     let a = dir.path().join("a.redb");
     let ledger = open(&a, &clock);
-    run_script(&ledger, &clock, 3);
+    let expected = run_script(&ledger, &clock, 3).pop().unwrap();
     let journal = std::fs::read(journal_of(&a)).unwrap();
     let b = dir.path().join("b.redb");
 
     // An entry whose frame is intact but whose payload is not a batch: a crash cannot make
     // that, so the open stops with a typed error that says what to do, instead of dropping
     // acknowledged writes in silence.
-    let mut forged = journal[..BLOCK].to_vec();
+    let mut forged = journal[..2 * BLOCK].to_vec();
+    let entry = &mut forged[BLOCK..];
     let payload = b"\x01not a batch at all";
-    forged[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    forged[28..28 + payload.len()].copy_from_slice(payload);
+    entry[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    entry[28..28 + payload.len()].copy_from_slice(payload);
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&forged[..24]);
+    crc.update(&entry[..24]);
     crc.update(payload);
-    forged[24..28].copy_from_slice(&crc.finalize().to_le_bytes());
+    entry[24..28].copy_from_slice(&crc.finalize().to_le_bytes());
     crash_copy(&a, &b, false);
     std::fs::write(journal_of(&b), &forged).unwrap();
     match Ledger::open_with(&b, options(&clock)) {
         Err(e @ Error::Corruption { .. }) => {
             let text = e.to_string();
             assert!(text.contains("journal"), "{text}");
-            assert!(text.contains("move the journal aside"), "{text}");
+            assert!(text.contains("does not have yet"), "{text}");
         }
         other => panic!("expected a journal corruption error, got {other:?}"),
     }
+    assert!(
+        std::fs::read(journal_of(&b)).unwrap() == forged,
+        "kept as it is"
+    );
 
-    // Random bytes, an empty file, or a directory-sized hole: nothing to replay, no panic.
+    // Random bytes, an empty file, or zeros in its place: not this ledger's journal, so the
+    // open refuses (the ledger file says writes may be in it) and changes nothing.
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let random: Vec<u8> = (0..3 * BLOCK)
         .map(|_| {
@@ -319,21 +336,24 @@ fn a_damaged_entry_that_passes_its_checksum_is_a_typed_error_and_garbage_is_igno
             seed as u8
         })
         .collect();
-    for bytes in [Vec::new(), vec![0u8; 2 * BLOCK]] {
+    for bytes in [random, Vec::new(), vec![0u8; 2 * BLOCK]] {
         crash_copy(&a, &b, false);
         std::fs::write(journal_of(&b), &bytes).unwrap();
-        let l = open(&b, &clock);
-        assert_eq!(l.totals().unwrap().workspaces, 0);
-        assert_healthy(&l);
+        match Ledger::open_with(&b, options(&clock)) {
+            Err(Error::JournalMismatch { problem, .. }) => {
+                assert!(problem.contains("no intact journal header"), "{problem}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(
+            std::fs::read(journal_of(&b)).unwrap() == bytes,
+            "kept as it is"
+        );
+        // The refusal changed nothing the ledger needs: with its own journal back, every
+        // acknowledged write is there.
+        std::fs::write(journal_of(&b), &journal).unwrap();
+        assert_same(&snapshot(&open(&b, &clock)), &expected, "state");
     }
-    // Random bytes are not this ledger's journal: someone else's file, never written.
-    crash_copy(&a, &b, false);
-    std::fs::write(journal_of(&b), &random).unwrap();
-    match Ledger::open_with(&b, options(&clock)) {
-        Err(Error::ForeignFile { path, .. }) => assert!(path.ends_with("b.redb.journal")),
-        other => panic!("expected ForeignFile, got {other:?}"),
-    }
-    assert!(std::fs::read(journal_of(&b)).unwrap() == random);
     drop(ledger);
 }
 

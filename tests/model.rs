@@ -97,7 +97,8 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     println!(
         "model ({mode}): seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
          matched), {} refunds, {} balance-low notifications, {} acks, {} reopens ({} crashes), \
-         {} clean verify() runs, in {:.1} s; errors by kind: {:?}",
+         {} clean verify() runs, {} separations ({} refused, the others lost nothing), in {:.1} s; \
+         errors by kind: {:?}",
         total.steps,
         total.ops,
         total.ok,
@@ -108,12 +109,18 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
         total.reopens,
         total.crashes,
         total.verifies,
+        total.separations,
+        total.refusals,
         started.elapsed().as_secs_f64(),
         total.error_kinds
     );
     assert!(cases >= MIN_CASES);
     // The generator must really reach the interesting paths, or the test proves little.
     assert!(total.refunds > 0 && total.crashes > 0 && total.errors > 0 && total.ok > 0);
+    if mode == "journal" {
+        // Separations must be reached and must sometimes be refused.
+        assert!(total.separations > 0 && total.refusals > 0, "{total:?}");
+    }
     assert!(
         total.notifications > 0 && total.acks > 0,
         "alerts and acks unreached"

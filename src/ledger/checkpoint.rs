@@ -3,35 +3,23 @@
 //! A file ledger opened with [`Durability::Immediate`](super::Durability::Immediate) makes each
 //! group commit durable by appending it to its journal (see [`crate::storage::journal`]) and
 //! commits it to redb without a sync. A *checkpoint* is a durable redb commit: it makes every
-//! earlier commit durable in the ledger file, so the journal can start over. Checkpoints happen
-//! when the journal is full, when a batch is too big for it, on [`Ledger::checkpoint`], and
-//! when the ledger is dropped, which then deletes the journal file.
-
-use std::hash::{BuildHasher, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+//! earlier commit durable in the ledger file and closes the journal's epoch (removes its record
+//! from `meta`), so the journal can start over. Checkpoints happen when the journal is full,
+//! when a batch is too big for it, when the journal was deleted under the ledger, on
+//! [`Ledger::checkpoint`], after a replay, and when the ledger is dropped, which then deletes
+//! the journal file.
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use super::Ledger;
 use crate::engine::{self, EngineConfig, WriterState};
 use crate::error::{Error, Result};
-use crate::storage::journal::{self, Journal};
+use crate::storage::journal::{self, Batch, Journal, Proof};
 use crate::storage::tables;
-
-/// A random id for a new ledger, so that a journal left behind by another ledger of the same
-/// name is never replayed into this one.
-fn random_ledger_id() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    h.finish()
-}
 
 /// Write one `meta` value in a durable commit. Every durable commit of a journaled ledger saves
 /// redb's allocator state (quick repair), so that the reopen after a crash needs no repair walk.
@@ -43,80 +31,182 @@ fn commit_meta(db: &Database, key: &str, value: u64) -> Result<()> {
     Ok(())
 }
 
-/// How many journal entries a read-only open would have to replay: the entries of `file` (the
-/// journal of the ledger file at `ledger`, if there is one) that the snapshot `rtx` lacks.
-pub(super) fn pending_entries(
-    rtx: &ReadTransaction,
-    ledger: &Path,
-    file: Option<File>,
-) -> Result<usize> {
-    let meta = rtx.open_table(tables::META)?;
-    let Some(id) = tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)? else {
-        // A file that never had a journal: nothing in one can be its.
-        return Ok(0);
-    };
-    let applied_seq = tables::get_meta_u64(&meta, tables::META_JOURNAL_SEQ_KEY)?.unwrap_or(0);
-    let (_, batches) = Journal::open(journal::path_for(ledger), file, id, applied_seq)?;
-    Ok(batches.len())
+/// The proof a replayed batch must match, as a [`WriterState`] triple.
+fn triple(s: &WriterState) -> (u64, u64, u32) {
+    (s.next_txn_id, s.last_at_ms, s.last_crc)
 }
 
-/// Open the journal `file` of the ledger file at `ledger` and replay into `db` every entry
-/// that redb does not hold yet, in one durable commit. The journal comes back empty.
-pub(super) fn recover(db: &Database, ledger: &Path, file: File) -> Result<Journal> {
-    let (id, applied_seq) = {
+/// Replay `batches` into `txn` through the same engine code that ran them, checking each
+/// entry's proof: the state it ran on, the state it left, and which operations succeeded. A
+/// difference means the journal and the file do not belong together, or the engine no longer
+/// does what it did: the replay stops with `Corruption` instead of dropping an operation.
+fn replay(
+    txn: &redb::WriteTransaction,
+    journal_path: &Path,
+    batches: &[(u64, Batch)],
+) -> Result<usize> {
+    let mut state = WriterState::load(&txn.open_table(tables::TRANSACTIONS)?)?;
+    let mut ops = 0;
+    for (seq, batch) in batches {
+        let corrupt = |detail: String| Error::Corruption {
+            table: "journal",
+            key: seq.to_string(),
+            detail: format!(
+                "{detail}; the journal `{}` and the ledger file do not belong together, and \
+                 nothing was changed",
+                journal_path.display()
+            ),
+        };
+        if triple(&state) != batch.proof.before {
+            return Err(corrupt(format!(
+                "entry {seq} ran on the log ending before transaction #{} (chain {:08x}), but the \
+                 ledger file's log ends before #{} (chain {:08x})",
+                batch.proof.before.0, batch.proof.before.2, state.next_txn_id, state.last_crc
+            )));
+        }
+        let config = EngineConfig {
+            default_timeout_ms: batch.default_timeout_ms,
+        };
+        let applied = engine::run(txn, state, batch.now_ms, config, &batch.ops)?;
+        let ok_bits = Proof::ok_bits(&applied.results);
+        if triple(&applied.state) != batch.proof.after || ok_bits != batch.proof.ok_bits {
+            return Err(corrupt(format!(
+                "replaying entry {seq} produced transactions up to #{} (chain {:08x}, results \
+                 {ok_bits:?}), but it recorded up to #{} (chain {:08x}, results {:?})",
+                applied.state.next_txn_id.saturating_sub(1),
+                applied.state.last_crc,
+                batch.proof.after.0.saturating_sub(1),
+                batch.proof.after.2,
+                batch.proof.ok_bits
+            )));
+        }
+        state = applied.state;
+        ops += batch.ops.len();
+    }
+    Ok(ops)
+}
+
+/// Make the file hold every acknowledged write before anything else touches it: if `meta`
+/// records an open journal epoch, read that epoch's journal (which must be there, whole and
+/// this ledger's: see [`journal::read_pending`]), replay what redb lacks, and close the epoch,
+/// in one durable commit; then remove the replayed journal. This runs on every open of a file
+/// ledger, whatever its options, so nothing is ever written on top of an unreplayed journal.
+/// A refusal changes nothing: no commit, no truncation, no deletion.
+///
+/// Returns the last journal sequence number redb holds and the ledger id, if it has one.
+pub(super) fn replay_pending(db: &Database, ledger: &Path) -> Result<(u64, Option<u64>)> {
+    let (id, applied_seq, epoch) = {
         let rtx = db.begin_read()?;
         let meta = rtx.open_table(tables::META)?;
         (
             tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)?,
             tables::get_meta_u64(&meta, tables::META_JOURNAL_SEQ_KEY)?.unwrap_or(0),
+            tables::get_journal_epoch(&meta)?,
         )
     };
+    let Some((epoch, first_seq)) = epoch else {
+        return Ok((applied_seq, id));
+    };
+    let journal_path = journal::path_for(ledger);
+    let Some(ledger_id) = id else {
+        return Err(Error::Corruption {
+            table: "meta",
+            key: tables::META_LEDGER_ID_KEY.into(),
+            detail: "the file records a journal epoch but no ledger id".into(),
+        });
+    };
+    let expect = journal::Expected {
+        ledger_id,
+        epoch,
+        first_seq,
+        applied_seq: applied_seq.max(first_seq.saturating_sub(1)),
+    };
+    let pending = journal::read_pending(ledger, &journal_path, &expect)?;
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    let ops = replay(&txn, &journal_path, &pending.batches)?;
+    let last_seq = pending
+        .batches
+        .last()
+        .map_or(expect.applied_seq, |(seq, _)| *seq);
+    {
+        let mut meta = txn.open_table(tables::META)?;
+        tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, last_seq)?;
+        tables::put_journal_epoch(&mut meta, None)?;
+    }
+    txn.commit()?;
+    // The epoch is closed and redb holds every entry: the journal is no longer needed. The
+    // file stays, though: it is the open ledger's lock (see `storage::journal_file`), and the
+    // next epoch overwrites its header; the clean close removes it.
+    tracing::info!(
+        ledger = %ledger.display(),
+        entries = pending.batches.len(),
+        ops,
+        "replayed the journal after an unclean stop"
+    );
+    Ok((last_seq, Some(ledger_id)))
+}
+
+/// Replay any pending journal of the ledger file at `ledger` (see [`replay_pending`]) and, when
+/// the ledger keeps a journal, return it, with no epoch open.
+/// How many journal entries a read-only open would have to replay: the entries of the open
+/// epoch (if the snapshot `rtx` records one) that redb lacks. Fails like a replay would when
+/// the journal does not match (missing, another copy's, damaged).
+pub(super) fn pending_entries(rtx: &ReadTransaction, ledger: &Path) -> Result<usize> {
+    let meta = rtx.open_table(tables::META)?;
+    let Some((epoch, first_seq)) = tables::get_journal_epoch(&meta)? else {
+        return Ok(0);
+    };
+    let Some(ledger_id) = tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)? else {
+        return Err(Error::Corruption {
+            table: "meta",
+            key: tables::META_LEDGER_ID_KEY.into(),
+            detail: "the file records a journal epoch but no ledger id".into(),
+        });
+    };
+    let applied_seq = tables::get_meta_u64(&meta, tables::META_JOURNAL_SEQ_KEY)?.unwrap_or(0);
+    let expect = journal::Expected {
+        ledger_id,
+        epoch,
+        first_seq,
+        applied_seq: applied_seq.max(first_seq.saturating_sub(1)),
+    };
+    let pending = journal::read_pending(ledger, &journal::path_for(ledger), &expect)?;
+    Ok(pending.batches.len())
+}
+
+pub(super) fn recover(
+    db: &Database,
+    ledger: &Path,
+    keep_journal: bool,
+    file: Option<File>,
+) -> Result<Option<Journal>> {
+    let (last_seq, id) = replay_pending(db, ledger)?;
+    if !keep_journal {
+        return Ok(None);
+    }
     let id = match id {
         Some(id) => id,
         // The first open with a journal: give the file its id. (Only ledgers with a journal
         // get one, so that files on custom backends stay byte-for-byte reproducible.)
         None => {
-            let id = random_ledger_id();
+            let id = journal::random_id();
             commit_meta(db, tables::META_LEDGER_ID_KEY, id)?;
             id
         }
     };
-    let (mut journal, batches) =
-        Journal::open(journal::path_for(ledger), Some(file), id, applied_seq)?;
-    if !batches.is_empty() {
-        let mut txn = db.begin_write()?;
-        txn.set_quick_repair(true);
-        let mut state = WriterState::load(&txn.open_table(tables::TRANSACTIONS)?)?;
-        let mut ops = 0;
-        for batch in &batches {
-            let config = EngineConfig {
-                default_timeout_ms: batch.default_timeout_ms,
-            };
-            state = engine::run(&txn, state, batch.now_ms, config, &batch.ops)?.state;
-            ops += batch.ops.len();
-        }
-        tables::put_meta_u64(
-            &mut txn.open_table(tables::META)?,
-            tables::META_JOURNAL_SEQ_KEY,
-            journal.last_seq(),
-        )?;
-        txn.commit()?;
-        tracing::info!(
-            ledger = %ledger.display(),
-            entries = batches.len(),
-            ops,
-            "replayed the journal after an unclean stop"
-        );
-    }
-    journal.reset();
-    Ok(journal)
+    let journal = Journal::new(journal::path_for(ledger), id, last_seq);
+    Ok(Some(match file {
+        Some(file) => journal.with_file(file)?,
+        None => journal,
+    }))
 }
 
 impl Ledger {
     /// The journal of the ledger file at `ledger_file`: `<file name>.journal` in the same
-    /// folder (of the real file, symlinks resolved). It exists while a ledger is open (and after
-    /// a crash, until the next open replays it). Back up an open ledger with
-    /// [`backup`](Self::backup), never by copying these files.
+    /// folder (of the real file, symlinks resolved). It exists while a ledger is open (and after a crash, until the
+    /// next open replays it). Back up an open ledger with [`backup`](Self::backup), never by
+    /// copying these files.
     ///
     /// ```
     /// use credit_ledger::Ledger;
@@ -167,16 +257,14 @@ impl Ledger {
         let Some(j) = journal.as_mut() else {
             return Ok(());
         };
-        if j.is_empty() {
+        if j.epoch().is_none() {
             return Ok(());
         }
         let seq = j.last_seq();
-        let committed = self.with_db(super::write::write_panic, |db| {
-            commit_meta(db, tables::META_JOURNAL_SEQ_KEY, seq)
-        });
+        let committed = self.with_db(super::write::write_panic, |db| close_epoch(db, seq));
         match committed {
             Ok(()) => {
-                j.reset();
+                j.close_epoch();
                 Ok(())
             }
             Err(e) => {
@@ -186,6 +274,20 @@ impl Ledger {
             }
         }
     }
+}
+
+/// A checkpoint: in one durable commit, record that redb holds every entry up to `seq` and
+/// remove the epoch record, so that the journal is no longer needed.
+fn close_epoch(db: &Database, seq: u64) -> Result<()> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    {
+        let mut meta = txn.open_table(tables::META)?;
+        tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, seq)?;
+        tables::put_journal_epoch(&mut meta, None)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 impl Drop for Ledger {
@@ -203,10 +305,13 @@ impl Drop for Ledger {
                 );
             }
         }
-        // The journal file is the ledger's lock: it goes last, and only when it is empty (a
-        // ledger without a journal, or the close checkpoint already removed it).
+        // The journal file is the ledger's lock: it goes last. A ledger that may write removes
+        // it when nothing in it is needed: the close checkpoint succeeded (and removed it), or
+        // it keeps no journal. A read-only ledger never removes anything.
         if let Some(file) = self.journal_file.take() {
-            file.remove_if_empty();
+            if self.reader.is_none() && self.journal.get_mut().is_none() {
+                file.remove();
+            }
         }
     }
 }

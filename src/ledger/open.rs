@@ -196,15 +196,29 @@ fn canonical_new(path: &Path) -> Result<std::path::PathBuf> {
     Ok(journal_file::canonical(dir)?.join(name))
 }
 
-/// The ledger id recorded in `meta`, if any.
-fn ledger_id(db: &impl ReadableDatabase) -> Result<Option<u64>> {
+/// Whether the ledger file records an open journal epoch (acknowledged writes in its journal).
+fn epoch_pending(db: &impl ReadableDatabase) -> Result<bool> {
+    let rtx = db.begin_read()?;
+    match rtx.open_table(tables::META) {
+        Ok(meta) => Ok(tables::get_journal_epoch(&meta)?.is_some()),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Check that the file at the journal's place is this ledger's or empty, when the ledger file
+/// records no open journal epoch. (With an epoch open, the replay checks the journal itself,
+/// and refuses one that is missing, another ledger's or another copy's.)
+fn check_journal_owner(db: &impl ReadableDatabase, file: &JournalFile) -> Result<()> {
     let rtx = db.begin_read()?;
     let meta = match rtx.open_table(tables::META) {
         Ok(meta) => meta,
         // No `meta` table of ours: not a ledger, or a new one; the schema check says which.
-        Err(_) => return Ok(None),
+        Err(_) => return file.check_owner(None),
     };
-    tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)
+    if tables::get_journal_epoch(&meta)?.is_some() {
+        return Ok(());
+    }
+    file.check_owner(tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)?)
 }
 
 impl Ledger {
@@ -257,12 +271,27 @@ impl Ledger {
             let db = open_file(&canonical, options.cache_size_bytes)
                 .map_err(|e| shown_as(e, &canonical, path))?;
             if let Some(file) = &journal_file {
-                file.check_owner(ledger_id(&db)?)?;
+                check_journal_owner(&db, file)?;
             }
             Ok(db)
         });
+        // A journal this open created was missing: if the ledger file expects one, the replay
+        // must see it missing (and refuse), not as an empty file of ours.
+        let opened = opened.and_then(|db| match &journal_file {
+            Some(file) if file.created() && epoch_pending(&db)? => Ok((db, true)),
+            _ => Ok((db, false)),
+        });
         match opened {
-            Ok(db) => Self::init(db, Source::File(canonical), options, journal_file),
+            Ok((db, missing)) => {
+                let journal_file = match journal_file {
+                    Some(file) if missing => {
+                        file.remove_if_empty();
+                        None
+                    }
+                    other => other,
+                };
+                Self::init(db, Source::File(canonical), options, journal_file)
+            }
             Err(e) => {
                 if let Some(file) = journal_file.filter(JournalFile::created) {
                     file.remove_if_empty();
@@ -316,17 +345,18 @@ impl Ledger {
                 })?;
             check_schema(&reader, path)?;
             if let Some(file) = &journal_file {
-                file.check_owner(ledger_id(&reader)?)?;
+                check_journal_owner(&reader, file)?;
             }
-            if let Some(file) = &journal_file {
+            {
                 let rtx = reader.begin_read()?;
-                let pending = checkpoint::pending_entries(&rtx, &canonical, Some(file.handle()?))?;
+                let pending = checkpoint::pending_entries(&rtx, &canonical)?;
                 if pending > 0 {
+                    let journal = storage::journal::path_for(&canonical);
                     return Err(needs_write(format!(
                         "its journal `{}` holds {pending} acknowledged group commits the file \
                          does not have yet (it was not closed cleanly), and replaying them \
                          writes to the file",
-                        file.path().display()
+                        journal.display()
                     )));
                 }
             }
@@ -430,9 +460,13 @@ impl Ledger {
     ) -> Result<Ledger> {
         let journal = (|| {
             ensure_schema(&db, Path::new(&source.to_string()))?;
-            match (journal_path(&source, &options), &journal_file) {
-                (Some(path), Some(file)) => {
-                    Ok(Some(checkpoint::recover(&db, path, file.handle()?)?))
+            match (&source, &journal_file) {
+                // Every open of a file replays a pending journal, whatever the options say.
+                (Source::File(path), Some(file)) => {
+                    checkpoint::recover(&db, path, keeps_journal(&options), Some(file.handle()?))
+                }
+                (Source::File(path), None) => {
+                    checkpoint::recover(&db, path, keeps_journal(&options), None)
                 }
                 _ => Ok(None),
             }
@@ -512,12 +546,15 @@ impl Ledger {
             Source::Fixed(_) => return Ok(()),
         };
         ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
-        if let (Some(path), Some(file)) = (
-            journal_path(&self.source, &self.options),
-            &self.journal_file,
-        ) {
+        if let Source::File(path) = &self.source {
             // The journal may hold commits the reopened file does not: replay them.
-            *self.journal.lock() = Some(checkpoint::recover(&fresh, path, file.handle()?)?);
+            let handle = self
+                .journal_file
+                .as_ref()
+                .map(JournalFile::handle)
+                .transpose()?;
+            *self.journal.lock() =
+                checkpoint::recover(&fresh, path, keeps_journal(&self.options), handle)?;
         }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");
@@ -525,14 +562,9 @@ impl Ledger {
     }
 }
 
-/// The ledger file whose journal a ledger opened from `source` with `options` keeps, if any.
-fn journal_path<'a>(source: &'a Source, options: &Options) -> Option<&'a Path> {
-    match source {
-        Source::File(path) if options.journal && options.durability == Durability::Immediate => {
-            Some(path)
-        }
-        _ => None,
-    }
+/// Whether a file ledger opened with `options` writes through a journal.
+fn keeps_journal(options: &Options) -> bool {
+    options.journal && options.durability == Durability::Immediate
 }
 
 /// `e`, an error about the canonical path `canonical`, naming `shown` (the path the caller

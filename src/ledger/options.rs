@@ -97,6 +97,10 @@ pub struct Options {
     /// writes survive `kill -9` and power loss either way: opening the ledger replays the
     /// journal. The price is a second file: copy the ledger file alone only after
     /// [`Ledger::checkpoint`](crate::Ledger::checkpoint) or a clean close.
+    ///
+    /// Turning it off never skips a journal a crash left behind: every open of a file replays
+    /// a pending journal first, or refuses with [`Error::JournalMismatch`](crate::Error) or
+    /// `Corruption`.
     pub journal: bool,
 }
 

@@ -8,7 +8,7 @@ use super::{Durability, Ledger, NO_DEADLINE};
 use crate::engine::{self, EngineConfig, WriterState};
 use crate::error::{Error, Result};
 use crate::model::{Op, Outcome, RefundReceipt};
-use crate::storage::journal::{self, Journal};
+use crate::storage::journal::{self, Journal, Proof};
 use crate::storage::tables;
 
 /// The error a redb panic during a write becomes (see [`super::open::no_panic`]). As after any failed
@@ -160,34 +160,16 @@ impl Ledger {
                 txn.commit()?;
             }
             Some(journal) => {
-                let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops);
-                let journaled = journal.fits(payload.len());
-                // redb records the last journal entry it holds, in the batch's own transaction:
-                // this batch's entry, or (for a checkpoint) the last one written.
-                let held_seq = if journaled {
-                    journal.next_seq()
-                } else {
-                    journal.last_seq()
+                let proof = Proof {
+                    before: (state.next_txn_id, state.last_at_ms, state.last_crc),
+                    after: (
+                        applied.state.next_txn_id,
+                        applied.state.last_at_ms,
+                        applied.state.last_crc,
+                    ),
+                    ok_bits: Proof::ok_bits(&applied.results),
                 };
-                tables::put_meta_u64(
-                    &mut txn.open_table(tables::META)?,
-                    tables::META_JOURNAL_SEQ_KEY,
-                    held_seq,
-                )?;
-                if journaled {
-                    // The journal entry is the commit point: once it is synced, a crash
-                    // replays it. redb commits without a sync, and only after the entry is
-                    // durable, so no reader ever sees a write that a crash could take back.
-                    journal.append(held_seq, &payload)?;
-                    txn.set_durability(redb::Durability::None)?;
-                    txn.commit()?;
-                } else {
-                    // Too big for what is left of the journal: commit durably to redb. That
-                    // makes every earlier journaled commit durable too, a checkpoint.
-                    txn.set_quick_repair(true);
-                    txn.commit()?;
-                    journal.reset();
-                }
+                commit_journaled(txn, journal, now_ms, &config, ops, &proof)?;
             }
         }
         Ok((applied.results, applied.state, applied.earliest))
@@ -244,4 +226,81 @@ impl Ledger {
         self.check_poison()?;
         self.group.submit(op, |ops| self.commit_batch(ops))
     }
+}
+
+/// Commit a batch of a ledger with a journal: the journal rules of `storage::journal`.
+///
+/// - The entry does not fit in what is left of the journal (or in any journal): commit durably
+///   and close the epoch if one is open (a checkpoint).
+/// - No epoch open (the first write after opening or after a checkpoint): write a new epoch's
+///   header to the journal and sync it, then commit this batch *durably* to redb together with
+///   the epoch record. The batch needs no entry: redb holds it. This is the one durable redb
+///   commit an epoch costs.
+/// - In an epoch, when the entry fits: append it and sync it (the commit point), then commit to
+///   redb without a sync. If the journal file turns out to have been deleted meanwhile (its
+///   link count is 0), the entry is durable nowhere a reopen would look: the batch is committed
+///   durably to redb instead, closing the epoch, before it is acknowledged; the next write
+///   starts a new epoch in a new file.
+///
+/// redb records the last entry it holds (`journal_seq`) in the batch's own transaction.
+fn commit_journaled(
+    mut txn: redb::WriteTransaction,
+    journal: &mut Journal,
+    now_ms: u64,
+    config: &EngineConfig,
+    ops: &[Op],
+    proof: &Proof,
+) -> Result<()> {
+    let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops, proof);
+    if !journal.fits(payload.len()) {
+        // Too big for what is left of the journal: commit durably to redb. That makes every
+        // earlier journaled commit durable too, a checkpoint, and closes the epoch if one is
+        // open (a batch too big for any journal opens none).
+        let mut meta = txn.open_table(tables::META)?;
+        tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, journal.last_seq())?;
+        tables::put_journal_epoch(&mut meta, None)?;
+        drop(meta);
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        journal.close_epoch();
+        return Ok(());
+    }
+    if journal.epoch().is_none() {
+        let epoch = journal.write_epoch_header()?;
+        {
+            let mut meta = txn.open_table(tables::META)?;
+            tables::put_journal_epoch(&mut meta, Some((epoch, journal.next_seq())))?;
+            tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, journal.last_seq())?;
+        }
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        journal.open_epoch(epoch);
+        return Ok(());
+    }
+    let seq = journal.next_seq();
+    tables::put_meta_u64(
+        &mut txn.open_table(tables::META)?,
+        tables::META_JOURNAL_SEQ_KEY,
+        seq,
+    )?;
+    // The journal entry is the commit point: once it is synced, a crash replays it. redb
+    // commits without a sync, and only after the entry is durable, so no reader ever sees a
+    // write that a crash could take back.
+    journal.append(seq, &payload)?;
+    if journal.is_unlinked()? {
+        tracing::warn!(
+            journal = %journal.path().display(),
+            "the journal was deleted while the ledger is open; committing to the ledger file \
+             and starting a new journal"
+        );
+        tables::put_journal_epoch(&mut txn.open_table(tables::META)?, None)?;
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        journal.close_epoch();
+        journal.forget_file();
+        return Ok(());
+    }
+    txn.set_durability(redb::Durability::None)?;
+    txn.commit()?;
+    Ok(())
 }

@@ -6,34 +6,44 @@
 //! BENCHMARKS.md. Appending the batch's operations to this file and syncing it costs one page
 //! and about 140 µs there; the batch is then committed to redb without a sync
 //! (`Durability::None`), and a later durable redb commit, the *checkpoint*, makes everything
-//! durable in redb at once and lets the journal start over. Opening the ledger replays the
+//! durable in redb at once and ends the journal's *epoch*. Opening the ledger replays the
 //! entries redb does not have yet, so an acknowledged write survives `kill -9` and power loss
 //! either way.
 //!
 //! # Layout
 //!
-//! The file is a sequence of entries, each starting on a [`BLOCK_BYTES`] boundary and padded
-//! with zeros to the next one, so that an append never rewrites a block holding an earlier
-//! entry:
+//! Block 0 is the epoch header; entries follow, each starting on a [`BLOCK_BYTES`] boundary and
+//! padded with zeros to the next one, so that an append never rewrites a block holding an
+//! earlier entry:
 //!
 //! ```text
-//! magic "CLJ\x01" | payload length u32 | ledger id u64 | seq u64 | crc32 u32 | payload
+//! header: magic "CLJE" | ledger id u64 | epoch id u64 | first seq u64 | crc32 u32
+//! entry:  magic "CLJ\x02" | payload length u32 | epoch id u64 | seq u64 | crc32 u32 | payload
 //! ```
 //!
-//! all little-endian. The CRC covers the first 24 header bytes and the payload. The payload is a
-//! codec record: the batch's time, the default timeout it ran with, and its operations.
+//! all little-endian. Each CRC covers the bytes before it (and an entry's covers its payload).
+//! The payload is a codec record: the batch's time, the default timeout it ran with, its
+//! operations, and its [`Proof`]: the writer state before and after it and which of its
+//! operations succeeded, which a replay must reproduce exactly.
 //!
-//! # Which entries count
+//! # Epochs: the ledger file knows its journal
 //!
-//! redb's `meta` table records the last sequence number redb holds (`journal_seq`, written in
-//! the same redb transaction as the batch) and the ledger's random id. Reading starts at
-//! offset 0 and takes entries while each has this ledger's id, the next sequence number and a
-//! valid CRC. So a torn or never-synced tail, entries older than the last checkpoint (after the
-//! journal starts over at offset 0), and a journal left behind by another ledger of the same
-//! name all end the replay instead of being applied.
+//! An epoch is one run of journaled commits between two durable redb commits. It starts with
+//! the first write after a checkpoint (or after opening): a fresh random epoch id is written
+//! into the header block and synced, and then that first batch is committed *durably* to redb
+//! together with the epoch record (`meta` key `journal_epoch`: the epoch id and the sequence
+//! number of its first entry). Every later batch of the epoch is an entry. A checkpoint (a
+//! durable redb commit: the journal is full, a batch too big for it, [`crate::Ledger::checkpoint`],
+//! a clean close) removes the epoch record in the same commit, and the next write starts a new
+//! epoch. So while the record exists, the ledger file's durable state is the epoch's start and
+//! every entry of the epoch may hold acknowledged writes: the open must find this journal, with
+//! this epoch, or refuse (see [`read_pending`]). A copy of the ledger file starts its own epoch
+//! at its next write, so the journals of two copies never replay into each other.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::hash::{BuildHasher, Hasher};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -51,8 +61,34 @@ pub(crate) const JOURNAL_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
 /// doubles the file, so a short session (a CLI call) writes little and a long one grows the
 /// file about ten times up to its capacity.
 const FIRST_GROW_BYTES: u64 = 16 * 1024;
-const MAGIC: [u8; 4] = *b"CLJ\x01";
-const HEADER_BYTES: usize = 28;
+const ENTRY_MAGIC: [u8; 4] = *b"CLJ\x02";
+const ENTRY_HEADER_BYTES: usize = 28;
+const EPOCH_MAGIC: [u8; 4] = *b"CLJE";
+const EPOCH_HEADER_BYTES: usize = 32;
+
+/// What a batch produced, recorded in its entry so that a replay can prove it did the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Proof {
+    /// The writer state the batch ran on: the next txn id, the last timestamp, the chain CRC.
+    pub before: (u64, u64, u32),
+    /// The writer state after it.
+    pub after: (u64, u64, u32),
+    /// Bit `i` is set when operation `i` succeeded.
+    pub ok_bits: Vec<u8>,
+}
+
+impl Proof {
+    /// The bitmap of which results are `Ok`.
+    pub fn ok_bits<T, E>(results: &[Result<T, E>]) -> Vec<u8> {
+        let mut bits = vec![0u8; results.len().div_ceil(8)];
+        for (i, r) in results.iter().enumerate() {
+            if r.is_ok() {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+        }
+        bits
+    }
+}
 
 /// One replayable batch.
 #[derive(Debug, Deserialize)]
@@ -62,6 +98,7 @@ pub(crate) struct Batch {
     /// The ledger's default generation timeout when it ran.
     pub default_timeout_ms: u64,
     pub ops: Vec<Op>,
+    pub proof: Proof,
 }
 
 #[derive(Serialize)]
@@ -69,14 +106,21 @@ struct BatchRef<'a> {
     now_ms: u64,
     default_timeout_ms: u64,
     ops: &'a [Op],
+    proof: &'a Proof,
 }
 
 /// Encode a batch as a journal payload.
-pub(crate) fn encode_batch(now_ms: u64, default_timeout_ms: u64, ops: &[Op]) -> Vec<u8> {
+pub(crate) fn encode_batch(
+    now_ms: u64,
+    default_timeout_ms: u64,
+    ops: &[Op],
+    proof: &Proof,
+) -> Vec<u8> {
     codec::encode(&BatchRef {
         now_ms,
         default_timeout_ms,
         ops,
+        proof,
     })
 }
 
@@ -87,31 +131,19 @@ pub(crate) fn path_for(ledger: &Path) -> PathBuf {
     ledger.with_file_name(name)
 }
 
-/// What the first bytes of a journal file say about whose it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Owner {
-    /// They do not start like an entry: not a journal.
-    Foreign,
-    /// An entry header cut before its ledger id: a torn first write, nothing to replay.
-    Cut,
-    /// An entry of the ledger with this id.
-    Ledger(u64),
-}
-
-/// Whose journal a file starting with `block` is.
-pub(crate) fn owner(block: &[u8]) -> Owner {
-    let magic = block.len().min(MAGIC.len());
-    if block[..magic] != MAGIC[..magic] {
-        return Owner::Foreign;
-    }
-    match block.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-        Some(id) => Owner::Ledger(u64::from_le_bytes(id)),
-        None => Owner::Cut,
-    }
+/// A random 64-bit id: for a new ledger, and for each journal epoch.
+pub(crate) fn random_id() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 fn entry_bytes(payload_len: usize) -> u64 {
-    (HEADER_BYTES + payload_len).div_ceil(BLOCK_BYTES as usize) as u64 * BLOCK_BYTES
+    (ENTRY_HEADER_BYTES + payload_len).div_ceil(BLOCK_BYTES as usize) as u64 * BLOCK_BYTES
 }
 
 fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -120,13 +152,293 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
     }
 }
 
+/// Open the journal file for writing, creating it if needed, and lock it: used when the
+/// ledger's own locked handle is gone (the file was deleted under it). The one place the write
+/// side opens the file by name; see [`super::journal_file`] for the rules.
+fn open_for_writing(path: &Path) -> Result<File, Error> {
+    use super::journal_file::{lock_exclusive, open_checked, Access};
+    let file = match open_checked(path, Access::Write, false)? {
+        Some(f) => f,
+        None => match open_checked(path, Access::Write, true)? {
+            Some(f) => f,
+            None => open_checked(path, Access::Write, false)?.ok_or_else(|| {
+                io_error(
+                    path,
+                    "cannot create it",
+                    std::io::ErrorKind::NotFound.into(),
+                )
+            })?,
+        },
+    };
+    lock_exclusive(&file, path, path)?;
+    Ok(file)
+}
+
+/// Open the journal file to read it at open time; `Ok(None)` when there is none.
+fn open_for_reading(path: &Path) -> Result<Option<File>, Error> {
+    super::journal_file::open_checked(path, super::journal_file::Access::Read, false)
+}
+
+/// What the first bytes of a journal file say about whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// They do not start like a journal's header: not a journal.
+    Foreign,
+    /// A journal header cut before its ledger id: a torn first write, nothing to replay.
+    Cut,
+    /// The journal of the ledger with this id.
+    Ledger(u64),
+}
+
+/// Whose journal a file starting with `block` (its first block, not all zeros) is.
+pub(crate) fn owner(block: &[u8]) -> Owner {
+    let magic = block.len().min(EPOCH_MAGIC.len());
+    if block[..magic] != EPOCH_MAGIC[..magic] {
+        return Owner::Foreign;
+    }
+    match block.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+        Some(id) => Owner::Ledger(u64::from_le_bytes(id)),
+        None => Owner::Cut,
+    }
+}
+
+/// Remove the journal file of a ledger whose epoch was just closed by a durable commit (after a
+/// replay): nothing in it is needed any more, and [`read_pending`] has checked that it is this
+/// ledger's own journal.
+pub(crate) fn remove_replayed(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(path, "cannot remove it", e)),
+    }
+}
+
+/// What the ledger file says about its journal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expected {
+    pub ledger_id: u64,
+    pub epoch: u64,
+    pub first_seq: u64,
+    /// The last entry redb holds (`meta` `journal_seq`): at least `first_seq - 1`.
+    pub applied_seq: u64,
+}
+
+/// The entries of the open epoch that redb lacks, in order.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub batches: Vec<(u64, Batch)>,
+}
+
+/// One block boundary's worth of parsing.
+enum Frame<'a> {
+    /// An intact entry of the epoch: its seq, its payload and its size on disk.
+    Entry {
+        seq: u64,
+        payload: &'a [u8],
+        bytes: u64,
+    },
+    /// Anything else: zeros, a torn or damaged entry, an older epoch's entry, the end.
+    Other,
+}
+
+fn frame_at(bytes: &[u8], offset: u64, epoch: u64) -> Frame<'_> {
+    let start = offset as usize;
+    let Some(header) = bytes.get(start..start + ENTRY_HEADER_BYTES) else {
+        return Frame::Other;
+    };
+    let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
+    let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or_default());
+    let payload_len = u32_at(4) as usize;
+    if header[..4] != ENTRY_MAGIC || payload_len > MAX_JOURNAL_PAYLOAD_BYTES || u64_at(8) != epoch {
+        return Frame::Other;
+    }
+    let size = entry_bytes(payload_len);
+    let Some(payload) =
+        bytes.get(start + ENTRY_HEADER_BYTES..start + ENTRY_HEADER_BYTES + payload_len)
+    else {
+        return Frame::Other;
+    };
+    if offset + size > bytes.len() as u64 {
+        return Frame::Other;
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[..24]);
+    crc.update(payload);
+    if crc.finalize() != u32_at(24) {
+        return Frame::Other;
+    }
+    Frame::Entry {
+        seq: u64_at(16),
+        payload,
+        bytes: size,
+    }
+}
+
+fn epoch_header(ledger_id: u64, epoch: u64, first_seq: u64) -> [u8; EPOCH_HEADER_BYTES] {
+    let mut h = [0u8; EPOCH_HEADER_BYTES];
+    h[..4].copy_from_slice(&EPOCH_MAGIC);
+    h[4..12].copy_from_slice(&ledger_id.to_le_bytes());
+    h[12..20].copy_from_slice(&epoch.to_le_bytes());
+    h[20..28].copy_from_slice(&first_seq.to_le_bytes());
+    let crc = crc32fast::hash(&h[..28]);
+    h[28..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The (ledger id, epoch id, first seq) of an intact header, or `None`.
+fn parse_epoch_header(bytes: &[u8]) -> Option<(u64, u64, u64)> {
+    let h = bytes.get(..EPOCH_HEADER_BYTES)?;
+    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(h[28..32].try_into().unwrap_or_default());
+    (h[..4] == EPOCH_MAGIC && crc32fast::hash(&h[..28]) == crc)
+        .then(|| (u64_at(4), u64_at(12), u64_at(20)))
+}
+
+/// Read the open epoch's journal for the ledger file at `ledger`, whose `meta` says `expect`.
+///
+/// The rules, so that an open never comes back with an older state in silence:
+/// - the journal must exist and its header must name this ledger, this epoch and its first
+///   seq; otherwise it is missing, another copy's, another ledger's, or an older one;
+/// - entries are taken while they are intact, of this epoch, and consecutive from the first;
+/// - where they stop, the rest of the file must hold no intact entry of this epoch with a later
+///   seq: only the last entry can be torn by a crash, so a damaged entry followed by an intact
+///   one is damage, and the open fails with `Corruption` naming the entry;
+/// - the entries must reach at least `applied_seq`, the last one redb has seen.
+///
+/// Nothing is written: the caller replays the batches, and only then closes the epoch.
+pub(crate) fn read_pending(
+    ledger: &Path,
+    journal: &Path,
+    expect: &Expected,
+) -> Result<Pending, Error> {
+    let mismatch = |problem: String| Error::JournalMismatch {
+        ledger: ledger.display().to_string(),
+        journal: journal.display().to_string(),
+        problem,
+    };
+    let mut bytes = Vec::new();
+    match open_for_reading(journal) {
+        Err(e @ Error::ForeignFile { .. }) => return Err(e),
+        Ok(Some(mut f)) => {
+            if let Err(e) = f.read_to_end(&mut bytes) {
+                return Err(io_error(journal, "cannot read it", e));
+            }
+        }
+        Ok(None) => {
+            return Err(mismatch(format!(
+                "the journal is missing (deleted, moved, or never copied with the ledger file); \
+                 the ledger file expects journal epoch {:016x} from entry {}",
+                expect.epoch, expect.first_seq
+            )))
+        }
+        Err(e) => return Err(e),
+    }
+    match parse_epoch_header(&bytes) {
+        None => {
+            return Err(mismatch(format!(
+                "the file there has no intact journal header ({} bytes): it was emptied, \
+                 damaged, or replaced",
+                bytes.len()
+            )))
+        }
+        Some((id, _, _)) if id != expect.ledger_id => {
+            return Err(mismatch(format!(
+                "the journal there belongs to another ledger (id {id:016x}; this one is {:016x})",
+                expect.ledger_id
+            )))
+        }
+        Some((_, epoch, first)) if epoch != expect.epoch || first != expect.first_seq => {
+            return Err(mismatch(format!(
+                "the journal there is of epoch {epoch:016x} from entry {first}, and the ledger \
+                 file expects epoch {:016x} from entry {}: it is the journal of a copy of this \
+                 ledger, or an older or newer one of its own",
+                expect.epoch, expect.first_seq
+            )))
+        }
+        Some(_) => {}
+    }
+    let mut batches = Vec::new();
+    let mut offset = BLOCK_BYTES;
+    let mut next_seq = expect.first_seq;
+    while let Frame::Entry {
+        seq,
+        payload,
+        bytes: size,
+    } = frame_at(&bytes, offset, expect.epoch)
+    {
+        if seq != next_seq {
+            break;
+        }
+        // The frame is intact, so the payload is what this ledger wrote: failing to decode it
+        // is damage that must stop the open, not a tail to ignore.
+        let batch: Batch = match codec::decode_journal(seq, payload) {
+            Ok(b) => b,
+            Err(e) => {
+                let error = match e {
+                    Error::Corruption { table, key, detail } => Error::Corruption {
+                        table,
+                        key,
+                        detail: format!(
+                            "{detail}; the journal `{}` holds writes the ledger file does not \
+                             have yet",
+                            journal.display()
+                        ),
+                    },
+                    other => other,
+                };
+                return Err(error);
+            }
+        };
+        if seq > expect.applied_seq {
+            batches.push((seq, batch));
+        }
+        next_seq += 1;
+        offset += size;
+    }
+    // Where the chain stops, nothing of this epoch may follow.
+    let mut at = offset;
+    let mut later = None;
+    while at < bytes.len() as u64 {
+        if let Frame::Entry { seq, .. } = frame_at(&bytes, at, expect.epoch) {
+            if seq >= next_seq {
+                later = Some(later.map_or(seq, |l: u64| l.max(seq)));
+            }
+        }
+        at += BLOCK_BYTES;
+    }
+    if let Some(last) = later {
+        return Err(Error::Corruption {
+            table: "journal",
+            key: next_seq.to_string(),
+            detail: format!(
+                "entry {next_seq} at byte {offset} of the journal `{}` is damaged or missing, \
+                 and entries up to {last} after it are intact: a crash only tears the last \
+                 entry, so this is damage, and the entries after it hold acknowledged writes; \
+                 the journal was left as it is",
+                journal.display()
+            ),
+        });
+    }
+    let last_seq = next_seq - 1;
+    if last_seq < expect.applied_seq {
+        return Err(mismatch(format!(
+            "its entries end at {last_seq}, before entry {} that the ledger file already \
+             holds: it is an older copy of the journal",
+            expect.applied_seq
+        )));
+    }
+    Ok(Pending { batches })
+}
+
 /// An open journal. Only the writer uses it, under the writer lock.
 #[derive(Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
-    /// `None` only for a read-only ledger without a journal file.
+    /// `None` until the first epoch starts: opening a ledger to read it creates no file.
     file: Option<File>,
     ledger_id: u64,
+    /// The open epoch, if any: its id. Only then does an append count.
+    epoch: Option<u64>,
     /// Where the next entry goes.
     write_offset: u64,
     /// Bytes at the start of the file known to be allocated (zero-filled or written).
@@ -136,83 +448,41 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// Read the journal `file` (opened and locked at `path` by
-    /// [`JournalFile`](super::journal_file::JournalFile)) and the entries after `applied_seq`
-    /// that belong to `ledger_id`. No file (a read-only open of a ledger without one) is an
-    /// empty journal.
-    pub fn open(
-        path: PathBuf,
-        file: Option<File>,
-        ledger_id: u64,
-        applied_seq: u64,
-    ) -> Result<(Journal, Vec<Batch>), Error> {
-        let mut journal = Journal {
+    /// The journal at `path` of the ledger `ledger_id`, with no epoch open and no file opened
+    /// yet; `last_seq` is the last entry redb holds.
+    pub fn new(path: PathBuf, ledger_id: u64, last_seq: u64) -> Journal {
+        Journal {
             path,
             file: None,
             ledger_id,
-            write_offset: 0,
+            epoch: None,
+            write_offset: BLOCK_BYTES,
             allocated_bytes: 0,
-            last_seq: applied_seq,
-        };
-        let Some(file) = file else {
-            return Ok((journal, Vec::new()));
-        };
+            last_seq,
+        }
+    }
+
+    /// Use `file`, the journal opened and locked by the ledger (see
+    /// [`JournalFile`](super::journal_file::JournalFile)), instead of opening it by name at the
+    /// first epoch.
+    pub fn with_file(mut self, file: File) -> Result<Journal, Error> {
         let len = file
             .metadata()
-            .map_err(|e| io_error(&journal.path, "cannot read its size", e))?
+            .map_err(|e| io_error(&self.path, "cannot read its size", e))?
             .len();
-        let mut batches = Vec::new();
-        let mut offset = 0u64;
-        let mut header = [0u8; HEADER_BYTES];
-        while offset + HEADER_BYTES as u64 <= len {
-            file.read_exact_at(&mut header, offset)
-                .map_err(|e| io_error(&journal.path, "cannot read it", e))?;
-            let u32_at =
-                |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
-            let u64_at =
-                |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or_default());
-            let payload_len = u32_at(4) as usize;
-            let seq = u64_at(16);
-            let next = journal.last_seq.checked_add(1);
-            if header[..4] != MAGIC
-                || payload_len > MAX_JOURNAL_PAYLOAD_BYTES
-                || offset + entry_bytes(payload_len) > len
-                || u64_at(8) != ledger_id
-                || Some(seq) != next
-            {
-                break;
-            }
-            let mut payload = vec![0u8; payload_len];
-            file.read_exact_at(&mut payload, offset + HEADER_BYTES as u64)
-                .map_err(|e| io_error(&journal.path, "cannot read it", e))?;
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&header[..24]);
-            crc.update(&payload);
-            if crc.finalize() != u32_at(24) {
-                break;
-            }
-            // The frame is intact, so the payload is what this ledger wrote: failing to decode
-            // it is damage that must stop the open, not a tail to ignore.
-            let batch: Batch = codec::decode_journal(seq, &payload).map_err(|e| match e {
-                Error::Corruption { table, key, detail } => Error::Corruption {
-                    table,
-                    key,
-                    detail: format!(
-                        "{detail}; the journal `{}` holds writes the ledger file does not have \
-                         yet: restore both from a backup, or move the journal aside to open the \
-                         ledger without those writes",
-                        journal.path.display()
-                    ),
-                },
-                other => other,
-            })?;
-            batches.push(batch);
-            journal.last_seq = seq;
-            offset += entry_bytes(payload_len);
-        }
-        journal.allocated_bytes = len - len % BLOCK_BYTES;
-        journal.file = Some(file);
-        Ok((journal, batches))
+        self.allocated_bytes = len - len % BLOCK_BYTES;
+        self.file = Some(file);
+        Ok(self)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The id of the open epoch, if any.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
     }
 
     /// The sequence number the next entry gets.
@@ -225,49 +495,98 @@ impl Journal {
         self.last_seq
     }
 
-    /// Nothing was written since the journal last started over.
-    pub fn is_empty(&self) -> bool {
-        self.write_offset == 0
-    }
-
-    /// Whether a payload of `payload_len` bytes fits in what is left.
+    /// Whether a payload of `payload_len` bytes fits in what is left of the open epoch.
     pub fn fits(&self, payload_len: usize) -> bool {
         payload_len <= MAX_JOURNAL_PAYLOAD_BYTES
             && self.write_offset + entry_bytes(payload_len) <= JOURNAL_CAPACITY_BYTES
     }
 
-    /// Delete the file: for a clean close, after a checkpoint, when redb holds every entry.
-    /// The next open starts a new journal.
-    pub fn remove(self) -> Result<(), Error> {
-        drop(self.file);
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(&self.path, "cannot remove it", e)),
+    /// Write and sync the header of a new epoch whose first entry is [`Self::next_seq`], and
+    /// return its id. The caller then commits the epoch record durably to redb; until it does,
+    /// [`Self::open_epoch`] is not called and nothing is appended.
+    pub fn write_epoch_header(&mut self) -> Result<u64, Error> {
+        let epoch = random_id();
+        let header = epoch_header(self.ledger_id, epoch, self.next_seq());
+        if self.file.is_none() {
+            let file = open_for_writing(&self.path)?;
+            let len = file
+                .metadata()
+                .map_err(|e| io_error(&self.path, "cannot read its size", e))?
+                .len();
+            self.allocated_bytes = len - len % BLOCK_BYTES;
+            self.file = Some(file);
+            // The file's name must be durable before an entry in it is acknowledged.
+            super::sync_folder_of(&self.path)
+                .map_err(|e| io_error(&self.path, "cannot sync its folder", e))?;
         }
+        let mut block = vec![0u8; BLOCK_BYTES as usize];
+        block[..EPOCH_HEADER_BYTES].copy_from_slice(&header);
+        if self.allocated_bytes < FIRST_GROW_BYTES {
+            // A new file: the header and the first zero-filled step in one write and one sync.
+            block.resize(FIRST_GROW_BYTES as usize, 0);
+            let file = self.file()?;
+            file.write_all_at(&block, 0)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_error(&self.path, "cannot write its header", e))?;
+            self.allocated_bytes = FIRST_GROW_BYTES;
+        } else {
+            let file = self.file()?;
+            file.write_all_at(&block, 0)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| io_error(&self.path, "cannot write its header", e))?;
+        }
+        Ok(epoch)
     }
 
-    /// Start over at offset 0: redb now holds every entry (a checkpoint committed).
-    pub fn reset(&mut self) {
-        self.write_offset = 0;
+    /// The epoch record of `epoch` is durable in redb: appends count from now on.
+    pub fn open_epoch(&mut self, epoch: u64) {
+        self.epoch = Some(epoch);
+        self.write_offset = BLOCK_BYTES;
     }
 
-    /// Append entry `seq` and sync it. When this returns `Ok`, the entry survives a crash.
+    /// A durable redb commit removed the epoch record: redb holds every entry, and the next
+    /// write starts a new epoch. The file stays open and allocated for it.
+    pub fn close_epoch(&mut self) {
+        self.epoch = None;
+        self.write_offset = BLOCK_BYTES;
+    }
+
+    /// Let go of a file that was deleted under the ledger: the next epoch creates a new one.
+    pub fn forget_file(&mut self) {
+        self.file = None;
+        self.allocated_bytes = 0;
+    }
+
+    /// Delete the file, if this ledger created or used it: for a clean close, after a
+    /// checkpoint closed the epoch. The next open starts a new journal.
+    pub fn remove(self) -> Result<(), Error> {
+        let Some(file) = self.file else {
+            return Ok(());
+        };
+        drop(file);
+        remove_replayed(&self.path)
+    }
+
+    /// Append entry `seq` of the open epoch and sync it. When this returns `Ok`, the entry
+    /// survives a crash, unless [`Self::is_unlinked`].
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), Error> {
         assert_eq!(seq, self.next_seq(), "journal entries are consecutive");
         assert!(
             self.fits(payload.len()),
             "the caller checks that an entry fits"
         );
+        let epoch = self
+            .epoch
+            .expect("invariant: the caller appends only in an open epoch");
         let total = entry_bytes(payload.len());
         let end = self.write_offset + total;
         if end > self.allocated_bytes {
             self.grow(end)?;
         }
         let mut buf = Vec::with_capacity(total as usize);
-        buf.extend_from_slice(&MAGIC);
+        buf.extend_from_slice(&ENTRY_MAGIC);
         buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&self.ledger_id.to_le_bytes());
+        buf.extend_from_slice(&epoch.to_le_bytes());
         buf.extend_from_slice(&seq.to_le_bytes());
         let mut crc = crc32fast::Hasher::new();
         crc.update(&buf);
@@ -291,7 +610,17 @@ impl Journal {
         Ok(())
     }
 
-    /// The open file: there is one once `grow` has run.
+    /// Whether the open file has no name any more (someone deleted it while the ledger runs):
+    /// an entry synced into it is then durable nowhere a reopen would look.
+    pub fn is_unlinked(&self) -> Result<bool, Error> {
+        let meta = self
+            .file()?
+            .metadata()
+            .map_err(|e| io_error(&self.path, "cannot stat it", e))?;
+        Ok(meta.nlink() == 0)
+    }
+
+    /// The open file: there is one once an epoch header was written.
     fn file(&self) -> Result<&File, Error> {
         self.file.as_ref().ok_or_else(|| Error::Storage {
             message: format!("journal `{}` has no file", self.path.display()),
@@ -316,22 +645,6 @@ impl Journal {
 mod tests {
     use super::*;
 
-    /// Open (creating) the file at `path` and read it as a journal.
-    fn open_at(
-        path: PathBuf,
-        ledger_id: u64,
-        applied_seq: u64,
-    ) -> Result<(Journal, Vec<Batch>), Error> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
-        Journal::open(path, Some(file), ledger_id, applied_seq)
-    }
-
     fn ops(n: usize) -> Vec<Op> {
         (0..n)
             .map(|i| Op::Complete {
@@ -340,68 +653,165 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn entries_read_back_in_order_and_stop_at_a_gap() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.journal");
-        let (mut j, none) = open_at(path.clone(), 7, 0).unwrap();
-        assert!(none.is_empty());
-        for seq in 1..=3 {
-            let payload = encode_batch(seq * 10, 5, &ops(seq as usize));
+    fn proof(i: u64) -> Proof {
+        Proof {
+            before: (i, i, 0),
+            after: (i + 1, i, 0),
+            ok_bits: vec![1],
+        }
+    }
+
+    /// A journal at `path` with an open epoch and entries `first..=last`.
+    fn written(path: &Path, first: u64, last: u64) -> (Journal, Expected) {
+        let mut j = Journal::new(path.to_path_buf(), 7, first - 1);
+        let epoch = j.write_epoch_header().unwrap();
+        j.open_epoch(epoch);
+        for seq in first..=last {
+            let payload = encode_batch(seq * 10, 5, &ops(seq as usize % 3 + 1), &proof(seq));
             j.append(seq, &payload).unwrap();
         }
-        let (_, batches) = open_at(path.clone(), 7, 0).unwrap();
-        assert_eq!(batches.len(), 3);
-        assert_eq!(batches[2].now_ms, 30);
-        assert_eq!(batches[2].ops, ops(3));
-        // Entries redb already holds are skipped; another ledger's id reads nothing.
-        let (j2, batches) = open_at(path.clone(), 7, 2).unwrap();
-        assert_eq!(batches.len(), 0, "entry 1 is at offset 0, and is not seq 3");
-        assert_eq!(j2.next_seq(), 3);
-        assert!(open_at(path.clone(), 8, 0).unwrap().1.is_empty());
-        // After a reset, new entries overwrite from offset 0 and old ones end the chain.
-        j.reset();
-        j.append(4, &encode_batch(40, 5, &ops(1))).unwrap();
-        let (_, batches) = open_at(path, 7, 3).unwrap();
-        assert_eq!(batches.len(), 1);
-        assert_eq!(batches[0].now_ms, 40);
+        let expect = Expected {
+            ledger_id: 7,
+            epoch,
+            first_seq: first,
+            applied_seq: first - 1,
+        };
+        (j, expect)
+    }
+
+    fn read(path: &Path, expect: &Expected) -> Result<Vec<u64>, Error> {
+        read_pending(Path::new("l.redb"), path, expect)
+            .map(|p| p.batches.iter().map(|(s, _)| *s).collect())
     }
 
     #[test]
-    fn a_damaged_tail_ends_the_replay() {
+    fn entries_read_back_in_order_and_skip_what_redb_holds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.journal");
-        let (mut j, _) = open_at(path.clone(), 1, 0).unwrap();
-        j.append(1, &encode_batch(1, 5, &ops(2))).unwrap();
-        j.append(2, &encode_batch(2, 5, &ops(2))).unwrap();
+        let (_, expect) = written(&path, 5, 9);
+        let batches = read_pending(Path::new("l.redb"), &path, &expect).unwrap();
+        assert_eq!(batches.batches.len(), 5);
+        assert_eq!(batches.batches[4].1.now_ms, 90);
+        assert_eq!(batches.batches[4].1.proof, proof(9));
+        let held = Expected {
+            applied_seq: 7,
+            ..expect
+        };
+        assert_eq!(read(&path, &held).unwrap(), vec![8, 9]);
+        // Ending before what redb has seen is an older journal.
+        let ahead = Expected {
+            applied_seq: 12,
+            ..expect
+        };
+        let r = read(&path, &ahead).unwrap_err();
+        assert!(matches!(r, Error::JournalMismatch { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn a_missing_or_foreign_journal_is_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.journal");
+        let (_, expect) = written(&path, 1, 2);
+        let missing = dir.path().join("none.journal");
+        assert!(matches!(
+            read(&missing, &expect).unwrap_err(),
+            Error::JournalMismatch { problem, .. } if problem.contains("missing")
+        ));
+        for other in [
+            Expected {
+                epoch: expect.epoch ^ 1,
+                ..expect
+            },
+            Expected {
+                ledger_id: 8,
+                ..expect
+            },
+            Expected {
+                first_seq: 2,
+                applied_seq: 1,
+                ..expect
+            },
+        ] {
+            let r = read(&path, &other).unwrap_err();
+            assert!(matches!(r, Error::JournalMismatch { .. }), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_last_entry_may_be_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.journal");
+        let (_, expect) = written(&path, 1, 3);
         let bytes = std::fs::read(&path).unwrap();
-        for at in [4096 + 2, 4096 + 10, 4096 + 26, 4096 + 30, 4096 + 40] {
+        let b = BLOCK_BYTES as usize;
+        // The last entry (block 3) torn: the two before it count.
+        for at in [3 * b + 2, 3 * b + 10, 3 * b + 26, 3 * b + 30] {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x40;
             std::fs::write(&path, &damaged).unwrap();
-            assert_eq!(
-                open_at(path.clone(), 1, 0).unwrap().1.len(),
-                1,
-                "flip at {at}"
-            );
+            assert_eq!(read(&path, &expect).unwrap(), vec![1, 2], "flip at {at}");
         }
-        for len in [4096, 4096 + 27, 4096 + 40] {
+        for len in [3 * b, 3 * b + 27, 3 * b + 40] {
             std::fs::write(&path, &bytes[..len]).unwrap();
-            assert_eq!(
-                open_at(path.clone(), 1, 0).unwrap().1.len(),
-                1,
-                "cut at {len}"
-            );
+            assert_eq!(read(&path, &expect).unwrap(), vec![1, 2], "cut at {len}");
         }
+        // Entry 2 damaged with entry 3 intact after it: damage, not a tear.
+        for at in [2 * b, 2 * b + 17, 2 * b + 40] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x01;
+            std::fs::write(&path, &damaged).unwrap();
+            match read(&path, &expect).unwrap_err() {
+                Error::Corruption { table, key, detail } => {
+                    assert_eq!((table, key.as_str()), ("journal", "2"));
+                    assert!(detail.contains("entries up to 3"), "{detail}");
+                }
+                other => panic!("flip at {at}: {other:?}"),
+            }
+        }
+        // The header damaged: nothing can be trusted.
+        let mut damaged = bytes.clone();
+        damaged[14] ^= 0x01;
+        std::fs::write(&path, &damaged).unwrap();
+        assert!(matches!(
+            read(&path, &expect).unwrap_err(),
+            Error::JournalMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn a_new_epoch_overwrites_the_header_and_old_entries_never_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.journal");
+        let (mut j, _) = written(&path, 1, 4);
+        j.close_epoch();
+        let epoch = j.write_epoch_header().unwrap();
+        j.open_epoch(epoch);
+        j.append(5, &encode_batch(50, 5, &ops(1), &proof(5)))
+            .unwrap();
+        let expect = Expected {
+            ledger_id: 7,
+            epoch,
+            first_seq: 5,
+            applied_seq: 4,
+        };
+        // Entries 2..4 of the old epoch are still in blocks 2..4: they end the chain.
+        assert_eq!(read(&path, &expect).unwrap(), vec![5]);
+        assert!(!j.is_unlinked().unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert!(j.is_unlinked().unwrap());
     }
 
     #[test]
     fn capacity_is_enforced() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = open_at(dir.path().join("j"), 1, 0).unwrap();
+        let j = Journal::new(dir.path().join("j"), 1, 0);
         assert!(j.fits(100));
         assert!(!j.fits(MAX_JOURNAL_PAYLOAD_BYTES + 1));
         assert_eq!(entry_bytes(1), BLOCK_BYTES);
-        assert_eq!(entry_bytes(4096 - HEADER_BYTES + 1), 2 * BLOCK_BYTES);
+        assert_eq!(entry_bytes(4096 - ENTRY_HEADER_BYTES + 1), 2 * BLOCK_BYTES);
+        assert!(
+            !dir.path().join("j").exists(),
+            "no file until an epoch starts"
+        );
     }
 }

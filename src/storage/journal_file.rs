@@ -87,6 +87,44 @@ fn open_no_follow(path: &Path, access: Access, create: bool) -> std::io::Result<
     options.open(path)
 }
 
+/// Open the journal at `path` the one safe way: never through a symlink, never blocking on a
+/// FIFO, and only if it is a regular file. `Ok(None)` when nothing is there (and `create` is
+/// false); with `create`, a missing file is created (and `Ok(None)` means someone else created
+/// it meanwhile).
+pub(crate) fn open_checked(
+    path: &Path,
+    access: Access,
+    create: bool,
+) -> Result<Option<File>, Error> {
+    let file = match open_no_follow(path, access, create) {
+        Ok(f) => f,
+        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if create && e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+        Err(e) => return Err(JournalFile::open_error(path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| io_error(path, "cannot read its metadata", e))?;
+    if !meta.file_type().is_file() {
+        return Err(foreign(
+            path,
+            "it is not a regular file (a directory, device, FIFO or socket)",
+        ));
+    }
+    Ok(Some(file))
+}
+
+/// Lock `file` exclusively for this process, or fail with "already open" naming `shown`.
+pub(crate) fn lock_exclusive(file: &File, path: &Path, shown: &Path) -> Result<(), Error> {
+    match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::AlreadyOpen {
+            path: shown.display().to_string(),
+        }),
+        Err(e) => Err(io_error(path, "cannot lock it", e.into())),
+    }
+}
+
 impl JournalFile {
     /// Open and lock the journal of the ledger whose canonical path is `ledger`. With
     /// [`Access::Write`] the file is created when missing; with [`Access::Read`] a missing
@@ -177,11 +215,6 @@ impl JournalFile {
         }
     }
 
-    /// The journal's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// A second handle on the same open file (and so under the same lock), for the journal's
     /// reads and appends.
     pub fn handle(&self) -> Result<File, Error> {
@@ -229,6 +262,16 @@ impl JournalFile {
         if empty && self.still_at_path() {
             if let Err(e) = std::fs::remove_file(&self.path) {
                 tracing::warn!(journal = %self.path.display(), error = %e, "cannot remove the empty journal");
+            }
+        }
+    }
+
+    /// Remove the file if it is still at its path: the clean close of a ledger whose journal
+    /// holds nothing needed (checkpointed, or a ledger without a journal).
+    pub fn remove(self) {
+        if self.still_at_path() {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(journal = %self.path.display(), error = %e, "cannot remove the journal");
             }
         }
     }

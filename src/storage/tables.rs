@@ -40,9 +40,16 @@ pub(crate) const META_SCHEMA_KEY: &str = "schema";
 pub(crate) const META_LEDGER_ID_KEY: &str = "ledger_id";
 /// The `meta` key holding the sequence number of the last journal entry redb holds.
 pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
-/// The schema version this build writes. Version 2 added the `consumers` and `alerts` tables
-/// and the `BalanceLow` notification records; the first write to a version 1 file adds the
-/// tables and records version 2.
+/// The `meta` key holding the open journal epoch, while one is open: its random id and the
+/// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
+/// acknowledged writes the file does not (see `storage::journal`).
+pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
+/// The schema version this build writes. Version 2 added the `consumers` and `alerts` tables,
+/// the `BalanceLow` notification records and the journal epoch record (and the journal's new
+/// entry format); the first write to a version 1 file that needs the tables adds them and
+/// records version 2. A version 1 file gets epoch records without that upgrade: no build that
+/// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
+/// then panicked on twice.
 pub(crate) const SCHEMA_VERSION: u8 = 2;
 
 /// A history category: a transaction kind, and for Usage its status.
@@ -182,6 +189,46 @@ pub(crate) fn put_meta_u64(
     value: u64,
 ) -> Result<(), Error> {
     meta.insert(key, value.to_le_bytes().as_slice())?;
+    Ok(())
+}
+
+/// The open journal epoch recorded in `meta`: (epoch id, first seq), or `None`.
+pub(crate) fn get_journal_epoch(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<(u64, u64)>, Error> {
+    match meta.get(META_JOURNAL_EPOCH_KEY)? {
+        None => Ok(None),
+        Some(v) => match <[u8; 16]>::try_from(v.value()) {
+            Ok(b) => {
+                let (epoch, first) = b.split_at(8);
+                let u = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+                Ok(Some((u(epoch), u(first))))
+            }
+            Err(_) => Err(Error::Corruption {
+                table: "meta",
+                key: META_JOURNAL_EPOCH_KEY.to_string(),
+                detail: format!("{} bytes where 16 were expected", v.value().len()),
+            }),
+        },
+    }
+}
+
+/// Record (`Some`) or remove (`None`) the open journal epoch.
+pub(crate) fn put_journal_epoch(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    epoch: Option<(u64, u64)>,
+) -> Result<(), Error> {
+    match epoch {
+        Some((id, first_seq)) => {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&id.to_le_bytes());
+            b[8..].copy_from_slice(&first_seq.to_le_bytes());
+            meta.insert(META_JOURNAL_EPOCH_KEY, b.as_slice())?;
+        }
+        None => {
+            meta.remove(META_JOURNAL_EPOCH_KEY)?;
+        }
+    }
     Ok(())
 }
 

@@ -201,11 +201,32 @@ pub enum Step {
     Forward(u64),
     /// Move the clock back.
     Back(u64),
-    /// Drop and reopen; `crash` rolls the image back to its last sync first.
-    Reopen { crash: bool },
+    /// Drop and reopen; `crash` rolls the image back to its last sync first. A crash of a file
+    /// ledger may first try a `separate` branch on a copy of what the crash left (see
+    /// [`Separation`]); the ledger then goes on from the crash itself.
+    Reopen {
+        crash: bool,
+        separate: Option<Separation>,
+    },
     /// Set a workspace's balance alert this many credits below its balance now (so that the
     /// next charges cross it): `Op::SetAlert` with a threshold only the run can know.
     AlertNear { workspace: usize, below_by: u64 },
+}
+
+/// What a careless operator, a backup tool or a second program does to the pair (ledger file,
+/// journal) after a crash. Each must end "refused" (a typed error naming the journal, which is
+/// left as it was) or "nothing lost" (the open matches the model).
+#[derive(Debug, Clone, Copy)]
+pub enum Separation {
+    /// The journal is deleted.
+    DeleteJournal,
+    /// The journal of a copy of the ledger, written to since the copy, takes its place.
+    OtherCopysJournal,
+    /// One bit flips, anywhere in the journal before its last entry (a flip inside the last
+    /// entry is indistinguishable from a torn write at the crash).
+    FlipBit(u16),
+    /// The ledger is opened with the journal off.
+    JournalOff,
 }
 
 fn decode_amount(b: &mut Bytes<'_>) -> Option<u64> {
@@ -368,9 +389,23 @@ fn decode_step(b: &mut Bytes<'_>) -> Option<Step> {
             0..=2 => u64::from(b.u16()?) % DEFAULT_MAX_CLOCK_REGRESSION_MS + 1, // tolerated
             _ => DEFAULT_MAX_CLOCK_REGRESSION_MS + 1 + u64::from(b.u16()?),     // refused
         }),
-        _ => Step::Reopen {
-            crash: b.u8()? & 1 == 0,
-        },
+        _ => {
+            // The reopen byte decodes as it always did (even: a crash); one crash in eight also
+            // tries a separation, from further bytes, so saved inputs keep their meaning.
+            let x = b.u8()?;
+            let crash = x & 1 == 0;
+            let separate = if crash && (x >> 1) % 8 == 7 {
+                b.u8().map(|k| match k % 4 {
+                    0 => Separation::DeleteJournal,
+                    1 => Separation::OtherCopysJournal,
+                    2 => Separation::FlipBit(u16::from(k) << 8 | u16::from(x)),
+                    _ => Separation::JournalOff,
+                })
+            } else {
+                None
+            };
+            Step::Reopen { crash, separate }
+        }
     })
 }
 
@@ -1228,6 +1263,10 @@ pub struct RunStats {
     pub refunds: u64,
     /// `verify()` runs, all clean.
     pub verifies: u64,
+    /// Separation branches tried (journal deleted, swapped, flipped, or bypassed).
+    pub separations: u64,
+    /// Of those, opens that refused with a typed error (the others lost nothing).
+    pub refusals: u64,
     /// Consumer acks that moved a position.
     pub acks: u64,
     /// `BalanceLow` notifications in the final log.
@@ -1264,6 +1303,8 @@ impl RunStats {
         self.crashes += o.crashes;
         self.refunds += o.refunds;
         self.verifies += o.verifies;
+        self.separations += o.separations;
+        self.refusals += o.refusals;
         self.acks += o.acks;
         self.notifications += o.notifications;
         for (k, v) in &o.error_kinds {
@@ -1447,6 +1488,97 @@ impl Harness {
         }
     }
 
+    /// Try `sep` on a copy of what a crash now would leave, and check that it ends "refused"
+    /// or "nothing lost". The ledger itself is left running; the step's own crash follows.
+    fn separate(&mut self, sep: Separation, step: usize) {
+        let Storage::Files { dir, path, copies } = &mut self.storage else {
+            return;
+        };
+        *copies += 1;
+        let trial = dir.path().join(format!("trial-{copies}.redb"));
+        let journal = Ledger::journal_path(&trial);
+        std::fs::copy(&*path, &trial).expect("copy the ledger file");
+        let had_journal = Ledger::journal_path(&*path).exists();
+        if had_journal {
+            std::fs::copy(Ledger::journal_path(&*path), &journal).expect("copy the journal");
+        }
+        let mut opts = options(&self.clock);
+        match sep {
+            Separation::DeleteJournal => {
+                let _ = std::fs::remove_file(&journal);
+            }
+            Separation::OtherCopysJournal => {
+                // A copy of the crashed files, opened (which replays its journal), written
+                // to, and crashed in turn: its journal has the same ledger id, a later epoch.
+                let other = dir.path().join(format!("other-{copies}.redb"));
+                std::fs::copy(&trial, &other).expect("copy the ledger file");
+                if had_journal {
+                    std::fs::copy(&journal, Ledger::journal_path(&other)).expect("copy");
+                }
+                let o = Ledger::open_with(&other, options(&self.clock).sweep_on_open(false))
+                    .expect("the copy opens");
+                for n in 0..2 {
+                    // (A clock far behind refuses these: then there is no other journal.)
+                    let _ = o.credit(Credit::grant("ws-other", 1, format!("other-{n}")));
+                }
+                if std::fs::copy(Ledger::journal_path(&other), &journal).is_err() {
+                    return;
+                }
+                drop(o);
+            }
+            Separation::FlipBit(seed) => {
+                let Ok(mut bytes) = std::fs::read(&journal) else {
+                    return;
+                };
+                let end = last_entry_offset(&bytes);
+                if end == 0 {
+                    return;
+                }
+                let at = usize::from(seed) * 7919 % end;
+                bytes[at] ^= 1 << (seed % 8);
+                std::fs::write(&journal, &bytes).expect("write the journal");
+            }
+            Separation::JournalOff => opts = opts.journal(false),
+        }
+        let placed = std::fs::read(&journal).ok();
+        let mut expected = self.model.clone();
+        if expected.open_sweep().is_err() {
+            return;
+        }
+        match Ledger::open_with(&trial, opts) {
+            Ok(ledger) => {
+                // Nothing lost: the open matches the model.
+                let main = self.ledger.replace(ledger);
+                let model = std::mem::replace(&mut self.model, expected);
+                self.compare(step);
+                self.audit(step);
+                self.ledger = main;
+                self.model = model;
+            }
+            Err(e) => {
+                assert!(
+                    !matches!(sep, Separation::JournalOff),
+                    "step {step}: {sep:?}: an intact crash image must open, got {e}"
+                );
+                assert!(
+                    e.to_string().contains(&journal.display().to_string()),
+                    "step {step}: {sep:?}: the refusal must name the journal: {e}"
+                );
+                assert!(
+                    matches!(e.category(), credit_ledger::ErrorCategory::Corruption),
+                    "step {step}: {sep:?}: a refusal is a damaged-file error: {e:?}"
+                );
+                assert_eq!(
+                    std::fs::read(&journal).ok(),
+                    placed,
+                    "step {step}: {sep:?}: a refusal leaves the journal as it was"
+                );
+                self.stats.refusals += 1;
+            }
+        }
+        self.stats.separations += 1;
+    }
+
     fn step(&mut self, i: usize, step: &Step) {
         match step {
             Step::One(op) => {
@@ -1502,7 +1634,10 @@ impl Harness {
                 let t = self.model.clock.saturating_sub(*d);
                 self.set_clock(t);
             }
-            Step::Reopen { crash } => {
+            Step::Reopen { crash, separate } => {
+                if let (true, Some(sep)) = (*crash, separate) {
+                    self.separate(*sep, i);
+                }
                 self.reopen(*crash, i);
                 self.audit(i);
             }
@@ -1730,6 +1865,25 @@ pub fn run_journal(data: &[u8]) -> RunStats {
     run_on(data, Harness::new_journal())
 }
 
+/// Where the last entry of the journal's open epoch starts (entries are consecutive from block 1),
+/// or 0 when it has none: a flip before it is damage, not a torn tail.
+fn last_entry_offset(journal: &[u8]) -> usize {
+    const BLOCK: usize = 4096;
+    let Some(epoch) = journal.get(12..20) else {
+        return 0;
+    };
+    let (mut at, mut last) = (BLOCK, 0);
+    while let Some(h) = journal.get(at..at + 28) {
+        if &h[..4] != b"CLJ\x02" || &h[8..16] != epoch {
+            break;
+        }
+        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+        last = at;
+        at += (28 + len).div_ceil(BLOCK) * BLOCK;
+    }
+    last
+}
+
 fn run_on(data: &[u8], mut h: Harness) -> RunStats {
     let steps = decode(data);
     for (i, s) in steps.iter().enumerate() {
@@ -1737,6 +1891,7 @@ fn run_on(data: &[u8], mut h: Harness) -> RunStats {
     }
     // At the end: audit, then a crash and one more audit of what survived.
     h.audit(steps.len());
+    h.separate(Separation::DeleteJournal, steps.len());
     h.reopen(true, steps.len());
     h.compare(steps.len());
     h.audit(steps.len());

@@ -41,6 +41,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_wait_ms)]
     pub wait: u64,
 
+    /// The time zone times are printed in (tables, and the `at` strings of JSON and CSV; `at_ms`
+    /// is the same in every zone): UTC, local (this machine's zone, from TZ or /etc/localtime),
+    /// or an IANA name such as Europe/Berlin.
+    #[arg(long, global = true, value_name = "ZONE", default_value = "UTC", value_parser = crate::time::Zone::parse)]
+    pub tz: crate::time::Zone,
+
     #[command(subcommand)]
     pub command: Command,
 }

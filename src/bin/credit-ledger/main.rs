@@ -72,6 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE as u8);
         }
     };
+    time::set_zone(cli.tz.clone());
     let json = cli.json;
     let mut out = Out::new();
     let result = run(cli, &mut out).and_then(|()| out.flush());

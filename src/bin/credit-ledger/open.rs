@@ -87,7 +87,7 @@ impl Context {
                         } else {
                             format!(
                                 " (waited {}; wait longer with --wait, for example --wait 2m)",
-                                credit_ledger::format_duration_ms(self.wait_ms)
+                                crate::time::format_duration(self.wait_ms)
                             )
                         }));
                     }
@@ -141,7 +141,7 @@ impl Context {
         Err(CliError::future_now(format!(
             "--now {} is {} ahead of the system clock ({}); a write stamped then makes every later write with the real clock fail until that time. Check the date, or pass --allow-future-now if the system clock is the one that is wrong",
             crate::time::format_rfc3339(now_ms),
-            credit_ledger::format_duration_ms(ahead_ms),
+            crate::time::format_duration(ahead_ms),
             crate::time::format_rfc3339(system_ms),
         )))
     }

@@ -1,8 +1,8 @@
 //! The commands that read: balance, history, show, generation, verify, stats, export.
 
 use credit_ledger::{
-    format_duration_ms, GenerationState, HistoryFilter, Ledger, MessageCategory, PageRequest,
-    Status, TimeWindow, TransactionView, TxnKind,
+    GenerationState, HistoryFilter, Ledger, MessageCategory, PageRequest, Status, TimeWindow,
+    TransactionView, TxnKind,
 };
 use serde_json::{json, Value};
 
@@ -13,7 +13,7 @@ use crate::fail::{CliError, EXIT_CORRUPT};
 use crate::open::{Context, Mode};
 use crate::output::{clean, pairs, signed, thousands, Align, Out, Table};
 use crate::rows::{csv_row, history_row, history_table, txn_json, CSV_HEADER};
-use crate::time::{format_human, format_rfc3339};
+use crate::time::{format_duration, format_human, format_human_zoned, format_rfc3339, zone_label};
 
 /// Running generations listed by `balance` (the count is always exact).
 const RUNNING_SHOWN: u32 = 50;
@@ -85,12 +85,14 @@ pub fn balance(ctx: &Context, a: &WorkspaceArg, out: &mut Out) -> Result<(), Cli
     )?;
     if !running.is_empty() {
         out.line("")?;
+        let started = format!("STARTED ({})", zone_label());
+        let deadline = format!("DEADLINE ({})", zone_label());
         let mut t = Table::new(&[
             ("GENERATION", Align::Left),
             ("FEATURE", Align::Left),
             ("COST", Align::Right),
-            ("STARTED (UTC)", Align::Left),
-            ("DEADLINE (UTC)", Align::Left),
+            (&started, Align::Left),
+            (&deadline, Align::Left),
             ("", Align::Left),
         ]);
         for g in &running {
@@ -103,10 +105,7 @@ pub fn balance(ctx: &Context, a: &WorkspaceArg, out: &mut Out) -> Result<(), Cli
                 if g.overdue {
                     "overdue: refunded by the next sweep or call".into()
                 } else {
-                    format!(
-                        "in {}",
-                        format_duration_ms(g.deadline_ms.saturating_sub(now))
-                    )
+                    format!("in {}", format_duration(g.deadline_ms.saturating_sub(now)))
                 },
             ]);
         }
@@ -202,7 +201,7 @@ pub fn show(ctx: &Context, a: &ShowArgs, out: &mut Out) -> Result<(), CliError> 
     }
     out.line(format!("Transaction #{}: {}, {}", t.id, t.kind, t.status))?;
     let mut head = vec![
-        ("Date", format!("{} UTC", format_human(t.at_ms))),
+        ("Date", format_human_zoned(t.at_ms)),
         ("Workspace", t.workspace.clone()),
         ("Title", t.title.clone()),
         ("Type", t.kind.to_string()),
@@ -259,10 +258,10 @@ pub fn show(ctx: &Context, a: &ShowArgs, out: &mut Out) -> Result<(), CliError> 
             "Refunded by"
         })?;
         out.line(format!(
-            "  {} #{}  {} UTC  {}  {}  {}",
+            "  {} #{}  {}  {}  {}  {}",
             l.kind,
             l.id,
-            format_human(l.at_ms),
+            format_human_zoned(l.at_ms),
             clean(&l.title),
             signed(l.amount_credits),
             l.status
@@ -329,8 +328,8 @@ pub fn generation(ctx: &Context, a: &GenArg, out: &mut Out) -> Result<(), CliErr
         (
             "Charged",
             format!(
-                "{} UTC  {} credits (Usage #{})",
-                format_human(g.started_at_ms),
+                "{}  {} credits (Usage #{})",
+                format_human_zoned(g.started_at_ms),
                 g.cost_credits,
                 g.usage_txn
             ),
@@ -338,9 +337,9 @@ pub fn generation(ctx: &Context, a: &GenArg, out: &mut Out) -> Result<(), CliErr
         (
             "Deadline",
             format!(
-                "{} UTC  (timeout {})",
-                format_human(g.deadline_ms),
-                format_duration_ms(g.timeout_ms)
+                "{}  (timeout {})",
+                format_human_zoned(g.deadline_ms),
+                format_duration(g.timeout_ms)
             ),
         ),
     ];
@@ -353,14 +352,14 @@ pub fn generation(ctx: &Context, a: &GenArg, out: &mut Out) -> Result<(), CliErr
             "State",
             format!(
                 "Running; times out in {}",
-                format_duration_ms(g.deadline_ms.saturating_sub(now))
+                format_duration(g.deadline_ms.saturating_sub(now))
             ),
         )),
         GenerationState::Succeeded { completed_at_ms } => rows.push((
             "Completed",
             format!(
-                "{} UTC  succeeded; the charge stands",
-                format_human(completed_at_ms)
+                "{}  succeeded; the charge stands",
+                format_human_zoned(completed_at_ms)
             ),
         )),
         GenerationState::Refunded {
@@ -371,8 +370,8 @@ pub fn generation(ctx: &Context, a: &GenArg, out: &mut Out) -> Result<(), CliErr
             rows.push((
                 "Refunded",
                 format!(
-                    "{} UTC  {} credits (Refund #{}), {} ({})",
-                    format_human(refunded_at_ms),
+                    "{}  {} credits (Refund #{}), {} ({})",
+                    format_human_zoned(refunded_at_ms),
                     g.cost_credits,
                     refund_txn,
                     reason.label(),
@@ -506,11 +505,8 @@ pub fn stats(ctx: &Context, a: &WindowArgs, out: &mut Out) -> Result<(), CliErro
         (None, None) => "all time".to_string(),
         (since, until) => format!(
             "{} to {}",
-            since.map_or("the beginning".into(), |t| format!(
-                "{} UTC",
-                format_human(t)
-            )),
-            until.map_or("now".into(), |t| format!("{} UTC", format_human(t)))
+            since.map_or("the beginning".into(), format_human_zoned),
+            until.map_or("now".into(), format_human_zoned)
         ),
     };
     pairs(

@@ -39,9 +39,10 @@ pub fn txn_json(t: &TransactionView) -> Value {
 
 /// The history table: id, date, title, type, signed amount, status.
 pub fn history_table() -> Table {
+    let date = format!("DATE ({})", crate::time::zone_label());
     Table::new(&[
         ("ID", Align::Right),
-        ("DATE (UTC)", Align::Left),
+        (&date, Align::Left),
         ("TITLE", Align::Left),
         ("TYPE", Align::Left),
         ("AMOUNT", Align::Right),

@@ -1,184 +1,186 @@
-//! Times and durations on the command line: RFC 3339 (UTC out, any offset in) or Unix
-//! milliseconds, and durations such as `150m`, `2h30m` or `90s`. Written here to avoid a date
-//! dependency; the calendar arithmetic is Howard Hinnant's `days_from_civil`.
+//! Times and durations on the command line, parsed and printed with `jiff`.
+//!
+//! In: RFC 3339 with any offset (`2026-11-25T14:15:34Z`, `2026-11-25T15:15:34.5+01:00`), a bare
+//! date (`2026-11-25`, midnight UTC) or Unix milliseconds; durations such as `150m`, `2h30m`,
+//! `90s`, `1d` or `500ms`. Out: every time in the zone `--tz` names (UTC unless told), RFC 3339
+//! in JSON and CSV, `2026-11-25 14:15:34` in tables, durations as `2h 30m`, which reads back as
+//! a duration.
+//!
+//! The zone is a display setting of the whole process, like a locale: `main` sets it once from
+//! `--tz` before any command runs, and every time the tool prints goes through this module, so
+//! a new command gets `--tz` without plumbing.
 
-/// Milliseconds in one day.
-const DAY_MS: i64 = 86_400_000;
+use std::sync::OnceLock;
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400; // [0, 399]
-    let m = i64::from(m);
-    let d = i64::from(d);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
+use jiff::civil::Date;
+use jiff::fmt::friendly::SpanPrinter;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Span, SpanRelativeTo, Timestamp};
+
+/// A zone times are printed in: the `--tz` option.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    tz: TimeZone,
+    /// How headers name it: `UTC`, `Europe/Berlin`.
+    label: String,
+    /// UTC prints `Z` instead of `+00:00`.
+    utc: bool,
 }
 
-/// The date of a day number from [`days_from_civil`].
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+impl Zone {
+    pub fn utc() -> Zone {
+        Zone {
+            tz: TimeZone::UTC,
+            label: "UTC".into(),
+            utc: true,
+        }
+    }
 
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
+    /// `UTC`, `local` (the machine's zone: `TZ`, else `/etc/localtime`) or an IANA name such as
+    /// `Europe/Berlin` (from the system's zoneinfo, else the copy built into the tool).
+    pub fn parse(s: &str) -> Result<Zone, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("utc") || s == "Z" {
+            return Ok(Zone::utc());
+        }
+        if s.eq_ignore_ascii_case("local") {
+            let tz = TimeZone::try_system().map_err(|e| {
+                format!("cannot tell this machine's time zone ({e}); name one, such as --tz Europe/Berlin")
+            })?;
+            let label = tz.iana_name().unwrap_or("local").to_string();
+            return Ok(Zone {
+                tz,
+                label,
+                utc: false,
+            });
+        }
+        let tz = TimeZone::get(s).map_err(|_| {
+            format!("`{s}` is not a time zone; give UTC, local, or an IANA name such as Europe/Berlin or America/New_York")
+        })?;
+        Ok(Zone {
+            tz,
+            label: s.to_string(),
+            utc: false,
+        })
+    }
 
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(y) => 29,
-        _ => 28,
+    /// `2026-11-25T14:15:34Z`, `2026-11-25T15:15:34.120+01:00`: RFC 3339 in this zone, with
+    /// milliseconds only when there are some.
+    pub fn rfc3339(&self, ms: u64) -> String {
+        let Some(t) = timestamp(ms) else {
+            return beyond_range(ms);
+        };
+        let z = t.to_zoned_datetime(self.tz.clone());
+        let fraction = if t.subsec_millisecond() == 0 {
+            ""
+        } else {
+            ".%3f"
+        };
+        let offset = if self.utc { "Z" } else { "%:z" };
+        z.strftime(&format!("%Y-%m-%dT%H:%M:%S{fraction}{offset}"))
+            .to_string()
+    }
+
+    /// `2026-11-25 14:15:34`: for tables, whose header names the zone.
+    pub fn human(&self, ms: u64) -> String {
+        match timestamp(ms) {
+            Some(t) => t
+                .to_zoned_datetime(self.tz.clone())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+            None => beyond_range(ms),
+        }
+    }
+
+    /// `2026-11-25 15:15:34 CET`: for sentences, with the zone's abbreviation at that time.
+    pub fn human_zoned(&self, ms: u64) -> String {
+        match timestamp(ms) {
+            Some(t) => t
+                .to_zoned_datetime(self.tz.clone())
+                .strftime("%Y-%m-%d %H:%M:%S %Z")
+                .to_string(),
+            None => beyond_range(ms),
+        }
     }
 }
 
-/// `2026-11-25T14:15:34.120Z`: RFC 3339 in UTC, with milliseconds only when there are some.
+/// The zone of this process's output, once `main` has set it.
+static ZONE: OnceLock<Zone> = OnceLock::new();
+
+/// Set the zone every time is printed in (from `--tz`); the first call wins.
+pub fn set_zone(zone: Zone) {
+    let _ = ZONE.set(zone);
+}
+
+fn zone() -> &'static Zone {
+    ZONE.get_or_init(Zone::utc)
+}
+
+/// The zone's name for table headers: `DATE (Europe/Berlin)`.
+pub fn zone_label() -> &'static str {
+    &zone().label
+}
+
+/// RFC 3339 in the `--tz` zone: JSON and CSV.
 pub fn format_rfc3339(ms: u64) -> String {
-    let (date, h, mi, s, frac) = split(ms);
-    if frac == 0 {
-        format!("{date}T{h:02}:{mi:02}:{s:02}Z")
-    } else {
-        format!("{date}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
-    }
+    zone().rfc3339(ms)
 }
 
-/// `2026-11-25 14:15:34`: for tables (always UTC, said in the header).
+/// `2026-11-25 14:15:34` in the `--tz` zone: table cells.
 pub fn format_human(ms: u64) -> String {
-    let (date, h, mi, s, _) = split(ms);
-    format!("{date} {h:02}:{mi:02}:{s:02}")
+    zone().human(ms)
 }
 
-fn split(ms: u64) -> (String, u64, u64, u64, u64) {
-    // u64 ms fit i64 days comfortably after dividing.
-    let days = (ms / DAY_MS as u64) as i64;
-    let rem = ms % DAY_MS as u64;
-    let (y, m, d) = civil_from_days(days);
-    (
-        format!("{y:04}-{m:02}-{d:02}"),
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000,
-    )
+/// `2026-11-25 14:15:34 UTC` in the `--tz` zone: sentences.
+pub fn format_human_zoned(ms: u64) -> String {
+    zone().human_zoned(ms)
 }
 
-/// Parse a time: Unix milliseconds (`1764080134000`), an RFC 3339 timestamp
-/// (`2026-11-25T14:15:34Z`, `2026-11-25T15:15:34.5+01:00`, a space instead of `T` is fine), or
-/// a bare date (`2026-11-25`, meaning midnight UTC).
+/// `2h 30m`, `1m 30s`, `500ms`, `0s`: jiff's compact friendly format, which
+/// [`parse_duration_ms`] reads back.
+pub fn format_duration(ms: u64) -> String {
+    let d = SignedDuration::from_millis(i64::try_from(ms).unwrap_or(i64::MAX));
+    SpanPrinter::new().duration_to_string(&d)
+}
+
+fn timestamp(ms: u64) -> Option<Timestamp> {
+    Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok()
+}
+
+/// A stored time past the year 9999 (only a `--now` of the far future, allowed on purpose, can
+/// write one): printed as its number, which `at_ms` carries anyway.
+fn beyond_range(ms: u64) -> String {
+    format!("{ms} ms after 1970 (past the year 9999)")
+}
+
+/// Parse a time: Unix milliseconds (`1764080134000`), an RFC 3339 timestamp with any offset
+/// (`2026-11-25T14:15:34Z`, `2026-11-25T15:15:34.5+01:00`; a space instead of `T` is fine),
+/// or a bare date (`2026-11-25`, meaning midnight UTC).
 pub fn parse_time(s: &str) -> Result<u64, String> {
     let s = s.trim();
+    let give = "give RFC 3339 such as 2026-11-25T14:15:34Z, a date such as 2026-11-25, or Unix milliseconds";
     if s.is_empty() {
-        return Err("empty time; give RFC 3339 (2026-11-25T14:15:34Z) or Unix milliseconds".into());
+        return Err(format!("empty time; {give}"));
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return s
             .parse::<u64>()
-            .map_err(|_| format!("`{s}` is too large for Unix milliseconds"));
+            .map_err(|_| format!("`{s}` is too large for Unix milliseconds; {give}"));
     }
-    parse_rfc3339(s).map_err(|why| {
-        format!("`{s}` is not a time ({why}); give RFC 3339 such as 2026-11-25T14:15:34Z, a date such as 2026-11-25, or Unix milliseconds")
-    })
+    let t = if s.len() == 10 {
+        s.parse::<Date>()
+            .and_then(|d| d.to_zoned_datetime(TimeZone::UTC))
+            .map(|z| z.timestamp())
+    } else {
+        s.parse::<Timestamp>()
+    }
+    .map_err(|e| format!("`{s}` is not a time ({e}); {give}"))?;
+    u64::try_from(t.as_millisecond())
+        .map_err(|_| format!("`{s}` is before 1970-01-01T00:00:00Z; {give}"))
 }
 
-fn parse_rfc3339(s: &str) -> Result<u64, &'static str> {
-    let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Result<u32, &'static str> {
-        let part = b.get(from..from + len).ok_or("too short")?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return Err("expected digits");
-        }
-        Ok(part
-            .iter()
-            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0')))
-    };
-    let year = num(0, 4)?;
-    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
-        return Err("the date must be YYYY-MM-DD");
-    }
-    let (month, day) = (num(5, 2)?, num(8, 2)?);
-    if !(1..=12).contains(&month) {
-        return Err("month out of range");
-    }
-    if day == 0 || day > days_in_month(i64::from(year), month) {
-        return Err("day out of range");
-    }
-    let days = days_from_civil(i64::from(year), month, day);
-    let mut ms_of_day: i64 = 0;
-    let mut offset_ms: i64 = 0;
-    if b.len() > 10 {
-        if !matches!(b[10], b'T' | b't' | b' ') {
-            return Err("expected `T` between the date and the time");
-        }
-        let (h, mi) = (num(11, 2)?, num(14, 2)?);
-        if b.get(13) != Some(&b':') {
-            return Err("the time must be HH:MM:SS");
-        }
-        let mut i = 16;
-        let mut sec = 0;
-        if b.get(16) == Some(&b':') {
-            sec = num(17, 2)?;
-            i = 19;
-        }
-        if h > 23 || mi > 59 || sec > 60 {
-            return Err("time of day out of range");
-        }
-        // A leap second reads as the last millisecond of its minute.
-        let leap = sec == 60;
-        let sec = sec.min(59);
-        let mut frac_ms: i64 = if leap { 999 } else { 0 };
-        if b.get(i) == Some(&b'.') || b.get(i) == Some(&b',') {
-            i += 1;
-            let start = i;
-            let mut scale = 100;
-            let mut f = 0i64;
-            while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
-                f += i64::from(d - b'0') * scale;
-                scale /= 10;
-                i += 1;
-            }
-            if i == start {
-                return Err("expected digits after the decimal point");
-            }
-            if !leap {
-                frac_ms = f;
-            }
-        }
-        ms_of_day = (i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec)) * 1000 + frac_ms;
-        match b.get(i) {
-            Some(b'Z' | b'z') if i + 1 == b.len() => {}
-            Some(sign @ (b'+' | b'-')) => {
-                let (oh, om) = (num(i + 1, 2)?, num(i + 4, 2)?);
-                if b.get(i + 3) != Some(&b':') || i + 6 != b.len() {
-                    return Err("the offset must be +HH:MM");
-                }
-                if oh > 23 || om > 59 {
-                    return Err("offset out of range");
-                }
-                let off = (i64::from(oh) * 60 + i64::from(om)) * 60_000;
-                offset_ms = if *sign == b'+' { off } else { -off };
-            }
-            None => return Err("missing the offset (`Z` for UTC, or +HH:MM)"),
-            Some(_) => return Err("unexpected characters after the time"),
-        }
-    }
-    let ms = days * DAY_MS + ms_of_day - offset_ms;
-    u64::try_from(ms).map_err(|_| "before 1970-01-01T00:00:00Z")
-}
-
-/// Parse a duration: `90s`, `150m`, `2h30m`, `1d`, `500ms`, or a combination in any order of
-/// units. A bare number is minutes.
+/// Parse a duration: `90s`, `150m`, `2h30m`, `2h 30m`, `1d`, `500ms`, `1.5h` (jiff's friendly
+/// format; days are 24 hours), or ISO 8601 (`PT2H30M`). A bare number is minutes.
 pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let bad = |why: &str| {
         format!("`{s}` is not a duration ({why}); write it like 150m, 2h30m, 90s or 1d")
@@ -191,55 +193,84 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
         let minutes: u64 = t.parse().map_err(|_| bad("too large"))?;
         return minutes.checked_mul(60_000).ok_or_else(|| bad("too large"));
     }
-    let b = t.as_bytes();
-    let mut i = 0;
-    let mut total: u64 = 0;
-    while i < b.len() {
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return Err(bad("expected a number"));
-        }
-        let n: u64 = t[start..i].parse().map_err(|_| bad("too large"))?;
-        let ustart = i;
-        while i < b.len() && b[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        let unit_ms: u64 = match t[ustart..i].to_ascii_lowercase().as_str() {
-            "ms" => 1,
-            "s" | "sec" => 1000,
-            "m" | "min" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "" => return Err(bad("a number without a unit")),
-            _ => return Err(bad("unknown unit; use ms, s, m, h or d")),
-        };
-        total = n
-            .checked_mul(unit_ms)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| bad("too large"))?;
+    let span: Span = t.parse().map_err(|e: jiff::Error| bad(&e.to_string()))?;
+    let d = span
+        .to_duration(SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| bad("months and years have no fixed length; use days"))?;
+    if d.is_negative() {
+        return Err(bad("negative"));
     }
-    Ok(total)
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(bad("finer than a millisecond"));
+    }
+    u64::try_from(d.as_millis()).map_err(|_| bad("too large"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn berlin() -> Zone {
+        Zone::parse("Europe/Berlin").expect("the tzdb knows Berlin")
+    }
+
     #[test]
-    fn formats_known_instants() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(1_700_000_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(format_rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(format_human(1_700_000_000_000), "2023-11-14 22:13:20");
-        // The largest value still formats (year 584 million or so) without panicking.
-        assert!(format_rfc3339(u64::MAX).ends_with('Z'));
+    fn formats_known_instants_in_utc() {
+        let utc = Zone::utc();
+        assert_eq!(utc.rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc.rfc3339(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc.rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(utc.human(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(
+            utc.human_zoned(1_700_000_000_000),
+            "2023-11-14 22:13:20 UTC"
+        );
+        // Past jiff's range (year 9999) a time still prints, as its number, without panicking.
+        for ms in [253_402_300_800_000, u64::MAX] {
+            assert!(utc.rfc3339(ms).starts_with(&ms.to_string()), "{ms}");
+            assert!(utc.human(ms).starts_with(&ms.to_string()), "{ms}");
+        }
+    }
+
+    #[test]
+    fn formats_in_a_named_zone_with_its_offset_and_summer_time() {
+        let z = berlin();
+        // Winter: CET, +01:00.
+        assert_eq!(z.rfc3339(1_700_000_000_000), "2023-11-14T23:13:20+01:00");
+        assert_eq!(z.human(1_700_000_000_000), "2023-11-14 23:13:20");
+        assert_eq!(z.human_zoned(1_700_000_000_000), "2023-11-14 23:13:20 CET");
+        // Summer: CEST, +02:00 (2023-07-01T12:00:00Z).
+        assert_eq!(
+            z.rfc3339(1_688_212_800_500),
+            "2023-07-01T14:00:00.500+02:00"
+        );
+        assert_eq!(z.human_zoned(1_688_212_800_000), "2023-07-01 14:00:00 CEST");
+        // What it prints, it reads back.
+        assert_eq!(
+            parse_time(&z.rfc3339(1_688_212_800_500)),
+            Ok(1_688_212_800_500)
+        );
+        let ny = Zone::parse("America/New_York").unwrap();
+        assert_eq!(ny.rfc3339(1_700_000_000_000), "2023-11-14T17:13:20-05:00");
+    }
+
+    #[test]
+    fn zones_by_name() {
+        assert_eq!(Zone::parse("utc").unwrap().label, "UTC");
+        assert_eq!(
+            Zone::parse("UTC").unwrap().rfc3339(0),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(berlin().label, "Europe/Berlin");
+        for bad in ["", "Mars/Olympus", "CET+1", "../../etc/passwd"] {
+            let e = Zone::parse(bad).unwrap_err();
+            assert!(e.contains("Europe/Berlin"), "{bad}: {e}");
+        }
     }
 
     #[test]
     fn parses_what_it_formats() {
+        let utc = Zone::utc();
         for ms in [
             0,
             1,
@@ -249,11 +280,8 @@ mod tests {
             1_764_080_134_000,
             4_102_444_800_000,
         ] {
-            assert_eq!(parse_time(&format_rfc3339(ms)), Ok(ms), "{ms}");
-        }
-        for day in (0..200_000i64).step_by(997) {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
+            assert_eq!(parse_time(&utc.rfc3339(ms)), Ok(ms), "{ms}");
+            assert_eq!(parse_time(&berlin().rfc3339(ms)), Ok(ms), "{ms}");
         }
     }
 
@@ -266,8 +294,20 @@ mod tests {
         assert_eq!(parse_time("2023-11-14t22:13:20.5z"), Ok(1_700_000_000_500));
         assert_eq!(parse_time("2023-11-14 22:13:20Z"), Ok(1_700_000_000_000));
         assert_eq!(parse_time("2023-11-14T22:13Z"), Ok(1_699_999_980_000));
+        assert_eq!(
+            parse_time("2023-11-14T17:13:20-05:00"),
+            Ok(1_700_000_000_000)
+        );
+        assert_eq!(parse_time(" 2023-11-14T22:13:20Z "), Ok(1_700_000_000_000));
+        // Digits past the millisecond are dropped.
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.123456789Z"),
+            Ok(1_700_000_000_123)
+        );
         assert_eq!(parse_time("1970-01-02"), Ok(86_400_000));
+        assert_eq!(parse_time("2024-02-29"), Ok(1_709_164_800_000));
         assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("18446744073709551615"), Ok(u64::MAX));
     }
 
     #[test]
@@ -279,15 +319,16 @@ mod tests {
             "2023-02-29",
             "2023-11-14T25:00:00Z",
             "2023-11-14T22:13:20",
-            "2023-11-14T22:13:20+0100",
             "2023-11-14T22:13:20Zjunk",
             "1969-12-31T23:59:59Z",
+            "1969-12-31",
             "99999999999999999999999",
             "-5",
             "2023-11-14T22:13:20.Z",
             "é",
         ] {
-            assert!(parse_time(bad).is_err(), "{bad}");
+            let e = parse_time(bad).expect_err(bad);
+            assert!(e.contains("RFC 3339"), "{bad}: {e}");
         }
     }
 
@@ -295,12 +336,44 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration_ms("150m"), Ok(9_000_000));
         assert_eq!(parse_duration_ms("2h30m"), Ok(9_000_000));
+        assert_eq!(parse_duration_ms("2h 30m"), Ok(9_000_000));
         assert_eq!(parse_duration_ms("90s"), Ok(90_000));
         assert_eq!(parse_duration_ms("1d"), Ok(86_400_000));
         assert_eq!(parse_duration_ms("1500ms"), Ok(1500));
+        assert_eq!(parse_duration_ms("1.5h"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("PT2H30M"), Ok(9_000_000));
+        assert_eq!(parse_duration_ms("0s"), Ok(0));
         assert_eq!(parse_duration_ms("30"), Ok(1_800_000));
-        for bad in ["", "m", "5x", "h2", "-5m", "99999999999999999999d", "1.5h"] {
-            assert!(parse_duration_ms(bad).is_err(), "{bad}");
+        for bad in [
+            "",
+            "m",
+            "5x",
+            "h2",
+            "-5m",
+            "99999999999999999999d",
+            "1 month",
+            "1y",
+            "1.5ms",
+        ] {
+            let e = parse_duration_ms(bad).expect_err(bad);
+            assert!(e.contains("150m"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn printed_durations_read_back() {
+        for (ms, shown) in [
+            (0, "0s"),
+            (500, "500ms"),
+            (90_000, "1m 30s"),
+            (9_000_000, "2h 30m"),
+            (86_400_000, "24h"),
+            (90_061_500, "25h 1m 1s 500ms"),
+        ] {
+            assert_eq!(format_duration(ms), shown);
+            assert_eq!(parse_duration_ms(shown), Ok(ms), "{shown}");
+        }
+        // Too long for i64 milliseconds: the largest, not a wrap.
+        assert!(!format_duration(u64::MAX).starts_with('-'));
     }
 }

@@ -1,9 +1,7 @@
 //! The commands that write: credit, adjust, start, complete, fail, sweep, and backup (which
 //! writes a new file).
 
-use credit_ledger::{
-    format_duration_ms, Adjust, Credit, Receipt, RefundReason, RefundReceipt, StartGeneration,
-};
+use credit_ledger::{Adjust, Credit, Receipt, RefundReason, RefundReceipt, StartGeneration};
 use serde_json::{json, Value};
 
 use crate::args::{
@@ -12,7 +10,7 @@ use crate::args::{
 use crate::fail::CliError;
 use crate::open::{Context, Mode};
 use crate::output::{clean, signed, Align, Out, Table};
-use crate::time::{format_human, format_rfc3339};
+use crate::time::{format_duration, format_human_zoned, format_rfc3339};
 
 const REPLAY_NOTE: &str =
     "(already applied earlier: this is the original receipt; nothing changed)";
@@ -35,14 +33,14 @@ fn print_receipt(ctx: &Context, r: &Receipt, out: &mut Out) -> Result<(), CliErr
         return out.json(&receipt_json(r));
     }
     out.line(format!(
-        "{} {} credits for {}: balance {} -> {} (transaction #{}, {} UTC)",
+        "{} {} credits for {}: balance {} -> {} (transaction #{}, {})",
         r.kind,
         signed(r.amount_credits),
         clean(&r.workspace),
         r.balance_before_credits,
         r.balance_after_credits,
         r.txn_id,
-        format_human(r.at_ms)
+        format_human_zoned(r.at_ms)
     ))?;
     if r.replay {
         out.line(REPLAY_NOTE)?;
@@ -96,9 +94,9 @@ pub fn start(ctx: &Context, a: &StartArgs, out: &mut Out) -> Result<(), CliError
         c.usage_txn
     ))?;
     out.line(format!(
-        "Deadline {} UTC ({} after the start); if it has not completed by then, it is refunded in full",
-        format_human(c.deadline_ms),
-        format_duration_ms(c.deadline_ms.saturating_sub(c.started_at_ms))
+        "Deadline {} ({} after the start); if it has not completed by then, it is refunded in full",
+        format_human_zoned(c.deadline_ms),
+        format_duration(c.deadline_ms.saturating_sub(c.started_at_ms))
     ))?;
     if c.replay {
         out.line(REPLAY_NOTE)?;
@@ -118,9 +116,9 @@ pub fn complete(ctx: &Context, a: &GenArg, out: &mut Out) -> Result<(), CliError
         }));
     }
     out.line(format!(
-        "Generation {} completed at {} UTC; its charge (Usage #{}) stands",
+        "Generation {} completed at {}; its charge (Usage #{}) stands",
         clean(&c.generation_id),
-        format_human(c.completed_at_ms),
+        format_human_zoned(c.completed_at_ms),
         c.usage_txn
     ))?;
     if c.replay {
@@ -211,7 +209,7 @@ pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError
     if report.more_expired {
         out.line("More generations are past their deadline: run `sweep` again")?;
     } else if let Some(next) = report.next_deadline_ms {
-        out.line(format!("Next deadline: {} UTC", format_human(next)))?;
+        out.line(format!("Next deadline: {}", format_human_zoned(next)))?;
     } else {
         out.line("No generation is running")?;
     }
