@@ -198,10 +198,11 @@ pub enum Error {
         requested: String,
     },
 
-    /// The generation was already refunded, so it cannot complete. When `reason` is
-    /// `Timeout` and `refund_txn` was written by this very call, the refund committed with
-    /// this error: lazy expiry never depends on when the sweeper runs.
-    #[error("generation `{generation}` was refunded ({reason}, refund #{refund_txn}) and cannot complete; start a new generation to retry")]
+    /// The generation was refunded, so it cannot complete (or start again). When this very
+    /// call found it past its deadline and wrote the refund (lazy expiry: a late `complete`, a
+    /// repeated `start`), `refunded_now` holds that refund's receipt: the refund committed with
+    /// this error, and lazy expiry never depends on when the sweeper runs.
+    #[error("generation `{generation}` was refunded ({reason}, refund #{refund_txn}){} and cannot complete; start a new generation to retry", if .refunded_now.is_some() { " by this call, because its deadline had passed" } else { "" })]
     GenerationRefunded {
         /// The generation.
         generation: String,
@@ -209,6 +210,9 @@ pub enum Error {
         reason: RefundReason,
         /// The refund transaction.
         refund_txn: u64,
+        /// The refund this call wrote, if it wrote one; `None` when the generation was
+        /// refunded earlier.
+        refunded_now: Option<Box<crate::model::RefundReceipt>>,
     },
 
     /// The generation already succeeded, so it cannot be failed or refunded.
@@ -220,8 +224,18 @@ pub enum Error {
         completed_at_ms: u64,
     },
 
-    /// The clock reads further back than the tolerance allows.
-    #[error("the clock reads {now_ms} ms, {behind_ms} ms before the last committed transaction at {last_ms} ms (tolerance {tolerance_ms} ms); fix the system clock or raise Options::max_clock_regression_ms")]
+    /// The clock reads further back than the tolerance allows. Only writes that are not
+    /// refunds get this: a refund (a failure report, lazy expiry, the sweep) is written anyway,
+    /// stamped with the last committed time, and its view says what the clock read
+    /// ([`TransactionView::untrusted_clock_ms`](crate::TransactionView::untrusted_clock_ms)).
+    ///
+    /// When the log itself is ahead (a transaction was stamped with a mistyped future time),
+    /// this is how the way out starts: fix nothing in the file; either wait until the clock
+    /// passes `last_ms`, or open the ledger with
+    /// [`Options::max_clock_regression_ms`](crate::Options::max_clock_regression_ms) of at least
+    /// `behind_ms` (up to 400 days), so that new writes are stamped with the log's last time
+    /// until the clock catches up.
+    #[error("the clock reads {now_ms} ms, {behind_ms} ms before the last committed transaction at {last_ms} ms (tolerance {tolerance_ms} ms); refunds are still written, other writes are refused: fix the clock, or if the log's time is the wrong one (a mistyped future time), wait until the clock passes it or raise Options::max_clock_regression_ms to at least {behind_ms} ms to stamp writes with the log's time")]
     ClockRegressed {
         /// What the clock said.
         now_ms: u64,
@@ -229,6 +243,22 @@ pub enum Error {
         last_ms: u64,
         /// How far behind.
         behind_ms: u64,
+        /// The configured tolerance.
+        tolerance_ms: u64,
+    },
+
+    /// The clock reads further ahead of the wall clock than
+    /// [`Options::max_clock_ahead_ms`](crate::Options::max_clock_ahead_ms) allows. Writes that
+    /// are not refunds are refused, so a mistyped future time never reaches the log; refunds
+    /// are written at the wall clock's time (or the log's last time, if later).
+    #[error("the clock reads {now_ms} ms, {ahead_ms} ms ahead of the wall clock at {wall_ms} ms (tolerance {tolerance_ms} ms); refunds are still written, other writes are refused: check the time you gave, or set Options::max_clock_ahead_ms (None turns the guard off) if the future time is intended")]
+    ClockAhead {
+        /// What the clock said.
+        now_ms: u64,
+        /// What the wall clock said.
+        wall_ms: u64,
+        /// How far ahead.
+        ahead_ms: u64,
         /// The configured tolerance.
         tolerance_ms: u64,
     },
@@ -248,7 +278,7 @@ pub enum Error {
     /// writes the file does not, and the journal at `journal` is not that journal: it is
     /// missing, another copy's or another ledger's, emptied, or older than what the file has
     /// seen. Nothing was changed; opening it anyway would come back with an older state.
-    #[error("the ledger `{ledger}` keeps acknowledged writes in its journal `{journal}`, but {problem}. Nothing was changed. Put the ledger's own journal back at that path, or restore both files from a backup")]
+    #[error("the ledger `{ledger}` keeps acknowledged writes in its journal `{journal}`, but {problem}. Nothing was changed. Put the ledger's own journal back at that path, or restore both files from a backup; to open the ledger without those writes, accepting their loss, run `credit-ledger --db {ledger} recover --discard-journal` (Options::discard_journal)")]
     JournalMismatch {
         /// The ledger file.
         ledger: String,
@@ -397,7 +427,9 @@ impl Error {
     /// Which family this error is in.
     pub fn category(&self) -> ErrorCategory {
         match self {
-            Error::InvalidInput(_) | Error::ClockRegressed { .. } => ErrorCategory::Invalid,
+            Error::InvalidInput(_) | Error::ClockRegressed { .. } | Error::ClockAhead { .. } => {
+                ErrorCategory::Invalid
+            }
             Error::UnknownWorkspace { .. }
             | Error::UnknownGeneration { .. }
             | Error::UnknownTransaction { .. }

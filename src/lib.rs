@@ -75,7 +75,9 @@ pub use audit::{AuditCounts, AuditReport, Invariant, Violation};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCategory, InvalidInput, Result};
 pub use ledger::inside_panic_guard;
-pub use ledger::{Durability, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES};
+pub use ledger::{
+    Durability, JournalDiscard, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES, JOURNAL_DISCARDED_TITLE,
+};
 pub use model::limits;
 pub use model::{
     AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, CreditKind, MessageCategory, Op,

@@ -45,7 +45,7 @@ impl Rng {
 #[derive(Debug, Default)]
 struct Acks {
     /// (generation, refund txn) acknowledged as a new refund: by fail, by the sweep, or by a
-    /// `complete` answered with `GenerationRefunded` whose refund is new.
+    /// `complete` or repeated `start` answered with `GenerationRefunded` carrying the refund.
     new_refunds: Vec<(String, u64)>,
     /// (generation, refund txn) acknowledged as a replay or named in a refusal.
     seen_refunds: Vec<(String, u64)>,
@@ -135,6 +135,19 @@ fn worker(t: usize, ops: usize, s: &Shared) -> Acks {
                     assert_eq!(c.cost_credits, start.cost_credits);
                     acks.started.push(start.generation_id);
                 }
+                Err(Error::GenerationRefunded {
+                    generation,
+                    refunded_now: Some(r),
+                    ..
+                }) => {
+                    // A repeated start found it past its deadline and refunded it.
+                    assert_eq!(
+                        (generation.as_str(), r.replay),
+                        (start.generation_id.as_str(), false)
+                    );
+                    acks.new_refunds.push((generation, r.refund_txn));
+                    *acks.errors.entry("already refunded").or_default() += 1;
+                }
                 Err(e) => *acks.errors.entry(error_name(&e)).or_default() += 1,
             }
         } else {
@@ -150,12 +163,19 @@ fn worker(t: usize, ops: usize, s: &Shared) -> Acks {
                     Err(Error::GenerationRefunded {
                         generation,
                         refund_txn,
+                        refunded_now,
                         ..
                     }) => {
                         assert_eq!(generation, id);
                         // Either refunded before, or refunded now with reason Timeout because
-                        // the completion came after the deadline: the error names it both ways.
-                        acks.seen_refunds.push((id, refund_txn));
+                        // the completion came after the deadline: the error says which.
+                        match refunded_now {
+                            Some(r) => {
+                                assert_eq!(r.refund_txn, refund_txn);
+                                acks.new_refunds.push((id, refund_txn));
+                            }
+                            None => acks.seen_refunds.push((id, refund_txn)),
+                        }
                         *acks.errors.entry("already refunded").or_default() += 1;
                     }
                     Err(e) => *acks.errors.entry(error_name(&e)).or_default() += 1,

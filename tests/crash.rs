@@ -198,6 +198,8 @@ fn unreplayed(r: &Result<Outcome, Error>) -> Result<Outcome, Error> {
         Ok(Outcome::Start(x)) => x.replay = false,
         Ok(Outcome::Complete(x)) => x.replay = false,
         Ok(Outcome::Fail(x)) => x.replay = false,
+        // A retry of a late complete whose refund landed did not write it: no receipt.
+        Err(Error::GenerationRefunded { refunded_now, .. }) => *refunded_now = None,
         Ok(Outcome::Ack(x)) => x.replay = false,
         Ok(Outcome::Alert(x)) => x.replay = false,
         Ok(Outcome::Sweep(_)) | Err(_) => {}
@@ -215,8 +217,8 @@ fn wrote(r: &Result<Outcome, Error>) -> bool {
         Ok(Outcome::Ack(x)) => !x.replay,
         Ok(Outcome::Alert(x)) => !x.replay,
         Ok(Outcome::Sweep(s)) => !s.refunds.is_empty(),
-        // Lazy expiry: a late completion refunds in the same write.
-        Err(Error::GenerationRefunded { .. }) => true,
+        // Lazy expiry: a late completion refunds in the same write, and says so.
+        Err(Error::GenerationRefunded { refunded_now, .. }) => refunded_now.is_some(),
         Err(_) => false,
     }
 }

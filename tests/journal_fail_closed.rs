@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use credit_ledger::{
-    Credit, Durability, Error, HistoryFilter, Ledger, ManualClock, Options, StartGeneration,
+    Clock, Credit, Durability, Error, HistoryFilter, Ledger, ManualClock, Options, StartGeneration,
+    TxnKind, JOURNAL_DISCARDED_TITLE,
 };
 
 use common::{assert_healthy, options, T0_MS};
@@ -97,6 +98,7 @@ fn expect_mismatch(path: &Path, options: Options, needle: &str) -> String {
                 "{text}"
             );
             assert!(text.contains("Nothing was changed"), "{text}");
+            assert!(text.contains("recover --discard-journal"), "{text}");
             text
         }
         other => panic!("expected a journal mismatch, got {other:?}"),
@@ -212,6 +214,16 @@ fn item3_a_replay_that_does_not_reproduce_the_recorded_result_is_corruption() {
             other => panic!("entry {k}: expected Corruption, got {other:?}"),
         }
         assert!(std::fs::read(journal_of(&work)).unwrap() == forged);
+        // The operator's discard replays the entries before the forged one, and no more.
+        let mut copy = dir.path().join("copy.redb");
+        copy.set_extension(format!("{k}.redb"));
+        std::fs::copy(&work, &copy).unwrap();
+        std::fs::copy(journal_of(&work), journal_of(&copy)).unwrap();
+        let l = Ledger::open_with(&copy, options(&clock).discard_journal(true)).unwrap();
+        let d = l.journal_discard().expect("a discard");
+        assert_eq!((d.first_seq, d.replayed_entries), (k as u64, k - 1));
+        assert_healthy(&l);
+        drop(l);
         std::fs::write(journal_of(&work), &journal).unwrap();
         assert_eq!(snapshot(&open(&work, &clock)), expected);
     }
@@ -329,4 +341,116 @@ fn a_crash_right_after_an_epoch_starts_opens_with_its_first_write() {
     // And the ledger file alone after that reopen stands alone.
     std::fs::remove_file(journal_of(&image)).ok();
     assert_eq!(snapshot(&open(&image, &clock)), expected);
+}
+
+/// The "Journal discarded" notes in `ws`'s history.
+fn discard_notes(ledger: &Ledger) -> Vec<String> {
+    common::all_history(ledger, "ws", &HistoryFilter::all())
+        .into_iter()
+        .filter(|t| t.kind == TxnKind::Adjustment && t.title == JOURNAL_DISCARDED_TITLE)
+        .map(|t| {
+            assert_eq!(t.amount_credits, 0);
+            assert_eq!(t.balance_before_credits, t.balance_after_credits);
+            t.memo.unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn item6_the_operator_discards_a_lost_journal_only_when_told_and_the_log_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let (image, _) = crashed(dir.path(), "a", 20, &clock);
+    std::fs::remove_file(journal_of(&image)).unwrap();
+    expect_mismatch(&image, options(&clock), "missing");
+
+    // The CLI refuses without the flag, and does it with it.
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_credit-ledger"))
+            .arg("--db")
+            .arg(&image)
+            .args(["--now", &clock.now_ms().to_string()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["recover"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    expect_mismatch(&image, options(&clock), "missing");
+    let out = cli(&["recover", "--discard-journal"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("Discarded journal entries from 1 on"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verify: OK"), "{stdout}");
+
+    // Afterwards the ledger opens normally, at the epoch's start (the funding), and its log
+    // says what was discarded and when.
+    let l = open(&image, &clock);
+    assert!(l.journal_discard().is_none(), "nothing more to discard");
+    assert_eq!(l.balance("ws").unwrap().balance_credits, 1_000);
+    let notes = discard_notes(&l);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("entries from 1 on"), "{}", notes[0]);
+    assert!(notes[0].contains("missing"), "{}", notes[0]);
+    assert_healthy(&l);
+    l.credit(Credit::grant("ws", 1, "after")).unwrap();
+}
+
+#[test]
+fn item6_a_damaged_journal_keeps_its_proven_prefix_and_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let n = 16;
+    let live = dir.path().join("live.redb");
+    let ledger = open(&live, &clock);
+    ledger
+        .credit(Credit::purchase("ws", 1_000, "fund"))
+        .unwrap();
+    let snapshots = write_n(&ledger, &clock, 0, n - 1);
+    let image = dir.path().join("a.redb");
+    crash_copy(&live, &image);
+    drop(ledger);
+    // Entry 6 damaged, entries 7..15 intact after it.
+    let mut journal = std::fs::read(journal_of(&image)).unwrap();
+    journal[6 * BLOCK + 40] ^= 0x08;
+    std::fs::write(journal_of(&image), &journal).unwrap();
+    assert!(matches!(
+        Ledger::open_with(&image, options(&clock)),
+        Err(Error::Corruption { .. })
+    ));
+
+    let l = Ledger::open_with(&image, options(&clock).discard_journal(true)).unwrap();
+    let d = l.journal_discard().expect("a discard").clone();
+    assert_eq!(
+        (d.first_seq, d.last_seq, d.replayed_entries),
+        (6, Some(15), 5)
+    );
+    assert!(d.reason.contains("entry 6"), "{}", d.reason);
+    // Entries 1..5 replayed: the state after the funding and five writes, plus the note.
+    let kept = d.kept_at.clone().expect("the journal is kept");
+    assert!(
+        std::fs::read(&kept).unwrap() == journal,
+        "kept byte for byte"
+    );
+    // The journal's place holds a fresh, empty journal: the open ledger's lock (see
+    // `storage::journal_file`), not the damaged one.
+    assert_eq!(std::fs::metadata(journal_of(&image)).unwrap().len(), 0);
+    let notes = discard_notes(&l);
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0].contains("entries 6 to 15"), "{}", notes[0]);
+    let without_note: Vec<_> = common::all_history(&l, "ws", &HistoryFilter::all())
+        .into_iter()
+        .filter(|t| t.title != JOURNAL_DISCARDED_TITLE)
+        .collect();
+    let (totals, history) = snapshots[4].split_once('\n').unwrap();
+    assert_eq!(format!("{:?}", l.totals().unwrap()), totals);
+    assert_eq!(
+        format!("{without_note:?}"),
+        history,
+        "exactly the five proven entries were replayed"
+    );
+    assert_healthy(&l);
 }

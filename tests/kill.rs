@@ -355,16 +355,20 @@ fn assert_ack_present(ledger: &Ledger, op: &Op, ack: &Ack, ctx: &str) {
                 "{ctx}: acknowledged completion of {generation_id} is missing"
             );
         }
-        (Op::Complete { generation_id } | Op::Fail { generation_id, .. }, Ack::Refund(txn)) => {
-            match gen_state(generation_id) {
-                Ok(GenerationState::Refunded { refund_txn, .. }) => {
-                    assert_eq!(refund_txn, *txn, "{ctx}: {generation_id}")
-                }
-                other => {
-                    panic!("{ctx}: acknowledged refund of {generation_id} is missing: {other:?}")
-                }
+        // A late complete, a failure report, or a repeated start past the deadline.
+        (
+            Op::Complete { generation_id }
+            | Op::Fail { generation_id, .. }
+            | Op::Start(StartGeneration { generation_id, .. }),
+            Ack::Refund(txn),
+        ) => match gen_state(generation_id) {
+            Ok(GenerationState::Refunded { refund_txn, .. }) => {
+                assert_eq!(refund_txn, *txn, "{ctx}: {generation_id}")
             }
-        }
+            other => {
+                panic!("{ctx}: acknowledged refund of {generation_id} is missing: {other:?}")
+            }
+        },
         (Op::Sweep { .. }, Ack::Sweep(list)) => {
             for (g, txn) in list {
                 match gen_state(g) {
@@ -397,6 +401,11 @@ fn assert_replay_matches(op: &Op, ack: &Ack, replay: &Result<Outcome, Error>, ct
         }
         (Ack::Refund(t), Err(Error::GenerationRefunded { refund_txn, .. })) => {
             assert_eq!(refund_txn, t, "{ctx}")
+        }
+        // A repeated start that refunded its expired generation: starting it yet again
+        // replays the charge (the refund stands, checked against the ledger above).
+        (Ack::Refund(_), Ok(Outcome::Start(c))) if matches!(op, Op::Start(_)) => {
+            assert!(c.replay, "{ctx}: start replay {c:?}")
         }
         // A sweep replayed later may find other expired generations; it never re-refunds
         // (checked through the refund counts).

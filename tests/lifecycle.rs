@@ -201,8 +201,71 @@ fn lazy_expiry_complete_after_deadline_refunds_with_timeout() {
     assert_eq!(refund.refund_of, Some(charge.usage_txn));
     // No sweep has run, and there is nothing left for one.
     assert!(ledger.sweep_expired(100).unwrap().refunds.is_empty());
-    // The same answer again, without a second refund.
-    assert_eq!(ledger.complete_generation("late").unwrap_err(), err);
+    // This call wrote the refund, and the error hands over its receipt.
+    let Error::GenerationRefunded {
+        refunded_now: Some(receipt),
+        ..
+    } = &err
+    else {
+        panic!("the late complete did not say it wrote the refund: {err:?}");
+    };
+    assert_eq!(
+        (receipt.refund_txn, receipt.amount_credits, receipt.replay),
+        (refund_txn, 12, false)
+    );
+    assert_eq!(receipt.balance_after_credits, 100);
+    assert!(err.to_string().contains("by this call"), "{err}");
+    // The same refund again, without a second one, and this time not written by the call.
+    let again = ledger.complete_generation("late").unwrap_err();
+    assert!(
+        matches!(&again, Error::GenerationRefunded { refund_txn: t, refunded_now: None, .. } if *t == refund_txn),
+        "{again:?}"
+    );
+    assert!(!again.to_string().contains("by this call"), "{again}");
+    assert_eq!(refunds(&ledger, "ws").len(), 1);
+    assert_healthy(&ledger);
+}
+
+#[test]
+fn a_repeated_start_after_the_deadline_refunds_it_and_says_so() {
+    let (ledger, clock) = ledger();
+    fund(&ledger, "ws", 100);
+    let charge = ledger.start_generation(quick_video("late")).unwrap();
+    // Before the deadline, a repeated start is a replay.
+    clock.set_ms(T0_MS + 149 * MINUTE_MS);
+    assert!(ledger.start_generation(quick_video("late")).unwrap().replay);
+    clock.set_ms(T0_MS + 150 * MINUTE_MS); // exactly at the deadline
+    let err = ledger.start_generation(quick_video("late")).unwrap_err();
+    let Error::GenerationRefunded {
+        reason,
+        refund_txn,
+        refunded_now: Some(receipt),
+        ..
+    } = &err
+    else {
+        panic!("expected a lazy refund, got {err:?}");
+    };
+    assert_eq!(*reason, RefundReason::Timeout);
+    assert_eq!(
+        (receipt.refund_txn, receipt.usage_txn),
+        (*refund_txn, charge.usage_txn)
+    );
+    assert!(
+        receipt.message.contains("start repeated"),
+        "{}",
+        receipt.message
+    );
+    assert_eq!(ledger.balance("ws").unwrap().balance_credits, 100);
+    assert!(matches!(
+        ledger.generation("late").unwrap().state,
+        GenerationState::Refunded {
+            reason: RefundReason::Timeout,
+            ..
+        }
+    ));
+    // Nothing left for a sweep; a third start replays the charge (the refund stands).
+    assert!(ledger.sweep_expired(100).unwrap().refunds.is_empty());
+    assert!(ledger.start_generation(quick_video("late")).unwrap().replay);
     assert_eq!(refunds(&ledger, "ws").len(), 1);
     assert_healthy(&ledger);
 }
@@ -471,4 +534,226 @@ fn stats_count_refunds_by_reason_and_feature() {
     assert!(ledger
         .stats(credit_ledger::TimeWindow::between(10, 5))
         .is_err());
+}
+
+/// A ledger on a file whose log reached `T0_MS + 2 h`, with generations in every state a
+/// refund can come from, and the clock then set back to `T0_MS`: two hours behind the log,
+/// far beyond the one-minute tolerance.
+fn ledger_with_clock_behind(dir: &std::path::Path) -> (Ledger, ManualClock) {
+    let clock = ManualClock::new(T0_MS);
+    let ledger = Ledger::open_with(dir.join("l.redb"), common::options(&clock)).unwrap();
+    fund(&ledger, "ws", 1000);
+    for (id, timeout_min) in [("fail-me", 150), ("late-complete", 30), ("swept", 60)] {
+        ledger
+            .start_generation(quick_video(id).timeout_ms(timeout_min * MINUTE_MS))
+            .unwrap();
+    }
+    ledger
+        .start_generation(quick_video("late-start").timeout_ms(30 * MINUTE_MS))
+        .unwrap();
+    ledger.start_generation(quick_video("runs-on")).unwrap();
+    clock.set_ms(T0_MS + 120 * MINUTE_MS);
+    fund(&ledger, "ws", 1); // the log's last time is now T0 + 2 h
+    clock.set_ms(T0_MS);
+    (ledger, clock)
+}
+
+#[test]
+fn refunds_are_never_refused_because_of_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _clock) = ledger_with_clock_behind(dir.path());
+    let log_ms = T0_MS + 120 * MINUTE_MS;
+    let balance = ledger.balance("ws").unwrap().balance_credits;
+
+    // Writes that are not refunds are refused, and say so.
+    let err = ledger
+        .credit(credit_ledger::Credit::purchase("ws", 5, "k"))
+        .unwrap_err();
+    assert!(matches!(err, Error::ClockRegressed { behind_ms, .. } if behind_ms == 120 * MINUTE_MS));
+    assert!(
+        err.to_string().contains("refunds are still written"),
+        "{err}"
+    );
+    assert!(matches!(
+        ledger.start_generation(quick_video("new")),
+        Err(Error::ClockRegressed { .. })
+    ));
+    // A completion is not a refund either (and "runs-on" has not reached its deadline).
+    assert!(matches!(
+        ledger.complete_generation("runs-on"),
+        Err(Error::ClockRegressed { .. })
+    ));
+
+    // A failure report.
+    let r = ledger
+        .fail_generation("fail-me", RefundReason::ModelFailure, "model crashed")
+        .unwrap();
+    assert_eq!(
+        (r.at_ms, r.reason, r.replay),
+        (log_ms, RefundReason::ModelFailure, false)
+    );
+    // Lazy expiry by a late complete, and by a repeated start.
+    let Err(Error::GenerationRefunded {
+        refunded_now: Some(late),
+        ..
+    }) = ledger.complete_generation("late-complete")
+    else {
+        panic!("the late complete was not refunded");
+    };
+    assert_eq!(late.at_ms, log_ms);
+    let Err(Error::GenerationRefunded {
+        refunded_now: Some(restart),
+        ..
+    }) = ledger.start_generation(quick_video("late-start").timeout_ms(30 * MINUTE_MS))
+    else {
+        panic!("the repeated start was not refunded");
+    };
+    // The sweep.
+    let swept = ledger.sweep_expired(100).unwrap();
+    assert_eq!(
+        swept
+            .refunds
+            .iter()
+            .map(|r| r.generation_id.as_str())
+            .collect::<Vec<_>>(),
+        ["swept"]
+    );
+    assert_eq!(
+        ledger.balance("ws").unwrap().balance_credits,
+        balance + 4 * 12,
+        "four refunds in full"
+    );
+
+    // Each refund is stamped with the log's time and says what the clock read.
+    let refund_ids = [
+        r.refund_txn,
+        late.refund_txn,
+        restart.refund_txn,
+        swept.refunds[0].refund_txn,
+    ];
+    for id in refund_ids {
+        let v = ledger.transaction(id).unwrap();
+        assert_eq!(
+            (v.at_ms, v.untrusted_clock_ms),
+            (log_ms, Some(T0_MS)),
+            "refund #{id}"
+        );
+    }
+    let rows = refunds(&ledger, "ws");
+    assert!(
+        rows.iter().all(|v| v.untrusted_clock_ms == Some(T0_MS)),
+        "{rows:#?}"
+    );
+    assert_healthy(&ledger);
+
+    // The refunds are durable: they were committed to the file, not to the journal.
+    drop(ledger);
+    let clock = ManualClock::new(T0_MS);
+    let ledger = Ledger::open_with(dir.path().join("l.redb"), common::options(&clock)).unwrap();
+    for id in refund_ids {
+        assert_eq!(
+            ledger.transaction(id).unwrap().untrusted_clock_ms,
+            Some(T0_MS)
+        );
+    }
+    assert_eq!(ledger.balance("ws").unwrap().balance_credits, balance + 48);
+    assert_healthy(&ledger);
+}
+
+#[test]
+fn a_ledger_whose_log_is_in_the_future_has_a_way_out() {
+    // A mistyped year, written with the ahead guard off: the log is a year ahead.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.redb");
+    let year_ms = 365 * 24 * 60 * MINUTE_MS;
+    let typo = ManualClock::new(T0_MS + year_ms);
+    {
+        let ledger =
+            Ledger::open_with(&path, common::options(&typo).max_clock_ahead_ms(None)).unwrap();
+        fund(&ledger, "ws", 100);
+        ledger.start_generation(quick_video("g")).unwrap();
+    }
+    // With the right clock, writes other than refunds are refused with what to do...
+    let clock = ManualClock::new(T0_MS);
+    let ledger = Ledger::open_with(&path, common::options(&clock)).unwrap();
+    let err = ledger
+        .credit(credit_ledger::Credit::purchase("ws", 5, "k"))
+        .unwrap_err();
+    assert!(err.to_string().contains("max_clock_regression_ms"), "{err}");
+    // ...and refunds keep working.
+    let r = ledger
+        .fail_generation("g", RefundReason::SystemError, "oom")
+        .unwrap();
+    assert_eq!(r.at_ms, T0_MS + year_ms);
+    drop(ledger);
+    // The way out: a tolerance that covers the gap stamps new writes with the log's time.
+    let ledger = Ledger::open_with(
+        &path,
+        common::options(&clock).max_clock_regression_ms(year_ms + MINUTE_MS),
+    )
+    .unwrap();
+    let receipt = ledger
+        .credit(credit_ledger::Credit::purchase("ws", 5, "k"))
+        .unwrap();
+    assert_eq!(receipt.at_ms, T0_MS + year_ms);
+    assert_healthy(&ledger);
+}
+
+#[test]
+fn a_clock_far_ahead_of_the_wall_clock_writes_only_refunds() {
+    let wall = ManualClock::new(T0_MS);
+    let clock = ManualClock::new(T0_MS);
+    let ledger = Ledger::in_memory_with(common::options(&clock).wall_clock(wall.clone())).unwrap();
+    fund(&ledger, "ws", 100);
+    ledger.start_generation(quick_video("g")).unwrap();
+    ledger.start_generation(quick_video("h")).unwrap();
+    // Within the tolerance (one hour by default), the clock is used as it is.
+    clock.set_ms(T0_MS + 60 * MINUTE_MS);
+    assert_eq!(
+        ledger
+            .credit(credit_ledger::Credit::purchase("ws", 1, "a"))
+            .unwrap()
+            .at_ms,
+        T0_MS + 60 * MINUTE_MS
+    );
+    // A year ahead: a typo. Nothing but refunds is written, and the log's time stays put.
+    clock.set_ms(T0_MS + 365 * 24 * 60 * MINUTE_MS);
+    let err = ledger
+        .credit(credit_ledger::Credit::purchase("ws", 1, "b"))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ClockAhead { wall_ms, .. } if wall_ms == T0_MS),
+        "{err:?}"
+    );
+    assert_eq!(err.category(), credit_ledger::ErrorCategory::Invalid);
+    assert!(matches!(
+        ledger.start_generation(quick_video("new")),
+        Err(Error::ClockAhead { .. })
+    ));
+    assert!(matches!(
+        ledger.complete_generation("h"),
+        Err(Error::ClockAhead { .. })
+    ));
+    let r = ledger
+        .fail_generation("g", RefundReason::ApiFailure, "502")
+        .unwrap();
+    // Stamped at the log's last time (later than the wall clock here), not a year ahead; and
+    // not refunded as Timeout, although the untrusted clock is far past the deadline.
+    assert_eq!(
+        (r.at_ms, r.reason),
+        (T0_MS + 60 * MINUTE_MS, RefundReason::ApiFailure)
+    );
+    assert_eq!(
+        ledger.transaction(r.refund_txn).unwrap().untrusted_clock_ms,
+        Some(T0_MS + 365 * 24 * 60 * MINUTE_MS)
+    );
+    assert!(
+        ledger.sweep_expired(100).unwrap().refunds.is_empty(),
+        "nothing is due by the wall clock"
+    );
+    // Back to the right time: writes go on.
+    wall.set_ms(T0_MS + 61 * MINUTE_MS);
+    clock.set_ms(T0_MS + 61 * MINUTE_MS);
+    ledger.complete_generation("h").unwrap();
+    assert_healthy(&ledger);
 }

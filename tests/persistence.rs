@@ -72,8 +72,9 @@ fn reads_survive_a_restart_and_ids_and_time_continue() {
     let prev = ledger.transaction(last_id).unwrap();
     assert!(next.at_ms >= prev.at_ms);
 
-    // Far back across a restart, with a generation overdue: the ledger still opens (the
-    // catch-up sweep is skipped), and writes are refused until the clock is fixed.
+    // Far back across a restart, with a generation overdue: the ledger opens, writes other
+    // than refunds are refused until the clock is fixed, and the catch-up sweep refunds the
+    // overdue generation anyway, stamped with the log's last time.
     drop(ledger);
     clock.set_ms(T0_MS + 400 * MINUTE_MS);
     {
@@ -91,12 +92,33 @@ fn reads_survive_a_restart_and_ids_and_time_continue() {
         Err(Error::ClockRegressed { .. })
     ));
     let g9 = ledger.generation("g9").unwrap();
-    assert!(g9.overdue && g9.state == credit_ledger::GenerationState::Running);
-    assert!(matches!(
-        ledger.sweep_expired(10),
-        Err(Error::ClockRegressed { .. })
-    ));
-    assert_eq!(ledger.verify().unwrap().checked.transactions, last_id + 3);
+    let credit_ledger::GenerationState::Refunded {
+        refunded_at_ms,
+        refund_txn,
+        ..
+    } = g9.state
+    else {
+        panic!("the overdue generation was not refunded on open: {g9:?}");
+    };
+    assert_eq!(refunded_at_ms, T0_MS + 402 * MINUTE_MS);
+    assert_eq!(
+        ledger.transaction(refund_txn).unwrap().untrusted_clock_ms,
+        Some(T0_MS - 24 * 60 * MINUTE_MS)
+    );
+    assert!(ledger.sweep_expired(10).unwrap().refunds.is_empty());
+    // Every transaction since the grant is a refund of the catch-up sweep (g9 and the other
+    // generations overdue by then), each with the note of what the clock read.
+    let checked = ledger.verify().unwrap().checked.transactions;
+    assert!(checked >= last_id + 4, "{checked}");
+    for id in last_id + 4..=checked {
+        let v = ledger.transaction(id).unwrap();
+        assert_eq!(v.kind, credit_ledger::TxnKind::Refund, "#{id}");
+        assert_eq!(
+            v.untrusted_clock_ms,
+            Some(T0_MS - 24 * 60 * MINUTE_MS),
+            "#{id}"
+        );
+    }
     assert!(ledger.verify().unwrap().is_clean());
 }
 

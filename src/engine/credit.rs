@@ -67,6 +67,45 @@ pub(super) fn adjust(ctx: &mut Ctx<'_>, req: &Adjust) -> Result<Receipt, Error> 
     )
 }
 
+/// A zero-credit Adjustment on `workspace` (which exists): a note in its log, with no
+/// idempotency key, that changes no balance. See [`super::note_every_workspace`].
+pub(super) fn note(
+    ctx: &mut Ctx<'_>,
+    workspace: &str,
+    title: &str,
+    memo: &str,
+) -> Result<(), Error> {
+    let Some(mut ws) = ctx.workspace(workspace)? else {
+        return Err(Error::UnknownWorkspace {
+            workspace: workspace.to_string(),
+        });
+    };
+    ws.txn_count = ws.txn_count.checked_add(1).ok_or_else(|| Error::Overflow {
+        workspace: workspace.to_string(),
+        what: "the transaction count",
+    })?;
+    ctx.append(
+        TxnRecord {
+            id: 0,
+            at_ms: 0,
+            workspace: workspace.to_string(),
+            kind: TxnKind::Adjustment,
+            amount_credits: 0,
+            debit: false,
+            balance_before_credits: ws.balance_credits,
+            balance_after_credits: ws.balance_credits,
+            title: title.to_string(),
+            generation_id: None,
+            refund: None,
+            idempotency_key: None,
+            memo: Some(memo.to_string()),
+            prev_crc: 0,
+        },
+        Category::Adjustment,
+    )?;
+    ctx.put_workspace(workspace, &ws)
+}
+
 fn receipt(rec: &TxnRecord, replay: bool) -> Receipt {
     Receipt {
         txn_id: rec.id,

@@ -4,6 +4,7 @@
 //!   start ──> Running ──complete, now < deadline──> Succeeded
 //!                │
 //!                └──fail, or any call once now >= deadline──> Refunded
+//!                   (complete, fail, a repeated start, the sweep)
 //! ```
 //!
 //! The first terminal transition wins. Repeating it replays the original receipt; a
@@ -82,6 +83,19 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
                 .filter(|t| *t != gen.timeout_ms)
                 .map(|t| ("timeout_ms", gen.timeout_ms.to_string(), t.to_string()))
         };
+        if gen.state == GenState::Running && ctx.now_ms >= gen.deadline_ms {
+            // Lazy expiry, as for every call that touches a generation past its deadline.
+            let message = format!(
+                "start repeated at {} ms, after the deadline at {} ms",
+                ctx.now_ms, gen.deadline_ms
+            );
+            return Err(refunded_now(refund(
+                ctx,
+                gen,
+                RefundReason::Timeout,
+                &message,
+            )?));
+        }
         if let Some((field, existing, requested)) = differs {
             return Err(Error::Conflict {
                 entity: "generation",
@@ -187,6 +201,7 @@ pub(super) fn complete(ctx: &mut Ctx<'_>, generation_id: &str) -> Result<Complet
             generation: gen.id,
             reason,
             refund_txn,
+            refunded_now: None,
         }),
         GenState::Running if ctx.now_ms >= gen.deadline_ms => {
             // Lazy expiry: the deadline passed before the success was reported. The refund is
@@ -195,14 +210,15 @@ pub(super) fn complete(ctx: &mut Ctx<'_>, generation_id: &str) -> Result<Complet
                 "completion reported at {} ms, after the deadline at {} ms",
                 ctx.now_ms, gen.deadline_ms
             );
-            let r = refund(ctx, gen, RefundReason::Timeout, &message)?;
-            Err(Error::GenerationRefunded {
-                generation: r.generation_id,
-                reason: r.reason,
-                refund_txn: r.refund_txn,
-            })
+            Err(refunded_now(refund(
+                ctx,
+                gen,
+                RefundReason::Timeout,
+                &message,
+            )?))
         }
         GenState::Running => {
+            ctx.trust_clock()?;
             let ws = release(ctx, &gen)?;
             let state = GenState::Succeeded { at_ms: ctx.now_ms };
             finish(ctx, &mut gen, state, &ws)?;
@@ -244,6 +260,17 @@ pub(super) fn fail(
             refund(ctx, gen, RefundReason::Timeout, &late)
         }
         GenState::Running => refund(ctx, gen, reason, message),
+    }
+}
+
+/// The answer to a call that found its generation past the deadline and refunded it: the
+/// caller learns that this very call wrote `receipt`.
+fn refunded_now(receipt: RefundReceipt) -> Error {
+    Error::GenerationRefunded {
+        generation: receipt.generation_id.clone(),
+        reason: receipt.reason,
+        refund_txn: receipt.refund_txn,
+        refunded_now: Some(Box::new(receipt)),
     }
 }
 

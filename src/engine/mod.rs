@@ -62,6 +62,74 @@ impl WriterState {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EngineConfig {
     pub default_timeout_ms: u64,
+    /// Whether the batch's time came from a clock the write path trusts.
+    pub clock: ClockCheck,
+}
+
+/// What the write path found when it read the clock for a batch. With an untrusted clock the
+/// batch is stamped with a time the log can accept (the last committed time, or the wall
+/// clock), every refund goes ahead, and every other write is refused with the error
+/// [`ClockCheck::refusal`] names: a refund is never refused because of the clock.
+///
+/// The journal replays only batches with a trusted clock (the write path commits the others
+/// straight to redb), so a replay never needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClockCheck {
+    /// The reading is usable (or within the regression tolerance).
+    Trusted,
+    /// The clock read `now_ms`, more than the tolerance before the last committed time.
+    Behind {
+        now_ms: u64,
+        last_ms: u64,
+        behind_ms: u64,
+        tolerance_ms: u64,
+    },
+    /// The clock read `now_ms`, more than the tolerance after the wall clock.
+    Ahead {
+        now_ms: u64,
+        wall_ms: u64,
+        ahead_ms: u64,
+        tolerance_ms: u64,
+    },
+}
+
+impl ClockCheck {
+    /// The error a write other than a refund gets, if the clock is not trusted.
+    pub fn refusal(self) -> Option<Error> {
+        match self {
+            ClockCheck::Trusted => None,
+            ClockCheck::Behind {
+                now_ms,
+                last_ms,
+                behind_ms,
+                tolerance_ms,
+            } => Some(Error::ClockRegressed {
+                now_ms,
+                last_ms,
+                behind_ms,
+                tolerance_ms,
+            }),
+            ClockCheck::Ahead {
+                now_ms,
+                wall_ms,
+                ahead_ms,
+                tolerance_ms,
+            } => Some(Error::ClockAhead {
+                now_ms,
+                wall_ms,
+                ahead_ms,
+                tolerance_ms,
+            }),
+        }
+    }
+
+    /// What the untrusted clock read, noted on every refund the batch writes.
+    pub fn untrusted_reading_ms(self) -> Option<u64> {
+        match self {
+            ClockCheck::Trusted => None,
+            ClockCheck::Behind { now_ms, .. } | ClockCheck::Ahead { now_ms, .. } => Some(now_ms),
+        }
+    }
 }
 
 /// What [`run`] did to a write transaction.
@@ -115,6 +183,32 @@ pub(crate) fn run(
         dirty: ctx.dirty,
         earliest,
     })
+}
+
+/// Append a zero-credit Adjustment titled `title` with `memo` to the log of every workspace, at
+/// `now_ms`: an audit note that each workspace's history shows and `verify` checks like any
+/// other record (the operator's journal discard writes one). Returns the writer state after it.
+pub(crate) fn note_every_workspace(
+    txn: &WriteTransaction,
+    state: WriterState,
+    now_ms: u64,
+    config: EngineConfig,
+    title: &str,
+    memo: &str,
+) -> Result<WriterState, Error> {
+    let mut ctx = Ctx::open(txn, state, now_ms, config)?;
+    let mut ids = Vec::new();
+    for entry in ctx.workspaces.iter()? {
+        ids.push(entry?.0.value().to_string());
+    }
+    for ws in &ids {
+        credit::note(&mut ctx, ws, title, memo)?;
+    }
+    ctx.flush()?;
+    if ctx.broken {
+        return Err(Error::storage("a write failed"));
+    }
+    Ok(ctx.state)
 }
 
 /// The consumers and alerts tables, which a version 1 file lacks until the first write that
@@ -367,11 +461,37 @@ impl<'txn> Ctx<'txn> {
         self.write(r)
     }
 
+    /// Refuse a write that is not a refund when the batch's clock is not trusted (see
+    /// [`ClockCheck`]). [`Ctx::append`] calls it for every transaction but a Refund; a write
+    /// that appends none (a completion) calls it itself.
+    pub fn trust_clock(&self) -> Result<(), Error> {
+        self.config.clock.refusal().map_or(Ok(()), Err)
+    }
+
     /// Append a transaction to the log: assign its id, time and chain link, file it in the
     /// workspace history. When it takes the balance below the workspace's alert threshold,
     /// append the `BalanceLow` notification right after it, in the same write. Returns the
     /// stored record.
+    ///
+    /// Anything but a Refund is refused here, before any write, when the clock is not trusted;
+    /// a Refund written with an untrusted clock gets a note of what the clock read
+    /// ([`tables::CLOCK_NOTES`]).
     pub fn append(&mut self, rec: TxnRecord, category: Category) -> Result<TxnRecord, Error> {
+        if rec.kind != crate::model::TxnKind::Refund {
+            self.trust_clock()?;
+        } else if let Some(read_ms) = self.config.clock.untrusted_reading_ms() {
+            let id = self.state.next_txn_id;
+            let r = self
+                .txn
+                .open_table(tables::CLOCK_NOTES)
+                .map_err(Error::from)
+                .and_then(|mut t| t.insert(id, read_ms).map(drop).map_err(Error::from));
+            self.dirty = true;
+            if let Err(e) = r {
+                self.broken = true;
+                return Err(e);
+            }
+        }
         let notification = notify::crossing(self, &rec)?;
         let rec = self.append_record(rec, category)?;
         if let Some(n) = notification {

@@ -16,8 +16,9 @@ use std::sync::atomic::Ordering;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use super::Ledger;
-use crate::engine::{self, EngineConfig, WriterState};
+use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
 use crate::error::{Error, Result};
+use crate::model::limits::MAX_MEMO_BYTES;
 use crate::storage::journal::{self, Batch, Journal, Proof};
 use crate::storage::tables;
 
@@ -40,20 +41,24 @@ fn triple(s: &WriterState) -> (u64, u64, u32) {
 /// entry's proof: the state it ran on, the state it left, and which operations succeeded. A
 /// difference means the journal and the file do not belong together, or the engine no longer
 /// does what it did: the replay stops with `Corruption` instead of dropping an operation.
+/// Returns the state after the last batch; `done` counts the batches that replayed, so after an
+/// error it is the index of the one that failed.
 fn replay(
     txn: &redb::WriteTransaction,
     journal_path: &Path,
     batches: &[(u64, Batch)],
-) -> Result<usize> {
+    done: &mut usize,
+) -> Result<WriterState> {
+    *done = 0;
     let mut state = WriterState::load(&txn.open_table(tables::TRANSACTIONS)?)?;
-    let mut ops = 0;
     for (seq, batch) in batches {
         let corrupt = |detail: String| Error::Corruption {
             table: "journal",
             key: seq.to_string(),
             detail: format!(
                 "{detail}; the journal `{}` and the ledger file do not belong together, and \
-                 nothing was changed",
+                 nothing was changed; to open the ledger without the entries from this one on, \
+                 accepting their loss, run `credit-ledger recover --discard-journal`",
                 journal_path.display()
             ),
         };
@@ -64,8 +69,10 @@ fn replay(
                 batch.proof.before.0, batch.proof.before.2, state.next_txn_id, state.last_crc
             )));
         }
+        // Only batches with a trusted clock are journaled (see `commit_journaled`).
         let config = EngineConfig {
             default_timeout_ms: batch.default_timeout_ms,
+            clock: ClockCheck::Trusted,
         };
         let applied = engine::run(txn, state, batch.now_ms, config, &batch.ops)?;
         let ok_bits = Proof::ok_bits(&applied.results);
@@ -81,9 +88,50 @@ fn replay(
             )));
         }
         state = applied.state;
-        ops += batch.ops.len();
+        *done += 1;
     }
-    Ok(ops)
+    Ok(state)
+}
+
+/// What an operator's explicit recovery ([`Options::discard_journal`](super::Options)) threw
+/// away when the journal could not be replayed. The same facts are written into the log, as a
+/// zero-credit Adjustment titled [`JOURNAL_DISCARDED_TITLE`] on every workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalDiscard {
+    /// The journal epoch whose entries were discarded.
+    pub epoch: u64,
+    /// The first discarded sequence number.
+    pub first_seq: u64,
+    /// The last sequence number known to have existed, when an intact later entry showed it;
+    /// `None` when the journal was missing or unreadable, so any number of entries may be lost.
+    pub last_seq: Option<u64>,
+    /// Entries before the problem that were replayed, all proven.
+    pub replayed_entries: usize,
+    /// When it happened (the log's time of the notes).
+    pub at_ms: u64,
+    /// Why the journal could not be replayed (the error an ordinary open fails with).
+    pub reason: String,
+    /// Where the journal was moved to, kept for inspection, if there was one.
+    pub kept_at: Option<PathBuf>,
+}
+
+/// The title of the log note a journal discard writes on every workspace.
+pub const JOURNAL_DISCARDED_TITLE: &str = "Journal discarded";
+
+/// What an open found in the journal.
+pub(super) struct Recovered {
+    pub journal: Option<Journal>,
+    pub discard: Option<JournalDiscard>,
+}
+
+/// How [`recover`] treats a journal it cannot replay.
+#[derive(Clone, Copy)]
+pub(super) struct Policy {
+    /// Keep a journal for new writes.
+    pub keep_journal: bool,
+    /// The operator accepts losing what cannot be replayed; the notes are stamped no earlier
+    /// than this time.
+    pub discard_at_ms: Option<u64>,
 }
 
 /// Make the file hold every acknowledged write before anything else touches it: if `meta`
@@ -91,10 +139,18 @@ fn replay(
 /// this ledger's: see [`journal::read_pending`]), replay what redb lacks, and close the epoch,
 /// in one durable commit; then remove the replayed journal. This runs on every open of a file
 /// ledger, whatever its options, so nothing is ever written on top of an unreplayed journal.
-/// A refusal changes nothing: no commit, no truncation, no deletion.
+/// A refusal changes nothing: no commit, no truncation, no deletion. Only with
+/// `policy.discard_at_ms` (the operator's explicit recovery) is a journal that cannot be
+/// replayed discarded: its proven intact prefix is replayed, the loss is noted in the log,
+/// and the journal is moved aside.
 ///
-/// Returns the last journal sequence number redb holds and the ledger id, if it has one.
-pub(super) fn replay_pending(db: &Database, ledger: &Path) -> Result<(u64, Option<u64>)> {
+/// Returns the last journal sequence number redb holds, the ledger id if it has one, and the
+/// discard if one happened.
+fn replay_pending(
+    db: &Database,
+    ledger: &Path,
+    policy: Policy,
+) -> Result<(u64, Option<u64>, Option<JournalDiscard>)> {
     let (id, applied_seq, epoch) = {
         let rtx = db.begin_read()?;
         let meta = rtx.open_table(tables::META)?;
@@ -105,7 +161,7 @@ pub(super) fn replay_pending(db: &Database, ledger: &Path) -> Result<(u64, Optio
         )
     };
     let Some((epoch, first_seq)) = epoch else {
-        return Ok((applied_seq, id));
+        return Ok((applied_seq, id, None));
     };
     let journal_path = journal::path_for(ledger);
     let Some(ledger_id) = id else {
@@ -121,34 +177,134 @@ pub(super) fn replay_pending(db: &Database, ledger: &Path) -> Result<(u64, Optio
         first_seq,
         applied_seq: applied_seq.max(first_seq.saturating_sub(1)),
     };
-    let pending = journal::read_pending(ledger, &journal_path, &expect)?;
+    // What to replay, and what is lost if the operator accepts it: (error, last seen seq).
+    let (mut batches, mut problem) = match journal::read_pending(ledger, &journal_path, &expect) {
+        Ok(p) => (p.batches, None),
+        Err(u) if policy.discard_at_ms.is_some() && is_journal_problem(&u.error) => {
+            (u.intact, Some((u.error, u.last_seen_seq)))
+        }
+        Err(u) => return Err(u.error),
+    };
     let mut txn = db.begin_write()?;
+    let mut at = 0;
+    let state = match replay(&txn, &journal_path, &batches, &mut at) {
+        Ok(state) => state,
+        Err(e) if policy.discard_at_ms.is_some() && is_journal_problem(&e) => {
+            // Start over without the entry that failed its proof and all after it.
+            txn.abort()?;
+            let last_seen = match &problem {
+                Some((_, Some(l))) => Some(*l),
+                _ => batches.last().map(|(seq, _)| *seq),
+            };
+            batches.truncate(at);
+            problem = Some((e, last_seen));
+            txn = db.begin_write()?;
+            replay(&txn, &journal_path, &batches, &mut at)?
+        }
+        Err(e) => return Err(e),
+    };
     txn.set_quick_repair(true);
-    let ops = replay(&txn, &journal_path, &pending.batches)?;
-    let last_seq = pending
-        .batches
-        .last()
-        .map_or(expect.applied_seq, |(seq, _)| *seq);
+    let replayed_last = batches.last().map_or(expect.applied_seq, |(seq, _)| *seq);
+    let mut last_seq = replayed_last;
+    let mut discard = None;
+    if let (Some((error, last_seen)), Some(now_ms)) = (problem, policy.discard_at_ms) {
+        let at_ms = now_ms.max(state.last_at_ms);
+        let from = replayed_last + 1;
+        let kept_at = journal_path.exists().then(|| {
+            let mut name = journal_path.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".discarded-{epoch:016x}"));
+            journal_path.with_file_name(name)
+        });
+        let reason = error.to_string();
+        let memo = discard_memo(epoch, from, last_seen, &reason);
+        let config = EngineConfig {
+            default_timeout_ms: 0,
+            clock: ClockCheck::Trusted,
+        };
+        engine::note_every_workspace(&txn, state, at_ms, config, JOURNAL_DISCARDED_TITLE, &memo)?;
+        last_seq = last_seq.max(last_seen.unwrap_or(0));
+        discard = Some(JournalDiscard {
+            epoch,
+            first_seq: from,
+            last_seq: last_seen,
+            replayed_entries: batches.len(),
+            at_ms,
+            reason,
+            kept_at,
+        });
+    }
     {
         let mut meta = txn.open_table(tables::META)?;
         tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, last_seq)?;
         tables::put_journal_epoch(&mut meta, None)?;
     }
     txn.commit()?;
-    // The epoch is closed and redb holds every entry: the journal is no longer needed. The
-    // file stays, though: it is the open ledger's lock (see `storage::journal_file`), and the
-    // next epoch overwrites its header; the clean close removes it.
-    tracing::info!(
-        ledger = %ledger.display(),
-        entries = pending.batches.len(),
-        ops,
-        "replayed the journal after an unclean stop"
-    );
-    Ok((last_seq, Some(ledger_id)))
+    match &discard {
+        // The journal stays, under another name, for whoever wants to look at what was lost.
+        Some(d) => {
+            if let Some(to) = &d.kept_at {
+                std::fs::rename(&journal_path, to).map_err(|e| Error::Storage {
+                    message: format!(
+                        "the journal was discarded but cannot be moved from `{}` to `{}`: {e}",
+                        journal_path.display(),
+                        to.display()
+                    ),
+                })?;
+            }
+            tracing::warn!(
+                ledger = %ledger.display(),
+                first_seq = d.first_seq,
+                last_seq = ?d.last_seq,
+                replayed = d.replayed_entries,
+                reason = %d.reason,
+                "discarded the journal's unreplayable entries, as the operator asked"
+            );
+        }
+        // The epoch is closed and redb holds every entry: the journal is no longer needed.
+        // The file stays, though: it is the open ledger's lock (see `storage::journal_file`),
+        // and the next epoch overwrites its header; the clean close removes it.
+        None => {
+            tracing::info!(
+                ledger = %ledger.display(),
+                entries = batches.len(),
+                "replayed the journal after an unclean stop"
+            );
+        }
+    }
+    Ok((last_seq, Some(ledger_id), discard))
 }
 
-/// Replay any pending journal of the ledger file at `ledger` (see [`replay_pending`]) and, when
-/// the ledger keeps a journal, return it, with no epoch open.
+/// Errors about the journal itself, which an operator's discard may accept; anything else
+/// (an I/O error, damage in the ledger file) still fails the open.
+fn is_journal_problem(e: &Error) -> bool {
+    match e {
+        Error::JournalMismatch { .. } => true,
+        Error::Corruption { table, .. } => *table == "journal",
+        _ => false,
+    }
+}
+
+/// The memo of the log note: which entries, of which epoch, and why; cut to the memo limit.
+fn discard_memo(epoch: u64, from: u64, last_seen: Option<u64>, reason: &str) -> String {
+    let range = match last_seen {
+        Some(l) if l >= from => format!("entries {from} to {l}"),
+        Some(_) => format!("entry {from} (damaged)"),
+        None => format!("entries from {from} on (how many is unknown)"),
+    };
+    let mut memo = format!(
+        "operator recovery discarded journal {range} of epoch {epoch:016x}; writes acknowledged \
+         in them are lost. Reason: {reason}"
+    );
+    if memo.len() > MAX_MEMO_BYTES {
+        let mut cut = MAX_MEMO_BYTES;
+        while !memo.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        memo.truncate(cut);
+    }
+    memo
+}
+
 /// How many journal entries a read-only open would have to replay: the entries of the open
 /// epoch (if the snapshot `rtx` records one) that redb lacks. Fails like a replay would when
 /// the journal does not match (missing, another copy's, damaged).
@@ -171,19 +327,28 @@ pub(super) fn pending_entries(rtx: &ReadTransaction, ledger: &Path) -> Result<us
         first_seq,
         applied_seq: applied_seq.max(first_seq.saturating_sub(1)),
     };
-    let pending = journal::read_pending(ledger, &journal::path_for(ledger), &expect)?;
+    let pending = journal::read_pending(ledger, &journal::path_for(ledger), &expect)
+        .map_err(|unreadable| unreadable.error)?;
     Ok(pending.batches.len())
 }
 
+/// Replay any pending journal of the ledger file at `ledger` (see [`replay_pending`]) and, when
+/// the ledger keeps a journal, return it, with no epoch open.
+///
+/// `file` is the journal file the ledger opened and locked: the journal writes through it,
+/// unless an operator's discard moved it aside.
 pub(super) fn recover(
     db: &Database,
     ledger: &Path,
-    keep_journal: bool,
+    policy: Policy,
     file: Option<File>,
-) -> Result<Option<Journal>> {
-    let (last_seq, id) = replay_pending(db, ledger)?;
-    if !keep_journal {
-        return Ok(None);
+) -> Result<Recovered> {
+    let (last_seq, id, discard) = replay_pending(db, ledger, policy)?;
+    if !policy.keep_journal {
+        return Ok(Recovered {
+            journal: None,
+            discard,
+        });
     }
     let id = match id {
         Some(id) => id,
@@ -196,10 +361,15 @@ pub(super) fn recover(
         }
     };
     let journal = Journal::new(journal::path_for(ledger), id, last_seq);
-    Ok(Some(match file {
-        Some(file) => journal.with_file(file)?,
-        None => journal,
-    }))
+    let moved_aside = discard.as_ref().is_some_and(|d| d.kept_at.is_some());
+    let journal = match file {
+        Some(file) if !moved_aside => journal.with_file(file)?,
+        _ => journal,
+    };
+    Ok(Recovered {
+        journal: Some(journal),
+        discard,
+    })
 }
 
 impl Ledger {

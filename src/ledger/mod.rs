@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
 
+pub use checkpoint::{JournalDiscard, JOURNAL_DISCARDED_TITLE};
 pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use panic_guard::inside_panic_guard;
 
@@ -80,6 +81,8 @@ pub struct Ledger {
     /// The write-ahead journal of a file ledger with `Durability::Immediate`; locked only by
     /// the writer, after `writer`.
     journal: Mutex<Option<Journal>>,
+    /// What the operator's journal discard threw away when this ledger was opened, if anything.
+    journal_discard: Option<JournalDiscard>,
     group: GroupCommit,
     /// The earliest running deadline, so an idle sweep check needs no I/O.
     earliest_deadline_ms: AtomicU64,
@@ -146,6 +149,13 @@ impl Ledger {
             Source::File(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// What opening this ledger discarded from its journal, with
+    /// [`Options::discard_journal`] on and a journal that could not be replayed; `None` when
+    /// nothing was discarded.
+    pub fn journal_discard(&self) -> Option<&JournalDiscard> {
+        self.journal_discard.as_ref()
     }
 
     /// The options it was opened with.

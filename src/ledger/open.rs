@@ -369,6 +369,7 @@ impl Ledger {
             options,
             journal_file,
             None,
+            None,
         );
         {
             let mut writer = ledger.writer.lock();
@@ -435,6 +436,7 @@ impl Ledger {
         options: Options,
         journal_file: Option<JournalFile>,
         journal: Option<crate::storage::journal::Journal>,
+        journal_discard: Option<crate::JournalDiscard>,
     ) -> Ledger {
         Ledger {
             db: RwLock::new(db),
@@ -445,6 +447,7 @@ impl Ledger {
             writer: Mutex::new(None),
             needs_reopen: AtomicBool::new(false),
             journal: Mutex::new(journal),
+            journal_discard,
             group: GroupCommit::default(),
             earliest_deadline_ms: AtomicU64::new(0),
             last_at_ms: AtomicU64::new(0),
@@ -458,21 +461,23 @@ impl Ledger {
         options: Options,
         journal_file: Option<JournalFile>,
     ) -> Result<Ledger> {
-        let journal = (|| {
+        let recovered = (|| {
             ensure_schema(&db, Path::new(&source.to_string()))?;
-            match (&source, &journal_file) {
+            match &source {
                 // Every open of a file replays a pending journal, whatever the options say.
-                (Source::File(path), Some(file)) => {
-                    checkpoint::recover(&db, path, keeps_journal(&options), Some(file.handle()?))
-                }
-                (Source::File(path), None) => {
-                    checkpoint::recover(&db, path, keeps_journal(&options), None)
+                Source::File(path) => {
+                    let policy = checkpoint::Policy {
+                        keep_journal: keeps_journal(&options),
+                        discard_at_ms: options.discard_journal.then(|| options.clock.now_ms()),
+                    };
+                    let handle = journal_file.as_ref().map(JournalFile::handle).transpose()?;
+                    Ok(Some(checkpoint::recover(&db, path, policy, handle)?))
                 }
                 _ => Ok(None),
             }
         })();
-        let journal = match journal {
-            Ok(j) => j,
+        let recovered = match recovered {
+            Ok(r) => r,
             Err(e) => {
                 if let Some(file) = journal_file.filter(JournalFile::created) {
                     drop(db);
@@ -481,7 +486,23 @@ impl Ledger {
                 return Err(e);
             }
         };
-        let ledger = Self::new_ledger(Some(db), None, source, options, journal_file, journal);
+        let (journal, journal_discard) = recovered.map_or((None, None), |r| (r.journal, r.discard));
+        // An operator's discard moved the journal aside (with the lock on it): lock the new one.
+        let journal_file = match (journal_file, &source) {
+            (Some(file), Source::File(path)) if !file.still_at_path() => {
+                JournalFile::acquire(path, Access::Write, path)?
+            }
+            (file, _) => file,
+        };
+        let ledger = Self::new_ledger(
+            Some(db),
+            None,
+            source,
+            options,
+            journal_file,
+            journal,
+            journal_discard,
+        );
         {
             let mut writer = ledger.writer.lock();
             *writer = Some(ledger.reload()?);
@@ -548,13 +569,17 @@ impl Ledger {
         ensure_schema(&fresh, Path::new(&self.source.to_string()))?;
         if let Source::File(path) = &self.source {
             // The journal may hold commits the reopened file does not: replay them.
+            // (Never discarding: that is for the operator, at open.)
+            let policy = checkpoint::Policy {
+                keep_journal: keeps_journal(&self.options),
+                discard_at_ms: None,
+            };
             let handle = self
                 .journal_file
                 .as_ref()
                 .map(JournalFile::handle)
                 .transpose()?;
-            *self.journal.lock() =
-                checkpoint::recover(&fresh, path, keeps_journal(&self.options), handle)?;
+            *self.journal.lock() = checkpoint::recover(&fresh, path, policy, handle)?.journal;
         }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");

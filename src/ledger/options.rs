@@ -102,6 +102,21 @@ pub struct Options {
     /// a pending journal first, or refuses with [`Error::JournalMismatch`](crate::Error) or
     /// `Corruption`.
     pub journal: bool,
+    /// The operator's explicit recovery: open a ledger whose journal cannot be replayed
+    /// (missing, another copy's, damaged, or failing its proof) by discarding what cannot be
+    /// replayed. Default: off, and then nothing is ever discarded: such an open fails with
+    /// [`Error::JournalMismatch`](crate::Error) or `Corruption`.
+    ///
+    /// With it, the journal's intact, proven entries before the problem are replayed, the rest
+    /// is discarded, a zero-credit Adjustment titled
+    /// [`JOURNAL_DISCARDED_TITLE`](crate::JOURNAL_DISCARDED_TITLE) saying which sequence
+    /// numbers were discarded, and why, is written into every workspace's log (so `history`
+    /// and `verify` show it), and the journal is moved aside to `<journal>.discarded-<epoch>`.
+    /// [`Ledger::journal_discard`](crate::Ledger::journal_discard) reports what happened. The
+    /// CLI's `credit-ledger recover --discard-journal` does this. Use it only after trying to
+    /// find the right journal or a backup: the writes in the discarded entries were
+    /// acknowledged and are gone.
+    pub discard_journal: bool,
 }
 
 impl Default for Options {
@@ -117,6 +132,7 @@ impl Default for Options {
             quick_repair: false,
             sweep_on_open: true,
             journal: true,
+            discard_journal: false,
         }
     }
 }
@@ -222,6 +238,12 @@ impl Options {
     /// Turn the write-ahead journal on or off; see [`Options::journal`].
     pub fn journal(mut self, on: bool) -> Self {
         self.journal = on;
+        self
+    }
+
+    /// Turn the operator's journal discard on or off; see [`Options::discard_journal`].
+    pub fn discard_journal(mut self, on: bool) -> Self {
+        self.discard_journal = on;
         self
     }
 

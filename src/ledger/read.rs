@@ -76,7 +76,9 @@ impl Ledger {
     ) -> Result<HistoryPage> {
         validate::id("workspace", workspace)?;
         self.read("workspace_history", |r| {
-            query::history::history(r, workspace, filter, page)
+            let mut page = query::history::history(r, workspace, filter, page)?;
+            query::add_clock_notes(r, &mut page.entries)?;
+            Ok(page)
         })
     }
 
@@ -98,7 +100,9 @@ impl Ledger {
     /// ```
     pub fn changes(&self, after_txn_id: u64, limit: u32) -> Result<ChangePage> {
         self.read("transactions", |r| {
-            query::changes::changes(r, after_txn_id, limit)
+            let mut page = query::changes::changes(r, after_txn_id, limit)?;
+            query::add_clock_notes(r, &mut page.entries)?;
+            Ok(page)
         })
     }
 

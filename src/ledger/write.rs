@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use redb::ReadableTable;
 
 use super::{Durability, Ledger, NO_DEADLINE};
-use crate::engine::{self, EngineConfig, WriterState};
+use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
 use crate::error::{Error, Result};
 use crate::model::{Op, Outcome, RefundReceipt};
 use crate::storage::journal::{self, Journal, Proof};
@@ -42,21 +42,43 @@ impl Ledger {
         Ok(state)
     }
 
-    fn effective_now(&self, state: &WriterState) -> Result<u64> {
+    /// The time a batch is stamped with, and whether the clock's reading can be trusted.
+    ///
+    /// A clock more than `max_clock_ahead_ms` ahead of the wall clock is not trusted: the
+    /// batch runs at the wall clock's time (or the log's last time, if later). A clock within
+    /// `max_clock_regression_ms` behind the log is stamped with the log's last time; one
+    /// further behind is not trusted, and the batch runs at the log's last time too. With an
+    /// untrusted clock only refunds are written (see [`ClockCheck`]).
+    fn effective_now(&self, state: &WriterState) -> (u64, ClockCheck) {
         let clock = self.options.clock.now_ms();
-        if clock >= state.last_at_ms {
-            return Ok(clock);
+        let last_ms = state.last_at_ms;
+        if let Some(tolerance_ms) = self.options.max_clock_ahead_ms {
+            let wall_ms = self.options.wall_clock.now_ms();
+            if let Some(ahead_ms) = clock.checked_sub(wall_ms).filter(|a| *a > tolerance_ms) {
+                let check = ClockCheck::Ahead {
+                    now_ms: clock,
+                    wall_ms,
+                    ahead_ms,
+                    tolerance_ms,
+                };
+                return (wall_ms.max(last_ms), check);
+            }
         }
-        let behind_ms = state.last_at_ms - clock;
-        if behind_ms <= self.options.max_clock_regression_ms {
-            Ok(state.last_at_ms)
+        if clock >= last_ms {
+            return (clock, ClockCheck::Trusted);
+        }
+        let behind_ms = last_ms - clock;
+        let tolerance_ms = self.options.max_clock_regression_ms;
+        if behind_ms <= tolerance_ms {
+            (last_ms, ClockCheck::Trusted)
         } else {
-            Err(Error::ClockRegressed {
+            let check = ClockCheck::Behind {
                 now_ms: clock,
-                last_ms: state.last_at_ms,
+                last_ms,
                 behind_ms,
-                tolerance_ms: self.options.max_clock_regression_ms,
-            })
+                tolerance_ms,
+            };
+            (last_ms, check)
         }
     }
 
@@ -86,10 +108,7 @@ impl Ledger {
                 Err(e) => return all(e),
             },
         };
-        let now_ms = match self.effective_now(&state) {
-            Ok(t) => t,
-            Err(e) => return all(e),
-        };
+        let (now_ms, clock) = self.effective_now(&state);
         let mut journal = self.journal.lock();
         let mut panicked = false;
         let on_panic = |detail| {
@@ -97,7 +116,7 @@ impl Ledger {
             write_panic(detail)
         };
         let committed = self.with_db(on_panic, |db| {
-            self.run_batch(db, ops, state, now_ms, journal.as_mut())
+            self.run_batch(db, ops, state, now_ms, clock, journal.as_mut())
         });
         match committed {
             Ok((results, new_state, earliest)) => {
@@ -111,7 +130,7 @@ impl Ledger {
                 drop(journal);
                 drop(writer);
                 // Only now, after the durable commit, do the refunds exist: tell the app.
-                self.log_refunds(state.next_txn_id, &results);
+                self.log_refunds(&results);
                 results
             }
             Err(e) => {
@@ -139,11 +158,13 @@ impl Ledger {
         ops: &[Op],
         state: WriterState,
         now_ms: u64,
+        clock: ClockCheck,
         journal: Option<&mut Journal>,
     ) -> Result<Committed> {
         let mut txn = db.begin_write()?;
         let config = EngineConfig {
             default_timeout_ms: self.options.default_timeout_ms,
+            clock,
         };
         let applied = engine::run(&txn, state, now_ms, config, ops)?;
         if !applied.dirty {
@@ -176,9 +197,9 @@ impl Ledger {
     }
 
     /// Emit an info event for every refund a committed batch wrote: failure reports, sweep
-    /// refunds, and lazy expiries (a late `complete` answered with
-    /// [`Error::GenerationRefunded`] whose refund is newer than `first_new_txn`).
-    fn log_refunds(&self, first_new_txn: u64, results: &[Result<Outcome>]) {
+    /// refunds, and lazy expiries (a late `complete` or repeated `start` answered with
+    /// [`Error::GenerationRefunded`] carrying the refund it wrote).
+    fn log_refunds(&self, results: &[Result<Outcome>]) {
         if !tracing::enabled!(tracing::Level::INFO) {
             return;
         }
@@ -198,24 +219,9 @@ impl Ledger {
                 Ok(Outcome::Fail(r)) if !r.replay => emit(r),
                 Ok(Outcome::Sweep(report)) => report.refunds.iter().for_each(emit),
                 Err(Error::GenerationRefunded {
-                    generation,
-                    reason,
-                    refund_txn,
-                }) if *refund_txn >= first_new_txn => {
-                    // The error names the refund; its workspace and amount are one read away.
-                    let (workspace, amount_credits) = match self.transaction(*refund_txn) {
-                        Ok(v) => (v.workspace, v.amount_credits.unsigned_abs()),
-                        Err(_) => (String::new(), 0),
-                    };
-                    tracing::info!(
-                        generation = %generation,
-                        workspace = %workspace,
-                        reason = reason.as_str(),
-                        amount_credits,
-                        refund_txn = *refund_txn,
-                        "refunded generation (completion arrived after the deadline)"
-                    );
-                }
+                    refunded_now: Some(r),
+                    ..
+                }) => emit(r),
                 _ => {}
             }
         }
@@ -252,10 +258,13 @@ fn commit_journaled(
     proof: &Proof,
 ) -> Result<()> {
     let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops, proof);
-    if !journal.fits(payload.len()) {
-        // Too big for what is left of the journal: commit durably to redb. That makes every
-        // earlier journaled commit durable too, a checkpoint, and closes the epoch if one is
-        // open (a batch too big for any journal opens none).
+    // A batch with an untrusted clock is not journaled: its entry would not say which of its
+    // writes the clock refused, so a replay could not reproduce it. It is rare (a broken
+    // clock) and takes the durable path of a batch too big for the journal.
+    if !journal.fits(payload.len()) || config.clock != ClockCheck::Trusted {
+        // Too big for what is left of the journal (or an untrusted clock): commit durably to
+        // redb. That makes every earlier journaled commit durable too, a checkpoint, and
+        // closes the epoch if one is open (a batch too big for any journal opens none).
         let mut meta = txn.open_table(tables::META)?;
         tables::put_meta_u64(&mut meta, tables::META_JOURNAL_SEQ_KEY, journal.last_seq())?;
         tables::put_journal_epoch(&mut meta, None)?;

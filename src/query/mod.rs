@@ -111,7 +111,26 @@ pub(crate) fn transaction_view(
 ) -> Result<TransactionView, Error> {
     let txns = rtx.open_table(tables::TRANSACTIONS)?;
     let rec = tables::get_txn(&txns, txn_id)?.ok_or(Error::UnknownTransaction { txn_id })?;
-    view_of(&rtx.open_table(tables::GENERATIONS)?, rec)
+    let mut view = view_of(&rtx.open_table(tables::GENERATIONS)?, rec)?;
+    add_clock_notes(rtx, std::slice::from_mut(&mut view))?;
+    Ok(view)
+}
+
+/// Fill in [`TransactionView::untrusted_clock_ms`] for the Refunds among `views`. Most files
+/// have no such note, and no `clock_notes` table: then this costs one table lookup.
+pub(crate) fn add_clock_notes(
+    rtx: &ReadTransaction,
+    views: &mut [TransactionView],
+) -> Result<(), Error> {
+    let notes = match rtx.open_table(tables::CLOCK_NOTES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for v in views.iter_mut().filter(|v| v.kind == TxnKind::Refund) {
+        v.untrusted_clock_ms = notes.get(v.id)?.map(|n| n.value());
+    }
+    Ok(())
 }
 
 /// The smallest transaction id whose timestamp is at least `at_ms`, or `last + 1` when none

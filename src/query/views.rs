@@ -198,6 +198,10 @@ pub struct TransactionView {
     pub memo: Option<String>,
     /// The idempotency key of a credit or adjustment.
     pub idempotency_key: Option<String>,
+    /// For a Refund written while the ledger did not trust the clock (far behind the log, or
+    /// far ahead of the wall clock): what the clock read. The refund went ahead anyway, as
+    /// every refund does, stamped `at_ms`: the log's last time (or the wall clock's).
+    pub untrusted_clock_ms: Option<u64>,
     /// For a `BalanceLow` notification: the alert threshold the balance fell below.
     pub alert_threshold_credits: Option<u64>,
 }
@@ -275,6 +279,7 @@ impl TransactionView {
                 .filter(|m| !m.is_empty() && alert_threshold_credits.is_none()),
             alert_threshold_credits,
             idempotency_key: r.idempotency_key,
+            untrusted_clock_ms: None,
         }
     }
 }

@@ -229,6 +229,18 @@ pub(crate) struct Pending {
     pub batches: Vec<(u64, Batch)>,
 }
 
+/// Why a pending journal cannot be replayed, and what could be read before the problem: the
+/// intact entries an operator's explicit discard still replays.
+#[derive(Debug)]
+pub(crate) struct Unreadable {
+    /// The typed error the open fails with.
+    pub error: Error,
+    /// The intact, consecutive entries before the problem that redb lacks.
+    pub intact: Vec<(u64, Batch)>,
+    /// The last sequence number known to exist past the problem (an intact later entry).
+    pub last_seen_seq: Option<u64>,
+}
+
 /// One block boundary's worth of parsing.
 enum Frame<'a> {
     /// An intact entry of the epoch: its seq, its payload and its size on disk.
@@ -310,18 +322,34 @@ pub(crate) fn read_pending(
     ledger: &Path,
     journal: &Path,
     expect: &Expected,
-) -> Result<Pending, Error> {
-    let mismatch = |problem: String| Error::JournalMismatch {
-        ledger: ledger.display().to_string(),
-        journal: journal.display().to_string(),
-        problem,
+) -> Result<Pending, Box<Unreadable>> {
+    let unreadable = |error: Error, intact: Vec<(u64, Batch)>, last_seen_seq: Option<u64>| {
+        Box::new(Unreadable {
+            error,
+            intact,
+            last_seen_seq,
+        })
+    };
+    let mismatch = |problem: String| {
+        unreadable(
+            Error::JournalMismatch {
+                ledger: ledger.display().to_string(),
+                journal: journal.display().to_string(),
+                problem,
+            },
+            Vec::new(),
+            None,
+        )
     };
     let mut bytes = Vec::new();
     match open_for_reading(journal) {
-        Err(e @ Error::ForeignFile { .. }) => return Err(e),
         Ok(Some(mut f)) => {
             if let Err(e) = f.read_to_end(&mut bytes) {
-                return Err(io_error(journal, "cannot read it", e));
+                return Err(unreadable(
+                    io_error(journal, "cannot read it", e),
+                    vec![],
+                    None,
+                ));
             }
         }
         Ok(None) => {
@@ -331,7 +359,8 @@ pub(crate) fn read_pending(
                 expect.epoch, expect.first_seq
             )))
         }
-        Err(e) => return Err(e),
+        // A symlink or another non-regular file there is a `ForeignFile`, never read through.
+        Err(e) => return Err(unreadable(e, vec![], None)),
     }
     match parse_epoch_header(&bytes) {
         None => {
@@ -380,13 +409,15 @@ pub(crate) fn read_pending(
                         key,
                         detail: format!(
                             "{detail}; the journal `{}` holds writes the ledger file does not \
-                             have yet",
-                            journal.display()
+                             have yet; to open the ledger without them, accepting their loss, \
+                             run `credit-ledger --db {} recover --discard-journal`",
+                            journal.display(),
+                            ledger.display()
                         ),
                     },
                     other => other,
                 };
-                return Err(error);
+                return Err(unreadable(error, batches, None));
             }
         };
         if seq > expect.applied_seq {
@@ -407,17 +438,20 @@ pub(crate) fn read_pending(
         at += BLOCK_BYTES;
     }
     if let Some(last) = later {
-        return Err(Error::Corruption {
+        let error = Error::Corruption {
             table: "journal",
             key: next_seq.to_string(),
             detail: format!(
                 "entry {next_seq} at byte {offset} of the journal `{}` is damaged or missing, \
                  and entries up to {last} after it are intact: a crash only tears the last \
                  entry, so this is damage, and the entries after it hold acknowledged writes; \
-                 the journal was left as it is",
-                journal.display()
+                 the journal was left as it is; to open the ledger without them, accepting \
+                 their loss, run `credit-ledger --db {} recover --discard-journal`",
+                journal.display(),
+                ledger.display()
             ),
-        });
+        };
+        return Err(unreadable(error, batches, Some(last)));
     }
     let last_seq = next_seq - 1;
     if last_seq < expect.applied_seq {
@@ -682,6 +716,7 @@ mod tests {
     fn read(path: &Path, expect: &Expected) -> Result<Vec<u64>, Error> {
         read_pending(Path::new("l.redb"), path, expect)
             .map(|p| p.batches.iter().map(|(s, _)| *s).collect())
+            .map_err(|u| u.error)
     }
 
     #[test]
@@ -768,6 +803,13 @@ mod tests {
                 other => panic!("flip at {at}: {other:?}"),
             }
         }
+        // What an operator's discard keeps: entry 1, and it knows entry 3 existed.
+        let mut damaged = bytes.clone();
+        damaged[2 * b + 40] ^= 0x01;
+        std::fs::write(&path, &damaged).unwrap();
+        let u = read_pending(Path::new("l.redb"), &path, &expect).unwrap_err();
+        assert_eq!(u.intact.len(), 1);
+        assert_eq!(u.last_seen_seq, Some(3));
         // The header damaged: nothing can be trusted.
         let mut damaged = bytes.clone();
         damaged[14] ^= 0x01;

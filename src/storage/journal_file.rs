@@ -208,7 +208,7 @@ impl JournalFile {
     }
 
     /// Whether the path still names the file this holds.
-    fn still_at_path(&self) -> bool {
+    pub fn still_at_path(&self) -> bool {
         match std::fs::symlink_metadata(&self.path) {
             Ok(m) => m.dev() == self.dev && m.ino() == self.ino,
             Err(_) => false,

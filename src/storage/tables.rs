@@ -9,6 +9,7 @@
 //! | `generations` | generation id | [`GenerationRecord`] |
 //! | `deadlines` | (deadline ms, generation id) | `()`, running generations only |
 //! | `idempotency` | key | txn id |
+//! | `clock_notes` | refund txn id | what an untrusted clock read (ms) |
 //! | `consumers` | consumer name | the last txn id it acked (schema 2) |
 //! | `alerts` | workspace id | balance alert threshold in credits (schema 2) |
 //!
@@ -31,6 +32,10 @@ pub(crate) const HISTORY: TableDefinition<(&str, u8, u64), ()> =
 pub(crate) const GENERATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("generations");
 pub(crate) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
 pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+/// Refund txn id -> what the clock read when that refund was written with a clock the ledger
+/// did not trust (far behind the log, or far ahead of the wall clock); the refund itself is
+/// stamped with the log's time. Created by the first such refund; absent on most files.
+pub(crate) const CLOCK_NOTES: TableDefinition<u64, u64> = TableDefinition::new("clock_notes");
 pub(crate) const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
 pub(crate) const ALERTS: TableDefinition<&str, u64> = TableDefinition::new("alerts");
 

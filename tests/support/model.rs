@@ -497,6 +497,9 @@ struct Model {
     clock: u64,
     last_at: u64,
     tolerance: u64,
+    /// While a batch runs with a clock too far behind the log: the error its writes other
+    /// than refunds get.
+    refusal: Option<Error>,
     ws: BTreeMap<String, WsModel>,
     gens: BTreeMap<String, GenModel>,
     /// Index `i` holds transaction id `i + 1`.
@@ -555,6 +558,7 @@ impl Model {
             clock,
             last_at: 0,
             tolerance: DEFAULT_MAX_CLOCK_REGRESSION_MS,
+            refusal: None,
             ws: BTreeMap::new(),
             gens: BTreeMap::new(),
             txns: Vec::new(),
@@ -564,20 +568,27 @@ impl Model {
         }
     }
 
-    /// The time a write would be stamped with, or the clock error.
-    fn effective_now(&self) -> Result<u64, Error> {
+    /// The time a write is stamped with, and the error writes other than refunds get when
+    /// the clock is too far behind the log (refunds are written anyway, at the log's time).
+    fn effective_now(&self) -> (u64, Option<Error>) {
         if self.clock >= self.last_at {
-            Ok(self.clock)
+            (self.clock, None)
         } else if self.last_at - self.clock <= self.tolerance {
-            Ok(self.last_at)
+            (self.last_at, None)
         } else {
-            Err(Error::ClockRegressed {
+            let refusal = Error::ClockRegressed {
                 now_ms: self.clock,
                 last_ms: self.last_at,
                 behind_ms: self.last_at - self.clock,
                 tolerance_ms: self.tolerance,
-            })
+            };
+            (self.last_at, Some(refusal))
         }
+    }
+
+    /// Refuse a write that is not a refund while the clock is untrusted.
+    fn trust_clock(&self) -> Result<(), Error> {
+        self.refusal.clone().map_or(Ok(()), Err)
     }
 
     fn earliest_deadline(&self) -> Option<u64> {
@@ -771,6 +782,7 @@ impl Model {
                 .ok_or_else(|| overflow(ws, "the credited total"))?;
         }
         w.txns += 1;
+        self.trust_clock()?;
         let after = w.balance;
         self.ws.insert(ws.to_string(), w);
         let id = self.append(
@@ -822,6 +834,19 @@ impl Model {
             }
         }
         if let Some(g) = self.gens.get(&s.generation_id) {
+            if g.state == GenModelState::Running && now >= g.deadline {
+                let message = format!(
+                    "start repeated at {now} ms, after the deadline at {} ms",
+                    g.deadline
+                );
+                let r = self.refund(now, &s.generation_id, RefundReason::Timeout, &message)?;
+                return Err(Error::GenerationRefunded {
+                    generation: s.generation_id.clone(),
+                    reason: r.reason,
+                    refund_txn: r.refund_txn,
+                    refunded_now: Some(Box::new(r)),
+                });
+            }
             let differs = if g.ws != s.workspace {
                 Some(("workspace", g.ws.clone(), s.workspace.clone()))
             } else if g.feature != s.feature {
@@ -872,6 +897,7 @@ impl Model {
         w.txns += 1;
         let timeout = s.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         let deadline = now + timeout;
+        self.trust_clock()?;
         let after = w.balance;
         self.ws.insert(s.workspace.clone(), w);
         let usage_txn = self.append(
@@ -992,6 +1018,7 @@ impl Model {
                 generation: id.to_string(),
                 reason,
                 refund_txn,
+                refunded_now: None,
             }),
             GenModelState::Running if now >= g.deadline => {
                 let message = format!(
@@ -1003,9 +1030,11 @@ impl Model {
                     generation: id.to_string(),
                     reason: r.reason,
                     refund_txn: r.refund_txn,
+                    refunded_now: Some(Box::new(r)),
                 })
             }
             GenModelState::Running => {
+                self.trust_clock()?;
                 let w = self.ws.get_mut(&g.ws).unwrap();
                 w.running -= 1;
                 w.held -= g.cost;
@@ -1155,10 +1184,11 @@ impl Model {
 
     /// A write transaction holding `ops`.
     fn apply_batch(&mut self, ops: &[Op]) -> Vec<Result<Outcome, Error>> {
-        match self.effective_now() {
-            Err(e) => ops.iter().map(|_| Err(e.clone())).collect(),
-            Ok(now) => ops.iter().map(|op| self.apply_op(now, op)).collect(),
-        }
+        let (now, refusal) = self.effective_now();
+        self.refusal = refusal;
+        let results = ops.iter().map(|op| self.apply_op(now, op)).collect();
+        self.refusal = None;
+        results
     }
 
     /// `Ledger::sweep_expired`, with its in-memory idle check.
@@ -1182,13 +1212,13 @@ impl Model {
             })
     }
 
-    /// The catch-up sweep that `open` runs; an error fails the open.
-    /// A clock too far behind the log skips it: the ledger still opens, and writes say why.
+    /// The catch-up sweep that `open` runs; an error fails the open. A refund is never refused
+    /// because of the clock, so a clock too far behind the log sweeps too, at the log's time.
     fn open_sweep(&mut self) -> Result<(), Error> {
         loop {
             match self.sweep_expired(MAX_SWEEP_LIMIT) {
                 Ok(r) if r.more_expired => continue,
-                Ok(_) | Err(Error::ClockRegressed { .. }) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
@@ -1349,7 +1379,10 @@ struct Harness {
 }
 
 fn options(clock: &ManualClock) -> Options {
-    Options::default().clock(clock.clone())
+    // The clock is the wall clock too: the model's clock jumps are not typing mistakes.
+    Options::default()
+        .clock(clock.clone())
+        .wall_clock(clock.clone())
 }
 
 impl Harness {

@@ -93,6 +93,10 @@ pub enum Command {
     /// Run a simulated workload on a fresh ledger file and report throughput, refunds,
     /// the credit reconciliation and the audit.
     Simulate(SimulateArgs),
+    /// Open a ledger whose journal cannot be replayed (missing, another copy's, damaged),
+    /// accepting the loss of the writes in it: the operator's last resort after looking for
+    /// the right journal and for a backup.
+    Recover(RecoverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +324,14 @@ pub struct AckArgs {
     pub consumer: String,
     /// The last transaction id it has processed.
     pub txn: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Discard the journal entries that cannot be replayed, and write a note saying which
+    /// into every workspace's log. Required: without it nothing is ever discarded.
+    #[arg(long)]
+    pub discard_journal: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -10,6 +10,7 @@ mod feed;
 mod open;
 mod output;
 mod reads;
+mod recover;
 mod rows;
 mod simulate;
 mod time;
@@ -123,5 +124,6 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Changes(a) => feed::changes(&ctx, a, out),
         Command::Ack(a) => feed::ack(&ctx, a, out),
         Command::Simulate(a) => simulate::run(&ctx, a, out),
+        Command::Recover(a) => recover::run(&ctx, a, out),
     }
 }

@@ -59,7 +59,12 @@ impl Context {
     /// Options for the tool: the `--now` clock if given, and no catch-up sweep on open, so
     /// that reading never writes and `sweep` is the one command that sweeps.
     pub fn options(&self) -> Options {
-        let options = Options::default().sweep_on_open(false);
+        let mut options = Options::default().sweep_on_open(false);
+        if self.allow_future_now {
+            // The operator insisted: the library's own guard against a clock far ahead of the
+            // system clock (`Options::max_clock_ahead_ms`) steps aside too.
+            options = options.max_clock_ahead_ms(None);
+        }
         match self.now_ms {
             Some(ms) => options.clock(ManualClock::new(ms)),
             None => options,
