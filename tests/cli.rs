@@ -685,6 +685,27 @@ fn caught_storage_panics_print_only_the_typed_error() {
             assert!(r.stderr.starts_with("credit-ledger: "), "{}", r.stderr);
         }
     }
+    // On this file redb panics while closing, after the command has done its work. The ledger
+    // catches that and logs a warning; the operator gets the warning, not a bug report.
+    let close = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile/close-panic.redb");
+    for args in [vec!["verify"], vec!["balance", "workspace-0"]] {
+        let ws = Ws::new();
+        std::fs::copy(&close, &ws.db).expect("copy the damaged file");
+        let r = ws.run(&args);
+        assert!(
+            !r.stderr.contains("panicked") && !r.stderr.contains("this is a bug"),
+            "close-panic.redb {args:?}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            r.stderr.trim_end(),
+            format!(
+                "credit-ledger: warning: the storage engine failed while closing the file; run `verify` on it (ledger: {})",
+                ws.db.display()
+            ),
+            "close-panic.redb {args:?}"
+        );
+    }
 }
 
 #[test]

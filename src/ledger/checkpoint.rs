@@ -468,6 +468,8 @@ impl Drop for Ledger {
         // redb's own close commits its allocator state, which can panic on a damaged file
         // too: close it here, under a guard, rather than as a field after this returns.
         if let Some(db) = self.db.get_mut().take() {
+            // Caught, and reported as the warning below: not a bug for a panic hook to report.
+            let _marked = super::panic_guard::Marked::enter();
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).is_err() {
                 tracing::warn!(
                     ledger = %self.source,

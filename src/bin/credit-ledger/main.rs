@@ -14,6 +14,7 @@ mod recover;
 mod rows;
 mod simulate;
 mod time;
+mod warnings;
 mod writes;
 
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
     // leaves it) means "no path given": clap would otherwise reject it as an empty `--db`,
     // an option the user never typed. Nothing else runs yet, so changing the environment is
     // safe here.
+    warnings::install();
     if std::env::var_os(args::DB_ENV).is_some_and(|v| v.is_empty()) {
         std::env::remove_var(args::DB_ENV);
     }
