@@ -2,8 +2,9 @@
 //!
 //! One `Arc<Ledger>` (a file in a temporary directory), four render-worker threads that start
 //! generations and then complete or fail them, a background `Sweeper` for the generations
-//! nobody reports (a worker that "hangs"), and a "Transactions" view that prints the Refund
-//! filter of one workspace. The app installs a `tracing` subscriber, so the ledger's refund
+//! nobody reports (a worker that "hangs"), and a "Transactions" view of one workspace's
+//! Refunds that refreshes from a subscription (`Ledger::subscribe`) instead of polling: each
+//! refund, the sweeper's included, reaches it once its commit is durable. The app installs a `tracing` subscriber, so the ledger's refund
 //! events (info) show up in its log; run with `DESKTOP_APP_DEBUG=1` to see the sweep passes
 //! (debug) too.
 //!
@@ -14,12 +15,13 @@
 //! It uses the system clock with short generation timeouts (1 to 2 seconds), so some
 //! generations expire while it runs; it takes a few seconds.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use credit_ledger::{
-    Credit, Error, HistoryFilter, Ledger, Options, PageRequest, RefundReason, StartGeneration,
-    Sweeper, SweeperOptions, TxnKind,
+    Credit, Error, FeedEvent, HistoryFilter, Ledger, Options, PageRequest, RefundReason,
+    StartGeneration, Subscription, Sweeper, SweeperOptions, TransactionView, TxnKind,
 };
 
 const WORKSPACES: [&str; 2] = ["studio-aurora", "studio-borealis"];
@@ -105,6 +107,66 @@ fn render_worker(ledger: &Ledger, worker: usize) -> Result<Tally, Error> {
     Ok(tally)
 }
 
+/// The "Transactions" view, Refund filter, of one workspace: its rows, oldest first.
+struct RefundsView {
+    workspace: &'static str,
+    rows: Vec<TransactionView>,
+}
+
+impl RefundsView {
+    /// Load the rows the way the view opens: one history read.
+    fn load(ledger: &Ledger, workspace: &'static str) -> Result<Self, Error> {
+        let filter = HistoryFilter::all().kinds([TxnKind::Refund]);
+        let mut rows = Vec::new();
+        let mut page = PageRequest::first(100);
+        loop {
+            let result = ledger.history(workspace, &filter, &page)?;
+            rows.extend(result.entries);
+            match result.next_cursor {
+                Some(cursor) => page = PageRequest::after(100, cursor),
+                None => break,
+            }
+        }
+        rows.reverse();
+        Ok(RefundsView { workspace, rows })
+    }
+
+    /// A committed entry arrived: show it if it belongs in the view.
+    fn on_entry(&mut self, e: TransactionView) {
+        if e.workspace == self.workspace && e.kind == TxnKind::Refund {
+            println!(
+                "[Transactions view] refund #{} of {} credits ({}) arrived: refreshed, {} rows",
+                e.id,
+                e.amount_credits,
+                e.reason.map_or("", |r| r.as_str()),
+                self.rows.len() + 1
+            );
+            self.rows.push(e);
+        }
+    }
+}
+
+/// The view's thread: waits on the subscription (no polling of the ledger) until `stop`, then
+/// drains what is left. A subscription that fell behind is told so and reloads the view.
+fn run_view(
+    ledger: &Ledger,
+    sub: &Subscription,
+    mut view: RefundsView,
+    stop: &AtomicBool,
+) -> Result<RefundsView, Error> {
+    loop {
+        match sub.recv_timeout(Duration::from_millis(100)) {
+            Some(FeedEvent::Entry(e)) => view.on_entry(e),
+            Some(FeedEvent::Lagged { missed, .. }) => {
+                println!("[Transactions view] missed {missed} entries: reloading");
+                view = RefundsView::load(ledger, view.workspace)?;
+            }
+            None if stop.load(Ordering::SeqCst) => return Ok(view),
+            None => {}
+        }
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let level = if std::env::var_os("DESKTOP_APP_DEBUG").is_some() {
         tracing::Level::DEBUG
@@ -127,6 +189,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Arc::clone(&ledger),
         SweeperOptions::default().interval_ms(250).batch(100),
     );
+    // The view subscribes first, then loads what is already there: nothing falls between.
+    let sub = ledger.subscribe()?;
+    let view = RefundsView::load(&ledger, WORKSPACES[0])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let view_thread = {
+        let (ledger, stop) = (Arc::clone(&ledger), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("transactions-view".into())
+            .spawn(move || run_view(&ledger, &sub, view, &stop))?
+    };
 
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
@@ -150,6 +222,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let swept = sweeper.refunded();
     sweeper.stop()?;
+    stop.store(true, Ordering::SeqCst);
+    let view = view_thread
+        .join()
+        .map_err(|_| "the view thread panicked")??;
 
     println!();
     println!(
@@ -157,8 +233,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         total.completed, total.failed, total.late, total.hung
     );
 
-    // The "Transactions" view, Refund filter, of one workspace.
+    // The "Transactions" view, Refund filter, of one workspace, as the subscription built it;
+    // it must equal what history says.
     let ws = WORKSPACES[0];
+    let reloaded = RefundsView::load(&ledger, ws)?;
+    if view.rows != reloaded.rows {
+        return Err("the subscribed view differs from history".into());
+    }
     let summary = ledger.balance(ws)?;
     println!();
     println!(
@@ -169,26 +250,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:>5}  {:<11} {:<40} {:>7} → {:<7} {:<9}  message",
         "txn", "title", "action", "before", "after", "status"
     );
-    let filter = HistoryFilter::all().kinds([TxnKind::Refund]);
-    let mut page = PageRequest::first(20);
-    loop {
-        let result = ledger.history(ws, &filter, &page)?;
-        for e in &result.entries {
-            println!(
-                "{:>5}  {:<11} {:<40} {:>7} → {:<7} {:<9}  {}",
-                e.id,
-                e.title,
-                e.action,
-                e.balance_before_credits,
-                e.balance_after_credits,
-                format!("{:?}", e.status),
-                e.message.as_deref().unwrap_or("")
-            );
-        }
-        match result.next_cursor {
-            Some(cursor) => page = PageRequest::after(20, cursor),
-            None => break,
-        }
+    for e in view.rows.iter().rev() {
+        println!(
+            "{:>5}  {:<11} {:<40} {:>7} → {:<7} {:<9}  {}",
+            e.id,
+            e.title,
+            e.action,
+            e.balance_before_credits,
+            e.balance_after_credits,
+            format!("{:?}", e.status),
+            e.message.as_deref().unwrap_or("")
+        );
     }
 
     let report = ledger.verify()?;

@@ -76,7 +76,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCategory, InvalidInput, Result};
 pub use ledger::inside_panic_guard;
 pub use ledger::{
-    Durability, JournalDiscard, Ledger, Options, DEFAULT_CACHE_SIZE_BYTES, JOURNAL_DISCARDED_TITLE,
+    Durability, FeedEvent, JournalDiscard, Ledger, Options, Subscription, DEFAULT_CACHE_SIZE_BYTES,
+    JOURNAL_DISCARDED_TITLE,
 };
 pub use model::limits;
 pub use model::{

@@ -9,6 +9,7 @@ mod open;
 mod options;
 mod panic_guard;
 mod read;
+mod subscribe;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
 pub use checkpoint::{JournalDiscard, JOURNAL_DISCARDED_TITLE};
 pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use panic_guard::inside_panic_guard;
+pub use subscribe::{FeedEvent, Subscription};
 
 use crate::engine::WriterState;
 use crate::error::{Error, Result};
@@ -90,6 +92,8 @@ pub struct Ledger {
     last_at_ms: AtomicU64,
     /// Set when a background thread of this ledger panicked.
     poison: Mutex<Option<String>>,
+    /// Receivers of committed entries ([`Ledger::subscribe`]).
+    feed: subscribe::Subscribers,
 }
 
 impl std::fmt::Debug for Ledger {

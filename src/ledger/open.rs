@@ -452,6 +452,7 @@ impl Ledger {
             earliest_deadline_ms: AtomicU64::new(0),
             last_at_ms: AtomicU64::new(0),
             poison: Mutex::new(None),
+            feed: Default::default(),
         }
     }
 

@@ -128,7 +128,12 @@ impl Ledger {
                         .store(earliest.unwrap_or(NO_DEADLINE), Ordering::SeqCst);
                 }
                 drop(journal);
+                // Subscribers hear in commit order: take their lock before the writer's goes.
+                let delivery = self.feed.begin(new_state.next_txn_id - 1);
                 drop(writer);
+                if let Some(d) = delivery {
+                    self.deliver(d);
+                }
                 // Only now, after the durable commit, do the refunds exist: tell the app.
                 self.log_refunds(&results);
                 results

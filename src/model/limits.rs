@@ -60,6 +60,10 @@ pub const DEFAULT_MAX_CLOCK_REGRESSION_MS: u64 = 60_000;
 /// ledger keeps forever, so the set is bounded like every other.
 pub const MAX_CONSUMERS: usize = 64;
 
+/// Capacity of one [`Ledger::subscribe`](crate::Ledger::subscribe) receiver, in entries. A
+/// subscriber further behind than this misses entries and is told where to resume.
+pub const SUBSCRIPTION_CAPACITY: usize = 4096;
+
 /// The largest tolerance [`Options::max_clock_regression_ms`](crate::Options) accepts: 400
 /// days. A larger tolerance stamps new transactions with a time that far in the past without
 /// a word, which is no longer a tolerance. 400 days is enough to absorb a mistyped year: the
