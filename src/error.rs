@@ -264,7 +264,7 @@ pub enum Error {
     },
 
     /// A stored record failed its checksum or could not be decoded.
-    #[error("corrupt record in table `{table}` at key {key}: {detail}; run `verify` and restore from a backup")]
+    #[error("corrupt record in table `{table}`{}: {detail}; `verify` lists what is damaged; restore the file from a backup", at_key(.key))]
     Corruption {
         /// The table.
         table: &'static str,
@@ -403,6 +403,15 @@ pub enum Error {
     },
 }
 
+/// ` at key K`, or nothing when the key is not known (a failure inside the storage engine).
+fn at_key(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" at key {key}")
+    }
+}
+
 impl From<InvalidInput> for Error {
     fn from(e: InvalidInput) -> Self {
         Error::InvalidInput(e)
@@ -490,3 +499,30 @@ impl From<redb::CommitError> for Error {
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corruption_message_names_what_it_knows_and_advises_once() {
+        let from_a_panic = Error::Corruption {
+            table: "workspaces",
+            key: String::new(),
+            detail: "the storage engine failed on damaged data (index out of range)".into(),
+        }
+        .to_string();
+        assert!(!from_a_panic.contains("at key"), "{from_a_panic}");
+        assert_eq!(from_a_panic.matches("backup").count(), 1, "{from_a_panic}");
+        let record = Error::Corruption {
+            table: "transactions",
+            key: "17".into(),
+            detail: "checksum mismatch".into(),
+        }
+        .to_string();
+        assert!(
+            record.contains("table `transactions` at key 17: checksum mismatch"),
+            "{record}"
+        );
+    }
+}

@@ -114,6 +114,11 @@ fn a_changed_workspace_balance_is_named() {
     let v = &report.violations[0];
     assert_eq!(v.invariant, Invariant::WorkspaceTotals);
     assert_eq!(v.workspace.as_deref(), Some("ws"));
+    // In the user's terms: which total differs, both numbers, and by how much; nothing else.
+    assert_eq!(
+        v.detail,
+        "workspace record disagrees: balance: stored 200, its last transaction leaves 102 (98 less)"
+    );
     assert!(!ledger.totals().unwrap().is_conserved());
 }
 

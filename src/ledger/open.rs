@@ -64,7 +64,7 @@ pub(super) fn no_panic<T>(
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         Err(on_panic(format!(
-            "the storage engine failed on damaged data ({message}); run `verify` and restore from a backup"
+            "the storage engine failed on damaged data ({message})"
         )))
     })
 }
@@ -262,7 +262,12 @@ impl Ledger {
         // The journal's lock first: while it is held, no other ledger touches the file, even
         // while this one reopens it after an I/O error.
         let journal_file = JournalFile::acquire(&canonical, Access::Write, path)?;
-        let opened = no_panic(not_ledger, || {
+        // A panic while opening: the file is damaged beyond opening, so `verify` cannot help.
+        let damaged = |detail| Error::NotALedger {
+            path: path.display().to_string(),
+            detail: format!("{detail}; restore it from a backup"),
+        };
+        let opened = no_panic(damaged, || {
             if let (false, Some(file)) = (exists, &journal_file) {
                 // A journal with content next to a file that is not there is someone else's.
                 file.check_owner(None)?;
@@ -317,6 +322,7 @@ impl Ledger {
     /// ledger open to write: redb's exclusive mode, the one the journal needs, shares a file
     /// with no reader (see README, "Reading a ledger another process has open").
     pub fn open_read_only_with(path: impl AsRef<Path>, options: Options) -> Result<Ledger> {
+        options.validate()?;
         let path = path.as_ref();
         if !check_existing(path)? {
             return Err(Error::Storage {
@@ -329,9 +335,10 @@ impl Ledger {
             path: path.display().to_string(),
             detail,
         };
+        // A panic while opening: the file is damaged beyond opening, so `verify` cannot help.
         let not_ledger = |detail| Error::NotALedger {
             path: path.display().to_string(),
-            detail,
+            detail: format!("{detail}; restore it from a backup"),
         };
         let reader = no_panic(not_ledger, || {
             let reader = redb::Builder::new()
