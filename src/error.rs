@@ -94,6 +94,32 @@ pub enum InvalidInput {
         /// The cursor given.
         cursor: String,
     },
+    /// A grant priority above [`MAX_GRANT_PRIORITY`](crate::limits::MAX_GRANT_PRIORITY).
+    #[error(
+        "priority {priority} is out of range; a grant priority is 0..={max} (lower is spent first)"
+    )]
+    PriorityOutOfRange {
+        /// The requested priority.
+        priority: u32,
+        /// The largest allowed.
+        max: u32,
+    },
+    /// A grant that would expire at or before the time it becomes spendable.
+    #[error("the grant expires at {expires_at_ms} ms, not after it becomes spendable at {effective_at_ms} ms; give an expiry after the start")]
+    ExpiryNotAfterStart {
+        /// When it would become spendable.
+        effective_at_ms: u64,
+        /// When it would expire.
+        expires_at_ms: u64,
+    },
+    /// A grant that would already have expired when it is credited.
+    #[error("the grant expires at {expires_at_ms} ms, which is not after now ({now_ms} ms); give a future expiry")]
+    ExpiryInPast {
+        /// The requested expiry.
+        expires_at_ms: u64,
+        /// The ledger's time.
+        now_ms: u64,
+    },
     /// An [`Options`](crate::Options) setting outside its documented range; the ledger was
     /// not opened.
     #[error("Options::{option} is {value} {unit}; it must be between {min} and {max} {unit}")]
@@ -163,11 +189,11 @@ pub enum Error {
     },
 
     /// The workspace cannot pay; nothing was charged.
-    #[error("workspace `{workspace}` has {balance_credits} credits and this needs {required_credits}; add credits first")]
+    #[error("workspace `{workspace}` has {balance_credits} spendable credits and this needs {required_credits}; add credits first")]
     InsufficientCredits {
         /// The workspace.
         workspace: String,
-        /// Its balance now.
+        /// Its spendable balance now: grants that are effective and unexpired.
         balance_credits: u64,
         /// What the operation needed.
         required_credits: u64,
@@ -213,6 +239,20 @@ pub enum Error {
         /// The refund this call wrote, if it wrote one; `None` when the generation was
         /// refunded earlier.
         refunded_now: Option<Box<crate::model::RefundReceipt>>,
+    },
+
+    /// No grant has this id (the idempotency key of the credit that created it).
+    #[error("unknown grant `{grant}`; a grant's id is the idempotency key of its credit")]
+    UnknownGrant {
+        /// The grant asked for.
+        grant: String,
+    },
+
+    /// The grant has nothing left to void: it was spent, expired or voided already.
+    #[error("grant `{grant}` has no credits left to void (it was spent, expired or voided); nothing was written")]
+    NothingToVoid {
+        /// The grant.
+        grant: String,
     },
 
     /// The generation already succeeded, so it cannot be failed or refunded.
@@ -449,6 +489,8 @@ impl Error {
             | Error::GenerationSucceeded { .. }
             | Error::ReadOnly { .. }
             | Error::DestinationExists { .. }
+            | Error::UnknownGrant { .. }
+            | Error::NothingToVoid { .. }
             | Error::AckBeyondEnd { .. }
             | Error::AckBackwards { .. }
             | Error::TooManyConsumers { .. } => ErrorCategory::Refused,

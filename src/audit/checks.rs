@@ -165,7 +165,9 @@ pub(super) fn check_txn(
         (TxnKind::Refund, _) => Some(&mut r.refunded_credits),
         (TxnKind::Adjustment, false) => Some(&mut r.adjusted_in_credits),
         (TxnKind::Adjustment, true) => Some(&mut r.adjusted_out_credits),
-        (TxnKind::BalanceLow, _) => None,
+        // A notification moves nothing; what expired or was voided is kept in the grant
+        // book, beside the workspace record, and checked with the grants.
+        (TxnKind::BalanceLow | TxnKind::Expiration | TxnKind::Void, _) => None,
     };
     if let Some(total) = total {
         *total += u128::from(a);

@@ -22,6 +22,9 @@ use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceReco
 use crate::storage::codec;
 use crate::storage::tables;
 mod checks;
+mod grants;
+
+use grants::GrantAudit;
 
 use checks::{
     check_deadlines, check_generation, check_history, check_txn, totals_differences, Acc, Links,
@@ -63,6 +66,25 @@ pub enum Invariant {
     /// Part of a table could not be read: the storage engine failed on damaged data there.
     /// [`AuditReport::unchecked`] says which table and which keys.
     Unreadable,
+    /// A grant lot's `remaining` is not its amount minus its allocations plus what refunds
+    /// returned minus what expired or was voided, exceeds its amount, or disagrees with the
+    /// transactions that moved it.
+    GrantArithmetic,
+    /// A workspace's balance is not the sum of its grants' `remaining`, or its grant book's
+    /// expired and voided totals disagree with its Expirations and Voids.
+    GrantBalance,
+    /// A Usage's (or negative Adjustment's) allocations do not add up to its amount.
+    AllocationSum,
+    /// A Refund does not give back exactly its Usage's allocations.
+    RefundAllocation,
+    /// A charge drew on a grant that was not spendable at its time, or skipped a spendable
+    /// grant that comes earlier in the drawdown order.
+    DrawdownOrder,
+    /// An Expiration or Void is not for exactly what its grant held, or closed a grant twice,
+    /// or expired a grant before its expiry.
+    ExpirationAmount,
+    /// The grant indexes (`grant_order`, `grant_expiries`) and the open grant lots differ.
+    GrantIndex,
 }
 
 /// A part of the file the audit could not check, because the storage engine (redb) failed on
@@ -113,6 +135,8 @@ pub struct AuditCounts {
     pub history_entries: u64,
     /// Idempotency keys.
     pub idempotency_keys: u64,
+    /// Grant lots (grants and their refund-grace parts).
+    pub grant_lots: u64,
 }
 
 /// The result of [`Ledger::verify`](crate::Ledger::verify).
@@ -126,6 +150,9 @@ pub struct AuditReport {
     pub checked: AuditCounts,
     /// The parts that could not be read (each is also an [`Invariant::Unreadable`] violation).
     pub unchecked: Vec<Unchecked>,
+    /// When parts could not be read: the verdict of redb's own integrity check, run on a copy
+    /// of the ledger file (file ledgers only; also listed as a violation).
+    pub storage_check: Option<String>,
 }
 
 impl AuditReport {
@@ -195,6 +222,50 @@ impl AuditReport {
     }
 }
 
+/// Run redb's own integrity check on a copy of the ledger file at `path` and add its verdict
+/// to `report`. redb's check verifies the checksum of every page and repairs what it can,
+/// which is why it runs on a copy in the temporary folder: the ledger's file is never
+/// written by an audit. The copy is taken while the ledger is open, so a write committed
+/// during the copy can make it look damaged; the check runs only when the audit has already
+/// found parts it could not read.
+pub(crate) fn add_storage_check(report: &mut AuditReport, path: &std::path::Path) {
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let copy = std::env::temp_dir().join(format!(
+        "credit-ledger-verify-{}-{}.redb",
+        std::process::id(),
+        COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let verdict = match std::fs::copy(path, &copy) {
+        Err(e) => format!("redb's own integrity check did not run: cannot copy the file: {e}"),
+        Ok(_) => {
+            let checked = guarded(|| {
+                let mut db = redb::Database::open(&copy).map_err(Error::storage)?;
+                db.check_integrity().map_err(Error::storage)
+            });
+            match checked {
+                Ok(Ok(true)) => "redb's own integrity check (on a copy) found every page intact: \
+                    the damage is in the ledger's records"
+                    .to_string(),
+                Ok(Ok(false)) => "redb's own integrity check (on a copy) found damaged pages and \
+                    could repair them in the copy: the ledger's file was not changed; restore it \
+                    from a backup, or ask for the repaired copy to be examined"
+                    .to_string(),
+                Ok(Err(Error::Storage { message: e }))
+                | Ok(Err(Error::Poisoned { message: e })) => format!(
+                    "redb's own integrity check (on a copy): {e}: the storage engine's pages \
+                     are damaged beyond its repair; restore the file from a backup"
+                ),
+                Ok(Err(e)) => format!("redb's own integrity check (on a copy) failed: {e}"),
+                Err(panic) => format!("redb's own integrity check (on a copy) failed too: {panic}"),
+            }
+        }
+    };
+    // The copy is the audit's own file.
+    let _ = std::fs::remove_file(&copy);
+    report.add(Invariant::Corruption, verdict.clone(), vec![], None, None);
+    report.storage_check = Some(verdict);
+}
+
 /// A damaged record, in the report's words: which record and what is wrong with it, without
 /// the advice an error carries for other callers (to run `verify`, which is running).
 fn damaged(e: &Error) -> String {
@@ -259,6 +330,15 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
     };
     let mut accs: HashMap<String, Acc> = HashMap::new();
     let mut links = Links::default();
+    // The grant lots, replayed against the log below (see `grants`).
+    let mut grant_audit = match guarded(|| GrantAudit::load(rtx, &mut report)) {
+        Ok(loaded) => Some(loaded?),
+        Err(detail) => {
+            report.unreadable("grants", None, detail);
+            None
+        }
+    };
+    report.checked.grant_lots = grant_audit.as_ref().map_or(0, |g| g.lots);
 
     // 1. The log: checksums, the chain, dense ids, monotonic time, balance arithmetic, the
     //    links from each Usage and Refund to its generation, and each entry's history and
@@ -333,6 +413,9 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
                 &idem,
                 &history,
             )?;
+            if let Some(g) = grant_audit.as_mut() {
+                g.on_txn(&mut report, &rec);
+            }
         }
         Ok(())
     });
@@ -409,6 +492,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
         report.skipped("workspace totals", "the transactions or the generations");
     } else {
         let mut last_ws: Option<String> = None;
+        let mut balances: HashMap<String, u64> = HashMap::new();
         let ws_pass = guarded(|| {
             for entry in workspaces.iter()? {
                 let (k, v) = entry?;
@@ -423,6 +507,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
                         continue;
                     }
                 };
+                balances.insert(ws.to_string(), stored.balance_credits);
                 let Some(acc) = accs.remove(ws) else {
                     report.add(
                         Invariant::WorkspaceTotals,
@@ -461,6 +546,11 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
                     None,
                     Some(&ws),
                 );
+            }
+            // The grants against the whole log and every balance.
+            if let Some(g) = grant_audit.take() {
+                let grants_pass = guarded(|| g.finish(&mut report, rtx, &balances));
+                pass(&mut report, "grants", || None, grants_pass)?;
             }
         }
     }

@@ -72,6 +72,7 @@ fn replay(
         // Only batches with a trusted clock are journaled (see `commit_journaled`).
         let config = EngineConfig {
             default_timeout_ms: batch.default_timeout_ms,
+            refund_grace_ms: batch.refund_grace_ms,
             clock: ClockCheck::Trusted,
         };
         let applied = engine::run(txn, state, batch.now_ms, config, &batch.ops)?;
@@ -219,6 +220,7 @@ fn replay_pending(
         let memo = discard_memo(epoch, from, last_seen, &reason);
         let config = EngineConfig {
             default_timeout_ms: 0,
+            refund_grace_ms: 0,
             clock: ClockCheck::Trusted,
         };
         engine::note_every_workspace(&txn, state, at_ms, config, JOURNAL_DISCARDED_TITLE, &memo)?;

@@ -27,8 +27,8 @@ use crate::engine::WriterState;
 use crate::error::{Error, Result};
 use crate::model::limits::{MAX_BATCH_OPS, MAX_SWEEP_LIMIT};
 use crate::model::{
-    validate, AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, Op, Outcome, Receipt,
-    RefundReason, RefundReceipt, StartGeneration, SweepReport,
+    validate, AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, GrantClosure, Op,
+    Outcome, Receipt, RefundReason, RefundReceipt, StartGeneration, SweepReport, VoidGrant,
 };
 use crate::storage::journal::Journal;
 use crate::storage::journal_file::JournalFile;
@@ -335,6 +335,16 @@ impl Ledger {
         })? {
             Outcome::Ack(r) => Ok(r),
             other => unreachable!("ack produced {other:?}"),
+        }
+    }
+
+    /// Void what remains of a grant (every part of it that has not expired), as one Void
+    /// transaction. Retrying with the same idempotency key returns the original receipt with
+    /// `replay: true`. A grant with nothing left is [`Error::NothingToVoid`].
+    pub fn void_grant(&self, void: VoidGrant) -> Result<GrantClosure> {
+        match self.submit(Op::VoidGrant(void))? {
+            Outcome::VoidGrant(r) => Ok(r),
+            other => unreachable!("void produced {other:?}"),
         }
     }
 

@@ -698,6 +698,7 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             txn.open_table(tables::DEADLINES)?;
             txn.open_table(tables::IDEMPOTENCY)?;
             txn.open_table(tables::CONSUMERS)?;
+            crate::engine::GrantTables::open(&txn)?;
             txn.open_table(tables::ALERTS)?;
         }
         txn.commit()?;
@@ -733,9 +734,18 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
-    // A version 1 file lacks the consumers and alerts tables: opening never writes, so its
-    // first write creates them and records version 2 (see `engine::Ctx::open`), and reads
-    // take a missing table as empty.
+    // A version 1 file lacks the consumers and alerts tables, and a file before version 3
+    // the grant tables: opening never writes, so its first write creates them and records
+    // the current version (see `engine::Ctx::open`), and reads take a missing table as empty.
+    if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+        check!(
+            tables::GRANTS,
+            tables::GRANT_ORDER,
+            tables::GRANT_EXPIRIES,
+            tables::ALLOCATIONS,
+            tables::GRANT_BOOKS
+        );
+    }
     txn.abort()?;
     Ok(())
 }

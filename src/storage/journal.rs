@@ -97,6 +97,8 @@ pub(crate) struct Batch {
     pub now_ms: u64,
     /// The ledger's default generation timeout when it ran.
     pub default_timeout_ms: u64,
+    /// The ledger's refund grace when it ran.
+    pub refund_grace_ms: u64,
     pub ops: Vec<Op>,
     pub proof: Proof,
 }
@@ -105,6 +107,7 @@ pub(crate) struct Batch {
 struct BatchRef<'a> {
     now_ms: u64,
     default_timeout_ms: u64,
+    refund_grace_ms: u64,
     ops: &'a [Op],
     proof: &'a Proof,
 }
@@ -112,13 +115,14 @@ struct BatchRef<'a> {
 /// Encode a batch as a journal payload.
 pub(crate) fn encode_batch(
     now_ms: u64,
-    default_timeout_ms: u64,
+    (default_timeout_ms, refund_grace_ms): (u64, u64),
     ops: &[Op],
     proof: &Proof,
 ) -> Vec<u8> {
     codec::encode(&BatchRef {
         now_ms,
         default_timeout_ms,
+        refund_grace_ms,
         ops,
         proof,
     })
@@ -701,7 +705,7 @@ mod tests {
         let epoch = j.write_epoch_header().unwrap();
         j.open_epoch(epoch);
         for seq in first..=last {
-            let payload = encode_batch(seq * 10, 5, &ops(seq as usize % 3 + 1), &proof(seq));
+            let payload = encode_batch(seq * 10, (5, 5), &ops(seq as usize % 3 + 1), &proof(seq));
             j.append(seq, &payload).unwrap();
         }
         let expect = Expected {
@@ -828,7 +832,7 @@ mod tests {
         j.close_epoch();
         let epoch = j.write_epoch_header().unwrap();
         j.open_epoch(epoch);
-        j.append(5, &encode_batch(50, 5, &ops(1), &proof(5)))
+        j.append(5, &encode_batch(50, (5, 5), &ops(1), &proof(5)))
             .unwrap();
         let expect = Expected {
             ledger_id: 7,

@@ -55,6 +55,7 @@ pub fn credit(ctx: &Context, a: &CreditArgs, out: &mut Out) -> Result<(), CliErr
         CreditKindArg::Grant => Credit::grant(&a.workspace, a.amount, &a.key),
     }
     .memo(&a.memo);
+    let credit = crate::grants::terms(&ledger, credit, a);
     let r = ledger.credit(credit)?;
     print_receipt(ctx, &r, out)
 }
@@ -176,6 +177,15 @@ pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError
         return out.json(&json!({
             "refunded": report.refunds.len(),
             "refunds": report.refunds.iter().map(refund_json).collect::<Vec<_>>(),
+            "expired": report.expirations.len(),
+            "expirations": report.expirations.iter().map(|e| json!({
+                "txn_id": e.txn_id,
+                "workspace": e.workspace,
+                "grant": e.grant_id,
+                "amount": e.amount_credits,
+                "balance_before": e.balance_before_credits,
+                "balance_after": e.balance_after_credits,
+            })).collect::<Vec<_>>(),
             "more_expired": report.more_expired,
             "next_deadline": report.next_deadline_ms.map(format_rfc3339),
         }));
@@ -206,10 +216,43 @@ pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError
         }
         t.print(out)?;
     }
+    if !report.expirations.is_empty() {
+        out.line(format!(
+            "Expired {} grant{}:",
+            report.expirations.len(),
+            if report.expirations.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ))?;
+        let mut t = Table::new(&[
+            ("EXPIRATION", Align::Right),
+            ("GRANT", Align::Left),
+            ("WORKSPACE", Align::Left),
+            ("AMOUNT", Align::Right),
+            ("BALANCE", Align::Right),
+        ]);
+        for e in &report.expirations {
+            t.row(vec![
+                format!("#{}", e.txn_id),
+                clean(&e.grant_id),
+                clean(&e.workspace),
+                signed(-i64::try_from(e.amount_credits).unwrap_or(i64::MAX)),
+                e.balance_after_credits.to_string(),
+            ]);
+        }
+        t.print(out)?;
+    }
     if report.more_expired {
-        out.line("More generations are past their deadline: run `sweep` again")?;
+        out.line(
+            "More generations or grants are past their deadline or expiry: run `sweep` again",
+        )?;
     } else if let Some(next) = report.next_deadline_ms {
-        out.line(format!("Next deadline: {}", format_human_zoned(next)))?;
+        out.line(format!(
+            "Next deadline or grant expiry: {}",
+            format_human_zoned(next)
+        ))?;
     } else {
         out.line("No generation is running")?;
     }
