@@ -711,6 +711,17 @@ fn verify_on_a_file_that_makes_the_storage_engine_panic_reports_what_it_could_no
             .filter(|v| v.invariant == credit_ledger::Invariant::Unreadable)
             .count();
         assert_eq!(unreadable, report.unchecked.len(), "{name}");
+        // redb's own integrity check, run on a copy, says what a panic does not: the damage is
+        // in the storage engine's pages and cannot be repaired.
+        let storage = report.storage_check.as_deref().unwrap_or_default();
+        assert!(
+            storage.contains("redb's own integrity check") && storage.contains("corrupted"),
+            "{name}: {storage}"
+        );
+        assert!(
+            report.violations.iter().any(|v| v.detail == storage),
+            "{name}: the verdict is not listed as a violation"
+        );
         for v in &report.violations {
             assert!(!v.detail.contains("`verify`"), "{name}: {}", v.detail);
             assert!(

@@ -150,6 +150,9 @@ pub struct AuditReport {
     pub checked: AuditCounts,
     /// The parts that could not be read (each is also an [`Invariant::Unreadable`] violation).
     pub unchecked: Vec<Unchecked>,
+    /// When parts could not be read: the verdict of redb's own integrity check, run on a copy
+    /// of the ledger file (file ledgers only; also listed as a violation).
+    pub storage_check: Option<String>,
 }
 
 impl AuditReport {
@@ -217,6 +220,50 @@ impl AuditReport {
             });
         }
     }
+}
+
+/// Run redb's own integrity check on a copy of the ledger file at `path` and add its verdict
+/// to `report`. redb's check verifies the checksum of every page and repairs what it can,
+/// which is why it runs on a copy in the temporary folder: the ledger's file is never
+/// written by an audit. The copy is taken while the ledger is open, so a write committed
+/// during the copy can make it look damaged; the check runs only when the audit has already
+/// found parts it could not read.
+pub(crate) fn add_storage_check(report: &mut AuditReport, path: &std::path::Path) {
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let copy = std::env::temp_dir().join(format!(
+        "credit-ledger-verify-{}-{}.redb",
+        std::process::id(),
+        COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let verdict = match std::fs::copy(path, &copy) {
+        Err(e) => format!("redb's own integrity check did not run: cannot copy the file: {e}"),
+        Ok(_) => {
+            let checked = guarded(|| {
+                let mut db = redb::Database::open(&copy).map_err(Error::storage)?;
+                db.check_integrity().map_err(Error::storage)
+            });
+            match checked {
+                Ok(Ok(true)) => "redb's own integrity check (on a copy) found every page intact: \
+                    the damage is in the ledger's records"
+                    .to_string(),
+                Ok(Ok(false)) => "redb's own integrity check (on a copy) found damaged pages and \
+                    could repair them in the copy: the ledger's file was not changed; restore it \
+                    from a backup, or ask for the repaired copy to be examined"
+                    .to_string(),
+                Ok(Err(Error::Storage { message: e }))
+                | Ok(Err(Error::Poisoned { message: e })) => format!(
+                    "redb's own integrity check (on a copy): {e}: the storage engine's pages \
+                     are damaged beyond its repair; restore the file from a backup"
+                ),
+                Ok(Err(e)) => format!("redb's own integrity check (on a copy) failed: {e}"),
+                Err(panic) => format!("redb's own integrity check (on a copy) failed too: {panic}"),
+            }
+        }
+    };
+    // The copy is the audit's own file.
+    let _ = std::fs::remove_file(&copy);
+    report.add(Invariant::Corruption, verdict.clone(), vec![], None, None);
+    report.storage_check = Some(verdict);
 }
 
 /// A damaged record, in the report's words: which record and what is wrong with it, without

@@ -1,7 +1,7 @@
 //! The read methods: each runs in one redb read transaction, a consistent snapshot that never
 //! blocks writers.
 
-use redb::{ReadTransaction, ReadableDatabase};
+use redb::ReadTransaction;
 
 use super::Ledger;
 use crate::audit::{self, AuditReport};
@@ -26,7 +26,7 @@ impl Ledger {
             key: String::new(),
             detail,
         };
-        self.with_db(on_panic, |db| f(&db.begin_read()?))
+        self.with_snapshot(on_panic, |r| f(&r))
     }
 
     /// A workspace's balance, running totals and running generations, with the balance split
@@ -166,7 +166,20 @@ impl Ledger {
     }
 
     /// Check every invariant of the stored ledger. An empty report means healthy.
+    ///
+    /// On a damaged file the report lists what could not be read
+    /// ([`AuditReport::unchecked`]). For a file ledger it then also runs redb's own integrity
+    /// check on a copy of the file (redb's check repairs what it checks, and needs the file to
+    /// itself, so it never runs on the ledger's file), and reports its verdict in
+    /// [`AuditReport::storage_check`] and as a violation: it says whether the damage is in the
+    /// storage engine's pages, and whether redb could repair them.
     pub fn verify(&self) -> Result<AuditReport> {
-        self.read("(audit)", audit::verify)
+        let mut report = self.read("(audit)", audit::verify)?;
+        if !report.unchecked.is_empty() {
+            if let super::Source::File(path) = &self.source {
+                audit::add_storage_check(&mut report, path);
+            }
+        }
+        Ok(report)
     }
 }

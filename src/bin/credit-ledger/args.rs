@@ -87,6 +87,9 @@ pub enum Command {
     Stats(WindowArgs),
     /// A workspace's full history, oldest first, as CSV or JSON lines on stdout.
     Export(ExportArgs),
+    /// Write a consistent copy of the ledger to a new file DEST (check it with
+    /// `--db DEST verify`). While an app has the ledger open, the app calls Ledger::backup.
+    Backup(BackupArgs),
     /// The change feed: every workspace's transactions after an id, oldest first (JSON
     /// lines with --json, one object per line in the shape of `export --format jsonl`).
     Changes(ChangesArgs),
@@ -99,6 +102,12 @@ pub enum Command {
     /// accepting the loss of the writes in it: the operator's last resort after looking for
     /// the right journal and for a backup.
     Recover(RecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new file to write; it must not exist (nothing is ever overwritten).
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
