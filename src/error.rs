@@ -94,6 +94,32 @@ pub enum InvalidInput {
         /// The cursor given.
         cursor: String,
     },
+    /// A grant priority above [`MAX_GRANT_PRIORITY`](crate::limits::MAX_GRANT_PRIORITY).
+    #[error(
+        "priority {priority} is out of range; a grant priority is 0..={max} (lower is spent first)"
+    )]
+    PriorityOutOfRange {
+        /// The requested priority.
+        priority: u32,
+        /// The largest allowed.
+        max: u32,
+    },
+    /// A grant that would expire at or before the time it becomes spendable.
+    #[error("the grant expires at {expires_at_ms} ms, not after it becomes spendable at {effective_at_ms} ms; give an expiry after the start")]
+    ExpiryNotAfterStart {
+        /// When it would become spendable.
+        effective_at_ms: u64,
+        /// When it would expire.
+        expires_at_ms: u64,
+    },
+    /// A grant that would already have expired when it is credited.
+    #[error("the grant expires at {expires_at_ms} ms, which is not after now ({now_ms} ms); give a future expiry")]
+    ExpiryInPast {
+        /// The requested expiry.
+        expires_at_ms: u64,
+        /// The ledger's time.
+        now_ms: u64,
+    },
     /// An [`Options`](crate::Options) setting outside its documented range; the ledger was
     /// not opened.
     #[error("Options::{option} is {value} {unit}; it must be between {min} and {max} {unit}")]
@@ -163,11 +189,11 @@ pub enum Error {
     },
 
     /// The workspace cannot pay; nothing was charged.
-    #[error("workspace `{workspace}` has {balance_credits} credits and this needs {required_credits}; add credits first")]
+    #[error("workspace `{workspace}` has {balance_credits} spendable credits and this needs {required_credits}; add credits first")]
     InsufficientCredits {
         /// The workspace.
         workspace: String,
-        /// Its balance now.
+        /// Its spendable balance now: grants that are effective and unexpired.
         balance_credits: u64,
         /// What the operation needed.
         required_credits: u64,
@@ -213,6 +239,20 @@ pub enum Error {
         /// The refund this call wrote, if it wrote one; `None` when the generation was
         /// refunded earlier.
         refunded_now: Option<Box<crate::model::RefundReceipt>>,
+    },
+
+    /// No grant has this id (the idempotency key of the credit that created it).
+    #[error("unknown grant `{grant}`; a grant's id is the idempotency key of its credit")]
+    UnknownGrant {
+        /// The grant asked for.
+        grant: String,
+    },
+
+    /// The grant has nothing left to void: it was spent, expired or voided already.
+    #[error("grant `{grant}` has no credits left to void (it was spent, expired or voided); nothing was written")]
+    NothingToVoid {
+        /// The grant.
+        grant: String,
     },
 
     /// The generation already succeeded, so it cannot be failed or refunded.
@@ -264,7 +304,7 @@ pub enum Error {
     },
 
     /// A stored record failed its checksum or could not be decoded.
-    #[error("corrupt record in table `{table}` at key {key}: {detail}; run `verify` and restore from a backup")]
+    #[error("corrupt record in table `{table}`{}: {detail}; `verify` lists what is damaged; restore the file from a backup", at_key(.key))]
     Corruption {
         /// The table.
         table: &'static str,
@@ -367,6 +407,49 @@ pub enum Error {
         /// What panicked.
         message: String,
     },
+
+    /// A file sits where the ledger's journal goes, and it is not this ledger's journal (nor
+    /// empty): another file, a symlink, a device. The ledger never writes or removes it.
+    #[error("`{path}` is where this ledger keeps its journal, but {detail}; the ledger never writes or removes it")]
+    ForeignFile {
+        /// The file in the journal's place.
+        path: String,
+        /// What it is.
+        detail: String,
+    },
+
+    /// A write on a ledger opened with [`Ledger::open_read_only`](crate::Ledger::open_read_only).
+    #[error("the ledger `{path}` was opened read-only; open it with Ledger::open to write")]
+    ReadOnly {
+        /// The file.
+        path: String,
+    },
+
+    /// A read-only open of a ledger that must first be written to: its journal holds
+    /// acknowledged writes the file does not have yet, or the file needs redb's repair.
+    #[error("`{path}` cannot be opened read-only: {detail}; open it once with write access (Ledger::open, or any credit-ledger write command) and read it afterwards")]
+    NeedsWrite {
+        /// The file.
+        path: String,
+        /// What must be written.
+        detail: String,
+    },
+
+    /// A backup's destination exists already; a backup never overwrites a file.
+    #[error("`{path}` already exists; a backup never overwrites or follows anything at its destination: choose a new path")]
+    DestinationExists {
+        /// The destination.
+        path: String,
+    },
+}
+
+/// ` at key K`, or nothing when the key is not known (a failure inside the storage engine).
+fn at_key(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" at key {key}")
+    }
 }
 
 impl From<InvalidInput> for Error {
@@ -404,17 +487,23 @@ impl Error {
             | Error::Conflict { .. }
             | Error::GenerationRefunded { .. }
             | Error::GenerationSucceeded { .. }
+            | Error::ReadOnly { .. }
+            | Error::DestinationExists { .. }
+            | Error::UnknownGrant { .. }
+            | Error::NothingToVoid { .. }
             | Error::AckBeyondEnd { .. }
             | Error::AckBackwards { .. }
             | Error::TooManyConsumers { .. } => ErrorCategory::Refused,
             Error::Corruption { .. }
             | Error::JournalMismatch { .. }
             | Error::NotALedger { .. }
+            | Error::ForeignFile { .. }
             | Error::UnsupportedFormat { .. } => ErrorCategory::Corruption,
             Error::AlreadyOpen { .. }
             | Error::Storage { .. }
             | Error::CommitUncertain { .. }
-            | Error::Poisoned { .. } => ErrorCategory::Storage,
+            | Error::Poisoned { .. }
+            | Error::NeedsWrite { .. } => ErrorCategory::Storage,
         }
     }
 
@@ -452,3 +541,30 @@ impl From<redb::CommitError> for Error {
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corruption_message_names_what_it_knows_and_advises_once() {
+        let from_a_panic = Error::Corruption {
+            table: "workspaces",
+            key: String::new(),
+            detail: "the storage engine failed on damaged data (index out of range)".into(),
+        }
+        .to_string();
+        assert!(!from_a_panic.contains("at key"), "{from_a_panic}");
+        assert_eq!(from_a_panic.matches("backup").count(), 1, "{from_a_panic}");
+        let record = Error::Corruption {
+            table: "transactions",
+            key: "17".into(),
+            detail: "checksum mismatch".into(),
+        }
+        .to_string();
+        assert!(
+            record.contains("table `transactions` at key 17: checksum mismatch"),
+            "{record}"
+        );
+    }
+}

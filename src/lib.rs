@@ -81,13 +81,14 @@ pub use ledger::{
 };
 pub use model::limits;
 pub use model::{
-    AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, CreditKind, MessageCategory, Op,
-    Outcome, Receipt, RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind,
+    AckReceipt, Adjust, AlertReceipt, Allocation, Charge, Completion, Credit, CreditKind,
+    GrantClosure, MessageCategory, Op, Outcome, Receipt, RefundReason, RefundReceipt,
+    StartGeneration, Status, SweepReport, TxnKind, VoidGrant,
 };
 pub use query::{
-    format_duration_ms, ChangePage, FeatureStats, GenerationState, GenerationView, HistoryFilter,
-    HistoryPage, LedgerTotals, PageRequest, ReasonStats, Stats, TimeWindow, TransactionView,
-    WorkspaceSummary,
+    format_duration_ms, BalanceSplit, ChangePage, ExpiryNotice, FeatureStats, GenerationState,
+    GenerationView, GrantState, GrantView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest,
+    ReasonStats, Stats, TimeWindow, TransactionView, WorkspaceSummary,
 };
 pub use sweeper::{Sweeper, SweeperOptions};
 
@@ -101,5 +102,8 @@ pub mod fuzzing {
         let _ = decode::<TxnRecord>("transactions", &0, bytes);
         let _ = decode::<GenerationRecord>("generations", &"", bytes);
         let _ = decode::<WorkspaceRecord>("workspaces", &"", bytes);
+        let _ = decode::<crate::model::records::GrantRecord>("grants", &"", bytes);
+        let _ = decode::<crate::model::records::AllocationRecord>("allocations", &0, bytes);
+        let _ = decode::<crate::model::records::GrantBook>("grant_books", &"", bytes);
     }
 }

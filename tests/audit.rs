@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::{fund, options, T0_MS};
-use credit_ledger::{Error, Invariant, Ledger, ManualClock, RefundReason, StartGeneration};
+use credit_ledger::{Credit, Error, Invariant, Ledger, ManualClock, RefundReason, StartGeneration};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const TRANSACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("transactions");
@@ -114,6 +114,11 @@ fn a_changed_workspace_balance_is_named() {
     let v = &report.violations[0];
     assert_eq!(v.invariant, Invariant::WorkspaceTotals);
     assert_eq!(v.workspace.as_deref(), Some("ws"));
+    // In the user's terms: which total differs, both numbers, and by how much; nothing else.
+    assert_eq!(
+        v.detail,
+        "workspace record disagrees: balance: stored 200, its last transaction leaves 102 (98 less)"
+    );
     assert!(!ledger.totals().unwrap().is_conserved());
 }
 
@@ -320,4 +325,95 @@ fn stray_index_entries_are_named() {
         "{report:#?}"
     );
     assert!(named(Invariant::DeadlineIndex, "g2"), "{report:#?}");
+}
+
+const ALLOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("allocations");
+type OrderKey = (&'static str, u32, u64, u64, &'static str, u32);
+const GRANT_ORDER: TableDefinition<OrderKey, ()> = TableDefinition::new("grant_order");
+
+/// A ledger with two grants, a 5-credit trial that expires (spent first) and a pack, and two
+/// 5-credit charges: the first drawn from the trial, the second from the pack.
+fn grants_fixture() -> (tempfile::TempDir, std::path::PathBuf, ManualClock) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grants.redb");
+    let clock = ManualClock::new(T0_MS);
+    let ledger = Ledger::open_with(&path, options(&clock)).unwrap();
+    ledger
+        .credit(Credit::grant("ws", 5, "trial").expires_at_ms(T0_MS + 3_600_000))
+        .unwrap();
+    ledger.credit(Credit::purchase("ws", 50, "pack")).unwrap();
+    for g in ["g1", "g2"] {
+        let c = ledger
+            .start_generation(StartGeneration::new(g, "ws", "Quick Video", 5))
+            .unwrap();
+        assert_eq!(c.allocations.len(), 1);
+    }
+    let report = ledger.verify().unwrap();
+    assert!(report.is_clean(), "{:#?}", report.violations);
+    assert_eq!(report.checked.grant_lots, 2);
+    drop(ledger);
+    (dir, path, clock)
+}
+
+fn edit_allocations(path: &Path, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+    let db = redb::Database::open(path).unwrap();
+    let w = db.begin_write().unwrap();
+    f(&mut w.open_table(ALLOCATIONS).unwrap());
+    w.commit().unwrap();
+}
+
+fn grant_invariants(path: &Path, clock: &ManualClock) -> Vec<Invariant> {
+    let ledger = Ledger::open_with(path, options(clock).sweep_on_open(false)).unwrap();
+    invariants(&ledger)
+}
+
+#[test]
+fn a_charge_without_its_allocations_is_named() {
+    let (_dir, path, clock) = grants_fixture();
+    edit_allocations(&path, |t| {
+        t.remove(3).unwrap();
+    });
+    assert!(grant_invariants(&path, &clock).contains(&Invariant::AllocationSum));
+}
+
+#[test]
+fn a_charge_that_skipped_an_earlier_spendable_grant_is_named() {
+    let (_dir, path, clock) = grants_fixture();
+    // Swap the two charges' allocations: the first now claims the pack while the trial,
+    // earlier in the drawdown order and spendable, still held credits.
+    edit_allocations(&path, |t| {
+        let a = t.get(3).unwrap().unwrap().value().to_vec();
+        let b = t.get(4).unwrap().unwrap().value().to_vec();
+        t.insert(3, b.as_slice()).unwrap();
+        t.insert(4, a.as_slice()).unwrap();
+    });
+    let found = grant_invariants(&path, &clock);
+    assert!(found.contains(&Invariant::DrawdownOrder), "{found:?}");
+}
+
+#[test]
+fn a_lost_grant_index_entry_is_named() {
+    let (_dir, path, clock) = grants_fixture();
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(GRANT_ORDER).unwrap();
+            let first: Vec<_> = t
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, _) = e.unwrap();
+                    let (ws, p, x, f, id, lot) = k.value();
+                    (ws.to_string(), p, x, f, id.to_string(), lot)
+                })
+                .collect();
+            let (ws, p, x, f, id, lot) = &first[0];
+            t.remove((ws.as_str(), *p, *x, *f, id.as_str(), *lot))
+                .unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let found = grant_invariants(&path, &clock);
+    assert!(found.contains(&Invariant::GrantIndex), "{found:?}");
 }

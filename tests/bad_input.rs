@@ -534,3 +534,78 @@ fn stats_sums_are_exact_past_u64() {
     assert_eq!(s.by_feature["HD Video"].charged_credits, exact);
     assert_healthy(&ledger);
 }
+
+/// Grant terms that make no sense, and a void of a grant that does not exist: each a typed
+/// error that writes nothing (not even a workspace or a grant for a new key).
+#[test]
+fn bad_grant_terms_and_unknown_grants_are_refused() {
+    use credit_ledger::limits::MAX_GRANT_PRIORITY;
+    use credit_ledger::VoidGrant;
+    let (ledger, _c) = setup();
+    let before = snapshot(&ledger);
+    let grants_before = ledger.grants("ws").unwrap();
+
+    let r = ledger.credit(
+        Credit::grant("ws", 5, "backwards")
+            .effective_at_ms(T0_MS + 2 * MINUTE_MS)
+            .expires_at_ms(T0_MS + MINUTE_MS),
+    );
+    assert_eq!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::ExpiryNotAfterStart {
+            effective_at_ms: T0_MS + 2 * MINUTE_MS,
+            expires_at_ms: T0_MS + MINUTE_MS,
+        }))
+    );
+
+    let r = ledger.credit(Credit::grant("new-ws", 5, "stale").expires_at_ms(T0_MS - 1));
+    assert_eq!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::ExpiryInPast {
+            expires_at_ms: T0_MS - 1,
+            now_ms: T0_MS,
+        }))
+    );
+    // An expiry equal to now is already past: the grant would never be spendable.
+    let r = ledger.credit(Credit::grant("ws", 5, "now").expires_at_ms(T0_MS));
+    assert!(matches!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::ExpiryInPast { .. }))
+    ));
+
+    let r = ledger.credit(Credit::grant("ws", 5, "vip").priority(MAX_GRANT_PRIORITY + 1));
+    assert_eq!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::PriorityOutOfRange {
+            priority: MAX_GRANT_PRIORITY + 1,
+            max: MAX_GRANT_PRIORITY,
+        }))
+    );
+
+    let r = ledger.void_grant(VoidGrant::new("ws", "no-such-grant", "void-1", "typo"));
+    assert_eq!(
+        r,
+        Err(Error::UnknownGrant {
+            grant: "no-such-grant".into()
+        })
+    );
+    let r = ledger.void_grant(VoidGrant::new("ws", "g", "void-2", ""));
+    assert!(matches!(
+        r,
+        Err(Error::InvalidInput(InvalidInput::Empty {
+            field: "memo",
+            ..
+        }))
+    ));
+
+    assert_unchanged(&ledger, before);
+    assert_eq!(ledger.grants("ws").unwrap(), grants_before);
+    assert!(matches!(
+        ledger.balance("new-ws"),
+        Err(Error::UnknownWorkspace { .. })
+    ));
+    // None of the refused keys was taken: each can still be used properly.
+    ledger
+        .credit(Credit::grant("ws", 5, "backwards").expires_at_ms(T0_MS + MINUTE_MS))
+        .unwrap();
+}

@@ -685,10 +685,19 @@ fn caught_storage_panics_print_only_the_typed_error() {
             assert!(r.stderr.starts_with("credit-ledger: "), "{}", r.stderr);
         }
     }
-    // On this file redb panics while closing, after the command has done its work. The ledger
-    // catches that and logs a warning; the operator gets the warning, not a bug report.
+    // On this file redb panics while closing a handle that may write, after the command has
+    // done its work. The ledger catches that and logs a warning; the operator gets the
+    // warning, not a bug report. A read opens the file read-only, and closes it quietly.
     let close = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile/close-panic.redb");
     for args in [vec!["verify"], vec!["balance", "workspace-0"]] {
+        let ws = Ws::new();
+        std::fs::copy(&close, &ws.db).expect("copy the damaged file");
+        let r = ws.run(&args);
+        assert_eq!(r.code, 0, "close-panic.redb {args:?}: {}", r.stderr);
+        assert_eq!(r.stderr, "", "close-panic.redb {args:?}");
+    }
+    {
+        let args = ["credit", "workspace-0", "5", "--key", "late-order"];
         let ws = Ws::new();
         std::fs::copy(&close, &ws.db).expect("copy the damaged file");
         let r = ws.run(&args);
@@ -1304,4 +1313,167 @@ fn simulate_without_db_uses_a_named_temporary_file() {
         "the default file is not touched"
     );
     println!("cli: simulate without --db wrote {named}");
+}
+
+/// Credit grants from the command line: a trial that expires mid-run and a pack; the charge,
+/// the refund into the trial's grace part, `show` naming the grants, `grants`, the sweep's
+/// Expiration, `history --type expiration` and `void-grant`.
+#[test]
+fn grants_expire_refund_into_a_grace_part_and_void_from_the_command_line() {
+    let ws = Ws::new();
+    let at = |hms: &str| format!("2026-03-01T{hms}Z");
+    ws.run(&[
+        "--now",
+        &at("09:00:00"),
+        "credit",
+        "acme",
+        "8",
+        "--key",
+        "trial-acme",
+        "--kind",
+        "grant",
+        "--memo",
+        "Trial credits",
+        "--expires-at",
+        &at("09:02:00"),
+    ])
+    .ok();
+    ws.run(&[
+        "--now",
+        &at("09:00:00"),
+        "credit",
+        "acme",
+        "100",
+        "--key",
+        "order-1001",
+        "--memo",
+        "Top-up pack",
+    ])
+    .ok();
+    let bal = ws
+        .run(&["--now", &at("09:00:00"), "balance", "acme"])
+        .ok()
+        .stdout;
+    assert!(
+        bal.contains("Next expiry   8 credits at 2026-03-01 09:02:00 UTC (in 2m)"),
+        "{bal}"
+    );
+    let c = ws
+        .run(&[
+            "--now",
+            &at("09:00:00"),
+            "--json",
+            "start",
+            "gen-1",
+            "--workspace",
+            "acme",
+            "--feature",
+            "Quick Video",
+            "--cost",
+            "12",
+        ])
+        .ok()
+        .json();
+    let usage = c["usage_txn"].as_u64().unwrap().to_string();
+    let show = ws.run(&["show", &usage]).ok().stdout;
+    assert!(
+        show.contains("Paid from       8 from Trial credits, 4 from Top-up pack"),
+        "{show}"
+    );
+    let r = ws
+        .run(&[
+            "--now",
+            &at("09:03:00"),
+            "--json",
+            "fail",
+            "gen-1",
+            "--reason",
+            "model-failure",
+        ])
+        .ok()
+        .json();
+    let refund = r["refund_txn"].as_u64().unwrap().to_string();
+    let show = ws.run(&["--json", "show", &refund]).ok().json();
+    let parts: Vec<(String, u64, u64)> = show["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["grant"].as_str().unwrap().to_string(),
+                a["part"].as_u64().unwrap(),
+                a["credits"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        vec![("trial-acme".into(), 1, 8), ("order-1001".into(), 0, 4)]
+    );
+    assert_eq!(
+        show["allocations"][0]["spendable_until"],
+        "2026-03-02T09:03:00Z"
+    );
+    let g = ws
+        .run(&["--now", &at("09:03:00"), "--json", "grants", "acme"])
+        .ok()
+        .json();
+    assert_eq!(g["spendable"], 108, "{g}");
+    let states: Vec<&str> = g["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        vec!["expired-unswept", "spendable", "spendable"],
+        "{g}"
+    );
+    // A day later the returned trial credits lapse: the sweep writes their Expiration.
+    let s = ws
+        .run(&["--now", "2026-03-02T10:00:00Z", "--json", "sweep"])
+        .ok()
+        .json();
+    assert_eq!(s["expired"], 1, "{s}");
+    assert_eq!(s["expirations"][0]["amount"], 8, "{s}");
+    let h = ws
+        .run(&["--json", "history", "acme", "--type", "expiration"])
+        .ok()
+        .json();
+    assert_eq!(h["entries"].as_array().unwrap().len(), 1, "{h}");
+    assert_eq!(h["entries"][0]["type"], "expiration");
+    assert_eq!(h["entries"][0]["amount"], -8);
+    let v = ws
+        .run(&[
+            "--now",
+            "2026-03-02T10:00:00Z",
+            "--json",
+            "void-grant",
+            "acme",
+            "order-1001",
+            "--key",
+            "void-1",
+            "--memo",
+            "refunded by card",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        (v["amount"].as_u64(), v["balance_after"].as_u64()),
+        (Some(100), Some(0))
+    );
+    ws.run(&[
+        "void-grant",
+        "acme",
+        "nope",
+        "--key",
+        "void-2",
+        "--memo",
+        "x",
+    ])
+    .failed(1);
+    ws.run(&["credit", "acme", "5", "--key", "k", "--priority", "5000"])
+        .failed(2);
+    ws.run(&["verify"]).ok();
 }

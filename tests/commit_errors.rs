@@ -225,6 +225,7 @@ fn unreplayed(r: &Result<Outcome, Error>) -> Result<Outcome, Error> {
         Ok(Outcome::Start(x)) => x.replay = false,
         Ok(Outcome::Complete(x)) => x.replay = false,
         Ok(Outcome::Fail(x)) => x.replay = false,
+        Ok(Outcome::VoidGrant(x)) => x.replay = false,
         // A retry of a late complete whose refund landed finds it refunded: the retry did
         // not write it, so it carries no receipt (the analogue of `replay`).
         Err(Error::GenerationRefunded { refunded_now, .. }) => *refunded_now = None,

@@ -177,7 +177,11 @@ fn a_schema_1_file_reads_and_gains_the_consumer_and_alert_tables_on_its_first_wr
     );
     assert_healthy(&ledger);
     drop(ledger);
-    assert_eq!(schema(), 2, "the first write records the upgrade");
+    assert_eq!(
+        schema(),
+        3,
+        "the first write records the upgrade, to the current schema"
+    );
     let ledger = Ledger::open(&db).unwrap();
     assert_eq!(ledger.position("sync"), Ok(1));
 }

@@ -651,3 +651,84 @@ fn a_file_that_makes_the_storage_engine_panic_while_closing_closes_quietly() {
         "redb did not panic: the file no longer exercises the guard"
     );
 }
+
+/// Files on which redb panics while the audit reads them (kept for the CLI tests): `verify()`
+/// still answers with a report that lists what it could not check, table and keys, instead
+/// of giving up with an error.
+#[test]
+fn verify_on_a_file_that_makes_the_storage_engine_panic_reports_what_it_could_not_check() {
+    quiet_redb_panics();
+    for name in [
+        "history-panic.redb",
+        "export-panic.redb",
+        "write-panic.redb",
+    ] {
+        let d = dir();
+        let path = d.path.join(name);
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/cli-damaged")
+            .join(name);
+        std::fs::copy(&shipped, &path).unwrap();
+        let panics_before = REDB_PANICS.load(std::sync::atomic::Ordering::SeqCst);
+        let ledger = Ledger::open_with(&path, options()).expect("the header is intact");
+        let report = ledger
+            .verify()
+            .unwrap_or_else(|e| panic!("{name}: verify gave up: {e}"));
+        assert!(
+            REDB_PANICS.load(std::sync::atomic::Ordering::SeqCst) > panics_before,
+            "{name}: redb did not panic: the file no longer exercises the guard"
+        );
+        assert!(!report.is_clean(), "{name}");
+        // What was read before the damage was checked...
+        assert!(
+            report.checked.transactions > 0,
+            "{name}: {:?}",
+            report.checked
+        );
+        // ...and the part that could not be read is named: the table and the keys after the
+        // last one read.
+        let log = report
+            .unchecked
+            .iter()
+            .find(|u| u.table == "transactions")
+            .unwrap_or_else(|| panic!("{name}: {:#?}", report.unchecked));
+        assert_eq!(
+            log.after_key,
+            Some(format!("#{}", report.checked.transactions)),
+            "{name}"
+        );
+        assert!(log.keys.contains("after #"), "{name}: {}", log.keys);
+        assert!(
+            log.detail.contains("damaged data"),
+            "{name}: {}",
+            log.detail
+        );
+        // Each unchecked part is a violation too, so a caller that looks only at violations
+        // (the CLI, which exits 3) sees it; and no violation tells the operator to run verify.
+        let unreadable = report
+            .violations
+            .iter()
+            .filter(|v| v.invariant == credit_ledger::Invariant::Unreadable)
+            .count();
+        assert_eq!(unreadable, report.unchecked.len(), "{name}");
+        // redb's own integrity check, run on a copy, says what a panic does not: the damage is
+        // in the storage engine's pages and cannot be repaired.
+        let storage = report.storage_check.as_deref().unwrap_or_default();
+        assert!(
+            storage.contains("redb's own integrity check") && storage.contains("corrupted"),
+            "{name}: {storage}"
+        );
+        assert!(
+            report.violations.iter().any(|v| v.detail == storage),
+            "{name}: the verdict is not listed as a violation"
+        );
+        for v in &report.violations {
+            assert!(!v.detail.contains("`verify`"), "{name}: {}", v.detail);
+            assert!(
+                !v.detail.contains("WorkspaceRecord"),
+                "{name}: {}",
+                v.detail
+            );
+        }
+    }
+}

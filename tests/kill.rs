@@ -85,11 +85,16 @@ fn round_ops(round: u64) -> Vec<(u64, Op)> {
         };
         let op = match rng.below(100) {
             0..=5 => {
-                let c = Credit::grant(
+                let mut c = Credit::grant(
                     WORKSPACES[rng.below(4) as usize],
                     10 + rng.below(50),
                     format!("r{round}-grant-{}", ops.len()),
                 );
+                // Half the grants expire within the round: they are spent first, refunds of
+                // their charges land in grace parts, and sweeps write their Expirations.
+                if rng.coin() {
+                    c = c.expires_at_ms(t + (5 + rng.below(40)) * MINUTE_MS);
+                }
                 credits.push(c.clone());
                 Op::Credit(c)
             }
@@ -161,6 +166,7 @@ enum Ack {
 fn ack_of(r: &Result<Outcome, Error>) -> Ack {
     match r {
         Ok(Outcome::Credit(x)) | Ok(Outcome::Adjust(x)) => Ack::Credit(x.txn_id),
+        Ok(Outcome::VoidGrant(x)) => Ack::Credit(x.txn_id),
         Ok(Outcome::Start(c)) => Ack::Start(c.usage_txn),
         Ok(Outcome::Complete(_)) => Ack::Complete,
         Ok(Outcome::Fail(f)) => Ack::Refund(f.refund_txn),
@@ -427,7 +433,15 @@ fn outcome(ledger: &Ledger, rounds: u64) -> (Vec<(String, u64)>, BTreeMap<String
         .workspaces(None, 100)
         .unwrap()
         .into_iter()
-        .map(|w| (w.workspace, w.balance_credits))
+        // What is left plus what lapsed: with expiring grants, when a timeout's refund is
+        // written (at a reopen's catch-up sweep, or later) decides which grant a later charge
+        // draws on, and so how much later expires.
+        .map(|w| {
+            (
+                w.workspace,
+                w.balance_credits + w.expired_credits + w.voided_credits,
+            )
+        })
         .collect();
     let mut gens = BTreeMap::new();
     for r in 0..rounds {

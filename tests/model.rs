@@ -96,14 +96,16 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     }
     println!(
         "model ({mode}): seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
-         matched), {} refunds, {} balance-low notifications, {} acks, {} reopens ({} crashes), \
-         {} clean verify() runs, {} separations ({} refused, the others lost nothing), in {:.1} s; \
+         matched), {} refunds, {} expirations and voids, {} balance-low notifications, {} acks, \
+         {} reopens ({} crashes), {} clean verify() runs, {} separations ({} refused, the others \
+         lost nothing), in {:.1} s; \
          errors by kind: {:?}",
         total.steps,
         total.ops,
         total.ok,
         total.errors,
         total.refunds,
+        total.closures,
         total.notifications,
         total.acks,
         total.reopens,

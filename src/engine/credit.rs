@@ -2,10 +2,10 @@
 
 use redb::ReadableTable;
 
-use super::Ctx;
-use crate::error::Error;
+use super::{grants, Ctx};
+use crate::error::{Error, InvalidInput};
 use crate::model::limits::MAX_MEMO_BYTES;
-use crate::model::records::{TxnRecord, WorkspaceRecord};
+use crate::model::records::{AllocationRecord, GrantRecord, TxnRecord, WorkspaceRecord};
 use crate::model::{validate, Adjust, Credit, Receipt, TxnKind};
 use crate::storage::tables::{self, Category};
 
@@ -17,6 +17,8 @@ struct Movement<'a> {
     debit: bool,
     key: &'a str,
     memo: &'a str,
+    /// The grant terms of a credit (`None` for an adjustment).
+    terms: Option<&'a Credit>,
 }
 
 impl Movement<'_> {
@@ -36,6 +38,7 @@ pub(super) fn credit(ctx: &mut Ctx<'_>, req: &Credit) -> Result<Receipt, Error> 
     validate::amount("amount", req.amount_credits)?;
     validate::new_id("idempotency key", &req.idempotency_key)?;
     validate::text("memo", &req.memo, MAX_MEMO_BYTES, true)?;
+    grants::validate_terms(req)?;
     apply(
         ctx,
         &Movement {
@@ -45,6 +48,7 @@ pub(super) fn credit(ctx: &mut Ctx<'_>, req: &Credit) -> Result<Receipt, Error> 
             debit: false,
             key: &req.idempotency_key,
             memo: &req.memo,
+            terms: Some(req),
         },
     )
 }
@@ -63,6 +67,7 @@ pub(super) fn adjust(ctx: &mut Ctx<'_>, req: &Adjust) -> Result<Receipt, Error> 
             debit: req.amount_credits < 0,
             key: &req.idempotency_key,
             memo: &req.memo,
+            terms: None,
         },
     )
 }
@@ -119,6 +124,33 @@ fn receipt(rec: &TxnRecord, replay: bool) -> Receipt {
     }
 }
 
+/// The first grant term in which a stored grant differs from a retried credit.
+fn differing_term(grant: &GrantRecord, req: &Credit) -> Option<(&'static str, String, String)> {
+    let show = |t: Option<u64>| t.map_or_else(|| "none".to_string(), |t| format!("{t} ms"));
+    if grant.priority != req.priority {
+        return Some((
+            "priority",
+            grant.priority.to_string(),
+            req.priority.to_string(),
+        ));
+    }
+    if grant.expires_at_ms != req.expires_at_ms {
+        return Some((
+            "expires_at_ms",
+            show(grant.expires_at_ms),
+            show(req.expires_at_ms),
+        ));
+    }
+    if grant.effective_at_ms != req.effective_at_ms {
+        return Some((
+            "effective_at_ms",
+            show(grant.effective_at_ms),
+            show(req.effective_at_ms),
+        ));
+    }
+    None
+}
+
 /// The first field in which a stored transaction differs from a retried request.
 fn differing_field(rec: &TxnRecord, m: &Movement<'_>) -> Option<(&'static str, String, String)> {
     if rec.kind != m.kind {
@@ -147,7 +179,14 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
             key: m.key.to_string(),
             detail: format!("points at missing transaction #{txn_id}"),
         })?;
-        if let Some((field, existing, requested)) = differing_field(&rec, m) {
+        let mut differs = differing_field(&rec, m);
+        if let (None, Some(req)) = (&differs, m.terms) {
+            // Credits from before grants have no grant record: they had no terms to differ.
+            if let Some(g) = grants::lot0(ctx, m.workspace, m.key)? {
+                differs = differing_term(&g, req);
+            }
+        }
+        if let Some((field, existing, requested)) = differs {
             return Err(Error::Conflict {
                 entity: "idempotency key",
                 id: m.key.to_string(),
@@ -159,6 +198,15 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
         return Ok(receipt(&rec, true));
     }
 
+    if let Some(expires_at_ms) = m.terms.and_then(|t| t.expires_at_ms) {
+        if expires_at_ms <= ctx.now_ms {
+            return Err(InvalidInput::ExpiryInPast {
+                expires_at_ms,
+                now_ms: ctx.now_ms,
+            }
+            .into());
+        }
+    }
     let mut ws = match ctx.workspace(m.workspace)? {
         Some(ws) => ws,
         None if m.kind == TxnKind::Adjustment => {
@@ -176,14 +224,22 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
         what,
     };
     let before = ws.balance_credits;
+    let mut takes = None;
     if m.debit {
+        // A negative adjustment takes from the spendable grants, in drawdown order.
+        let planned = grants::plan_debit(ctx, m.workspace, before, m.amount_credits)?;
+        takes = Some(planned.map_err(|spendable| Error::InsufficientCredits {
+            workspace: m.workspace.to_string(),
+            balance_credits: spendable,
+            required_credits: m.amount_credits,
+        })?);
         ws.balance_credits =
             before
                 .checked_sub(m.amount_credits)
-                .ok_or_else(|| Error::InsufficientCredits {
-                    workspace: m.workspace.to_string(),
-                    balance_credits: before,
-                    required_credits: m.amount_credits,
+                .ok_or_else(|| Error::Corruption {
+                    table: "workspaces",
+                    key: m.workspace.to_string(),
+                    detail: format!("balance {before} is below its spendable grants"),
                 })?;
         ws.adjusted_out_credits = ws
             .adjusted_out_credits
@@ -211,6 +267,16 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
         .checked_add(1)
         .ok_or_else(|| overflow("the transaction count"))?;
 
+    // Checked and computed: now write.
+    let ws_before = ctx
+        .workspace(m.workspace)?
+        .unwrap_or_else(|| WorkspaceRecord {
+            created_at_ms: ctx.now_ms,
+            ..WorkspaceRecord::default()
+        });
+    // The clock check `append` makes, made before the first grant write.
+    ctx.trust_clock()?;
+    grants::ensure_book(ctx, m.workspace, &ws_before)?;
     let category = match m.kind {
         TxnKind::Purchase => Category::Purchase,
         TxnKind::Grant => Category::Grant,
@@ -236,6 +302,35 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
         category,
     )?;
     ctx.put_workspace(m.workspace, &ws)?;
+    match takes {
+        Some(planned) => {
+            let entries = grants::debit(ctx, m.workspace, &ws_before, planned, m.amount_credits)?;
+            ctx.put_allocations(rec.id, &AllocationRecord { entries })?;
+        }
+        None => {
+            let (priority, effective, expires) = m
+                .terms
+                .map_or((crate::limits::DEFAULT_GRANT_PRIORITY, None, None), |t| {
+                    (t.priority, t.effective_at_ms, t.expires_at_ms)
+                });
+            let label = if m.memo.is_empty() {
+                m.kind.to_string()
+            } else {
+                m.memo.to_string()
+            };
+            grants::create(
+                ctx,
+                m.workspace,
+                m.key,
+                &label,
+                m.amount_credits,
+                rec.id,
+                priority,
+                effective,
+                expires,
+            )?;
+        }
+    }
     let r = ctx.idempotency.insert(m.key, rec.id).map(drop);
     ctx.write(r)?;
     Ok(receipt(&rec, false))

@@ -10,12 +10,15 @@
 //! The first terminal transition wins. Repeating it replays the original receipt; a
 //! contradicting call is an error that names the state the generation is in.
 
-use super::Ctx;
+use super::{grants, Ctx};
 use crate::error::{Error, InvalidInput};
 use crate::model::limits::{MAX_FEATURE_BYTES, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS};
-use crate::model::records::{GenState, GenerationRecord, RefundDetail, TxnRecord, WorkspaceRecord};
+use crate::model::records::{
+    AllocationEntry, AllocationRecord, GenState, GenerationRecord, RefundDetail, TxnRecord,
+    WorkspaceRecord,
+};
 use crate::model::{
-    validate, Charge, Completion, RefundReason, RefundReceipt, StartGeneration, TxnKind,
+    validate, Allocation, Charge, Completion, RefundReason, RefundReceipt, StartGeneration, TxnKind,
 };
 use crate::storage::tables::{self, usage_category, Category};
 
@@ -36,7 +39,12 @@ fn load_txn(ctx: &Ctx<'_>, id: u64, owner: &str) -> Result<TxnRecord, Error> {
     })
 }
 
-fn charge(gen: &GenerationRecord, usage: &TxnRecord, replay: bool) -> Charge {
+fn charge(
+    gen: &GenerationRecord,
+    usage: &TxnRecord,
+    allocations: Vec<Allocation>,
+    replay: bool,
+) -> Charge {
     Charge {
         generation_id: gen.id.clone(),
         workspace: gen.workspace.clone(),
@@ -46,8 +54,16 @@ fn charge(gen: &GenerationRecord, usage: &TxnRecord, replay: bool) -> Charge {
         balance_after_credits: usage.balance_after_credits,
         started_at_ms: gen.started_at_ms,
         deadline_ms: gen.deadline_ms,
+        allocations,
         replay,
     }
+}
+
+/// The allocations recorded for transaction `txn_id`, as the public type.
+fn allocations_of(ctx: &Ctx<'_>, txn_id: u64) -> Result<Vec<Allocation>, Error> {
+    Ok(tables::get_allocations(&ctx.gt().allocations, txn_id)?
+        .map(|a| a.entries.iter().map(AllocationEntry::public).collect())
+        .unwrap_or_default())
 }
 
 pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, Error> {
@@ -106,7 +122,8 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
             });
         }
         let usage = load_txn(ctx, gen.usage_txn, &gen.id)?;
-        return Ok(charge(&gen, &usage, true));
+        let allocations = allocations_of(ctx, usage.id)?;
+        return Ok(charge(&gen, &usage, allocations, true));
     }
 
     let mut ws = ctx
@@ -115,14 +132,21 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
             workspace: req.workspace.clone(),
         })?;
     let before = ws.balance_credits;
-    ws.balance_credits =
-        before
-            .checked_sub(req.cost_credits)
-            .ok_or_else(|| Error::InsufficientCredits {
-                workspace: req.workspace.clone(),
-                balance_credits: before,
-                required_credits: req.cost_credits,
-            })?;
+    let planned = grants::plan_debit(ctx, &req.workspace, before, req.cost_credits)?.map_err(
+        |spendable| Error::InsufficientCredits {
+            workspace: req.workspace.clone(),
+            balance_credits: spendable,
+            required_credits: req.cost_credits,
+        },
+    )?;
+    let ws_before = ws.clone();
+    ws.balance_credits = before
+        .checked_sub(req.cost_credits)
+        .ok_or_else(|| Error::Corruption {
+            table: "workspaces",
+            key: req.workspace.clone(),
+            detail: format!("balance {before} is below its spendable grants"),
+        })?;
     let overflow = |what| Error::Overflow {
         workspace: req.workspace.clone(),
         what,
@@ -150,6 +174,9 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
         .checked_add(timeout_ms)
         .ok_or_else(|| overflow("the deadline"))?;
 
+    // The clock check `append` makes, made before the first grant write.
+    ctx.trust_clock()?;
+    grants::ensure_book(ctx, &req.workspace, &ws_before)?;
     let usage = ctx.append(
         TxnRecord {
             id: 0,
@@ -180,10 +207,13 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
         usage_txn: usage.id,
         state: GenState::Running,
     };
+    let entries = grants::debit(ctx, &req.workspace, &ws_before, planned, req.cost_credits)?;
+    let allocations = entries.iter().map(AllocationEntry::public).collect();
+    ctx.put_allocations(usage.id, &AllocationRecord { entries })?;
     ctx.put_workspace(&req.workspace, &ws)?;
     ctx.put_generation(&gen)?;
     ctx.insert_deadline(deadline_ms, &gen.id)?;
-    Ok(charge(&gen, &usage, false))
+    Ok(charge(&gen, &usage, allocations, false))
 }
 
 pub(super) fn complete(ctx: &mut Ctx<'_>, generation_id: &str) -> Result<Completion, Error> {
@@ -245,7 +275,8 @@ pub(super) fn fail(
     match gen.state {
         GenState::Refunded { refund_txn, .. } => {
             let rec = load_txn(ctx, refund_txn, &gen.id)?;
-            refund_receipt(&gen, &rec, true)
+            let allocations = allocations_of(ctx, rec.id)?;
+            refund_receipt(&gen, &rec, allocations, true)
         }
         GenState::Succeeded { at_ms } => Err(Error::GenerationSucceeded {
             generation: gen.id,
@@ -296,6 +327,7 @@ fn running_underflow(gen: &GenerationRecord) -> Error {
 fn refund_receipt(
     gen: &GenerationRecord,
     rec: &TxnRecord,
+    allocations: Vec<Allocation>,
     replay: bool,
 ) -> Result<RefundReceipt, Error> {
     let detail = rec.refund.as_ref().ok_or_else(|| Error::Corruption {
@@ -317,6 +349,7 @@ fn refund_receipt(
         balance_before_credits: rec.balance_before_credits,
         balance_after_credits: rec.balance_after_credits,
         at_ms: rec.at_ms,
+        allocations,
         replay,
     })
 }
@@ -353,6 +386,25 @@ pub(super) fn refund(
         .ok_or_else(|| overflow("the transaction count"))?;
     let (message, message_truncated) = validate::truncate_message(message);
 
+    let ws_before = ctx
+        .workspace(&gen.workspace)?
+        .ok_or_else(|| missing_workspace(&gen))?;
+    grants::ensure_book(ctx, &gen.workspace, &ws_before)?;
+    let refund_txn = ctx.state.next_txn_id;
+    // A timeout counts from its deadline, whenever the refund is written.
+    let refunded_at_ms = if reason == RefundReason::Timeout {
+        gen.deadline_ms.min(ctx.now_ms)
+    } else {
+        ctx.now_ms
+    };
+    let entries = grants::give_back(
+        ctx,
+        &gen.workspace,
+        gen.usage_txn,
+        gen.cost_credits,
+        refund_txn,
+        refunded_at_ms,
+    )?;
     let rec = ctx.append(
         TxnRecord {
             id: 0,
@@ -377,13 +429,19 @@ pub(super) fn refund(
         },
         Category::Refund,
     )?;
+    assert_eq!(
+        rec.id, refund_txn,
+        "the refund got the id its grace lots name"
+    );
+    let allocations = entries.iter().map(AllocationEntry::public).collect();
+    ctx.put_allocations(rec.id, &AllocationRecord { entries })?;
     let state = GenState::Refunded {
         at_ms: ctx.now_ms,
         reason,
         refund_txn: rec.id,
     };
     finish(ctx, &mut gen, state, &ws)?;
-    refund_receipt(&gen, &rec, false)
+    refund_receipt(&gen, &rec, allocations, false)
 }
 
 /// The workspace of a running generation, with that generation taken off its running count

@@ -7,6 +7,7 @@
 
 mod credit;
 mod generation;
+pub(crate) mod grants;
 mod notify;
 mod sweep;
 
@@ -15,7 +16,9 @@ use std::collections::HashMap;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::error::Error;
-use crate::model::records::{GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::records::{
+    AllocationRecord, GenerationRecord, GrantBook, GrantRecord, TxnRecord, WorkspaceRecord,
+};
 use crate::model::{Op, Outcome};
 use crate::storage::codec;
 use crate::storage::tables::{self, Category};
@@ -62,6 +65,9 @@ impl WriterState {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EngineConfig {
     pub default_timeout_ms: u64,
+    /// How long credits a refund gives back to an expired (or soon expiring) grant stay
+    /// spendable: [`Options::refund_grace_ms`](crate::Options::refund_grace_ms).
+    pub refund_grace_ms: u64,
     /// Whether the batch's time came from a clock the write path trusts.
     pub clock: ClockCheck,
 }
@@ -155,7 +161,8 @@ pub(crate) fn run(
     config: EngineConfig,
     ops: &[Op],
 ) -> Result<Applied, Error> {
-    let mut ctx = Ctx::open(txn, state, now_ms, config)?;
+    let grants = ops.iter().any(touches_grants);
+    let mut ctx = Ctx::open(txn, state, now_ms, config, grants)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         results.push(ctx.apply(op));
@@ -196,7 +203,8 @@ pub(crate) fn note_every_workspace(
     title: &str,
     memo: &str,
 ) -> Result<WriterState, Error> {
-    let mut ctx = Ctx::open(txn, state, now_ms, config)?;
+    // A note moves no credits: it needs no grant tables.
+    let mut ctx = Ctx::open(txn, state, now_ms, config, false)?;
     let mut ids = Vec::new();
     for entry in ctx.workspaces.iter()? {
         ids.push(entry?.0.value().to_string());
@@ -247,8 +255,37 @@ impl<'txn> FeedTables<'txn> {
     fn create(txn: &'txn WriteTransaction) -> Result<Self, Error> {
         txn.open_table(tables::META)?
             .insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+        // The version recorded promises every table of it, the grant tables included.
+        GrantTables::open(txn)?;
         Self::open(txn)
     }
+}
+
+/// The grant tables, which a file from before schema 3 lacks until its first write of money.
+pub(crate) struct GrantTables<'txn> {
+    pub grants: Table<'txn, (&'static str, &'static str, u32), &'static [u8]>,
+    pub order: Table<'txn, tables::OrderKey<'static>, ()>,
+    pub expiries: Table<'txn, (u64, &'static str, &'static str, u32), ()>,
+    pub allocations: Table<'txn, u64, &'static [u8]>,
+    pub books: Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl<'txn> GrantTables<'txn> {
+    /// Open (in a new or older file: create) the grant tables.
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, Error> {
+        Ok(GrantTables {
+            grants: txn.open_table(tables::GRANTS)?,
+            order: txn.open_table(tables::GRANT_ORDER)?,
+            expiries: txn.open_table(tables::GRANT_EXPIRIES)?,
+            allocations: txn.open_table(tables::ALLOCATIONS)?,
+            books: txn.open_table(tables::GRANT_BOOKS)?,
+        })
+    }
+}
+
+/// Whether `op` may move credits between grants (every operation but an ack or an alert).
+fn touches_grants(op: &Op) -> bool {
+    !matches!(op, Op::Ack { .. } | Op::SetAlert { .. })
 }
 
 /// One write transaction's worth of open tables and state.
@@ -261,6 +298,8 @@ pub(crate) struct Ctx<'txn> {
     pub idempotency: Table<'txn, &'static str, u64>,
     /// `None` in a version 1 file until an operation needs them: see [`Ctx::feed_tables`].
     feed: Option<FeedTables<'txn>>,
+    /// `None` only in a file from before schema 3 and a batch of acks and alerts alone.
+    grant_tables: Option<GrantTables<'txn>>,
     txn: &'txn WriteTransaction,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.
@@ -279,15 +318,32 @@ pub(crate) struct Ctx<'txn> {
     /// Notifications appended per workspace in this transaction: they count in the
     /// workspace's `txn_count`, added in [`Ctx::flush`] so the operations need not know.
     notifications: HashMap<String, u64>,
+    /// The same for grant books.
+    book_cache: HashMap<String, (Option<GrantBook>, bool)>,
 }
 
 impl<'txn> Ctx<'txn> {
+    /// Open the tables of one write transaction. `grants`: the batch has an operation that
+    /// may move grant credits; in a file from before schema 3 its grant tables (and the feed
+    /// tables) are then created and the current schema recorded. That is written only if
+    /// the batch writes something: otherwise the transaction is aborted, and a refused
+    /// request changes nothing in any file.
     pub fn open(
         txn: &'txn WriteTransaction,
         state: WriterState,
         now_ms: u64,
         config: EngineConfig,
+        grants: bool,
     ) -> Result<Self, Error> {
+        let mut feed = FeedTables::open_existing(txn)?;
+        let grant_tables = if feed.is_some() {
+            Some(GrantTables::open(txn)?)
+        } else if grants {
+            feed = Some(FeedTables::create(txn)?);
+            Some(GrantTables::open(txn)?)
+        } else {
+            None
+        };
         Ok(Ctx {
             workspaces: txn.open_table(tables::WORKSPACES)?,
             txns: txn.open_table(tables::TRANSACTIONS)?,
@@ -295,7 +351,8 @@ impl<'txn> Ctx<'txn> {
             generations: txn.open_table(tables::GENERATIONS)?,
             deadlines: txn.open_table(tables::DEADLINES)?,
             idempotency: txn.open_table(tables::IDEMPOTENCY)?,
-            feed: FeedTables::open_existing(txn)?,
+            feed,
+            grant_tables,
             txn,
             state,
             now_ms,
@@ -305,6 +362,7 @@ impl<'txn> Ctx<'txn> {
             broken: false,
             workspace_cache: HashMap::new(),
             notifications: HashMap::new(),
+            book_cache: HashMap::new(),
         })
     }
 
@@ -328,7 +386,22 @@ impl<'txn> Ctx<'txn> {
                 workspace,
                 threshold_credits,
             } => notify::set_alert(self, workspace, *threshold_credits).map(Outcome::Alert),
+            Op::VoidGrant(v) => grants::void(self, v).map(Outcome::VoidGrant),
         }
+    }
+
+    /// The grant tables. Every operation that may move grant credits opens them (see
+    /// [`Ctx::open`]), and only such operations call this.
+    pub fn gt(&self) -> &GrantTables<'txn> {
+        self.grant_tables
+            .as_ref()
+            .expect("invariant: a batch that moves credits opens the grant tables")
+    }
+
+    fn gt_mut(&mut self) -> &mut GrantTables<'txn> {
+        self.grant_tables
+            .as_mut()
+            .expect("invariant: a batch that moves credits opens the grant tables")
     }
 
     /// The consumers and alerts tables, if the file has them yet.
@@ -346,9 +419,98 @@ impl<'txn> Ctx<'txn> {
         Ok(self.feed.as_mut().expect("invariant: just opened"))
     }
 
-    /// The earliest running deadline, read from the index.
+    /// The earliest running deadline or pending grant expiry, read from the two indexes: the
+    /// time the sweeper next has work.
     pub fn earliest_deadline(&self) -> Result<Option<u64>, Error> {
-        Ok(self.deadlines.first()?.map(|(k, _)| k.value().0))
+        let deadline = self.deadlines.first()?.map(|(k, _)| k.value().0);
+        let expiry = match &self.grant_tables {
+            Some(g) => g.expiries.first()?.map(|(k, _)| k.value().0),
+            None => None,
+        };
+        Ok(match (deadline, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// A workspace's grant book as this transaction sees it; `None` for a workspace written
+    /// before grants existed (see [`grants::ensure_book`]).
+    pub fn book(&mut self, workspace: &str) -> Result<Option<GrantBook>, Error> {
+        if let Some((book, _)) = self.book_cache.get(workspace) {
+            return Ok(book.clone());
+        }
+        let book = tables::get_book(&self.gt().books, workspace)?;
+        self.book_cache
+            .insert(workspace.to_string(), (book.clone(), false));
+        Ok(book)
+    }
+
+    /// Change a workspace's grant book; it reaches the table in [`Ctx::flush`].
+    pub fn put_book(&mut self, workspace: &str, book: &GrantBook) {
+        self.dirty = true;
+        self.book_cache
+            .insert(workspace.to_string(), (Some(book.clone()), true));
+    }
+
+    /// Write a grant lot and keep its two index entries in step with it: `grant_order` while
+    /// it is open with credits left, `grant_expiries` while it is open with an expiry. `old`
+    /// is the lot as it was (`None` for a new lot).
+    pub fn put_grant(&mut self, old: Option<&GrantRecord>, rec: &GrantRecord) -> Result<(), Error> {
+        let in_order = |g: &GrantRecord| g.closed.is_none() && g.remaining_credits > 0;
+        let in_expiries = |g: &GrantRecord| g.closed.is_none() && g.expires_at_ms.is_some();
+        if let Some(o) = old {
+            if in_order(o) && !(in_order(rec) && o.order_key() == rec.order_key()) {
+                let r = self.gt_mut().order.remove(o.order_key()).map(drop);
+                self.write(r)?;
+            }
+            if in_expiries(o) && !in_expiries(rec) {
+                if let Some(e) = o.expires_at_ms {
+                    self.deadlines_changed = true;
+                    let r = self
+                        .gt_mut()
+                        .expiries
+                        .remove((e, o.workspace.as_str(), o.id.as_str(), o.lot))
+                        .map(drop);
+                    self.write(r)?;
+                }
+            }
+        }
+        if in_order(rec) && !old.is_some_and(|o| in_order(o) && o.order_key() == rec.order_key()) {
+            let r = self.gt_mut().order.insert(rec.order_key(), ()).map(drop);
+            self.write(r)?;
+        }
+        if in_expiries(rec) && !old.is_some_and(in_expiries) {
+            if let Some(e) = rec.expires_at_ms {
+                self.deadlines_changed = true;
+                let r = self
+                    .gt_mut()
+                    .expiries
+                    .insert((e, rec.workspace.as_str(), rec.id.as_str(), rec.lot), ())
+                    .map(drop);
+                self.write(r)?;
+            }
+        }
+        let bytes = codec::encode(rec);
+        let r = self
+            .gt_mut()
+            .grants
+            .insert(
+                (rec.workspace.as_str(), rec.id.as_str(), rec.lot),
+                bytes.as_slice(),
+            )
+            .map(drop);
+        self.write(r)
+    }
+
+    /// Record the grant lots transaction `txn_id` moved.
+    pub fn put_allocations(&mut self, txn_id: u64, rec: &AllocationRecord) -> Result<(), Error> {
+        let bytes = codec::encode(rec);
+        let r = self
+            .gt_mut()
+            .allocations
+            .insert(txn_id, bytes.as_slice())
+            .map(drop);
+        self.write(r)
     }
 
     /// Run a write; a failure marks the transaction broken.
@@ -410,6 +572,20 @@ impl<'txn> Ctx<'txn> {
             let bytes = codec::encode(&rec);
             let r = self
                 .workspaces
+                .insert(id.as_str(), bytes.as_slice())
+                .map(drop);
+            self.write(r)?;
+        }
+        let books: Vec<(String, GrantBook)> = self
+            .book_cache
+            .drain()
+            .filter_map(|(id, (book, changed))| book.filter(|_| changed).map(|b| (id, b)))
+            .collect();
+        for (id, book) in books {
+            let bytes = codec::encode(&book);
+            let r = self
+                .gt_mut()
+                .books
                 .insert(id.as_str(), bytes.as_slice())
                 .map(drop);
             self.write(r)?;

@@ -1,12 +1,15 @@
-//! The timeout sweep: refund every running generation whose deadline has passed.
+//! The sweep: refund every running generation whose deadline has passed, then write an
+//! Expiration for every grant lot whose expiry has passed.
 //!
-//! It reads the `deadlines` index from its start up to `now`, so its cost is
-//! O(expired · log n) however many generations are running.
+//! It reads the `deadlines` and `grant_expiries` indexes from their start up to `now`, so its
+//! cost is O(expired · log n) however many generations are running or grants are held.
+//! Neither is needed for correctness: a deadline or an expiry takes effect at its time whether
+//! or not a sweep ran (lazy expiry); the sweep only writes the transactions that show it.
 
 use redb::ReadableTable;
 
 use super::generation::refund;
-use super::Ctx;
+use super::{grants, Ctx};
 use crate::error::Error;
 use crate::model::limits::MAX_SWEEP_LIMIT;
 use crate::model::records::GenState;
@@ -54,6 +57,41 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>, limit: u32) -> Result<SweepReport, Error>
         report
             .refunds
             .push(refund(ctx, gen, RefundReason::Timeout, &message)?);
+    }
+    let budget = limit as usize - report.refunds.len();
+    let mut lapsed: Vec<(u64, String, String, u32)> = Vec::new();
+    // With a clock the write path does not trust only refunds go ahead. Expirations can wait
+    // for a sweep with a good clock: a lapsed grant is not spendable either way.
+    let trusted = ctx.trust_clock().is_ok();
+    if trusted && (budget > 0 || !report.more_expired) {
+        for entry in ctx.gt().expiries.range::<(u64, &str, &str, u32)>(..)? {
+            let (key, _) = entry?;
+            let (expires_ms, ws, id, lot) = key.value();
+            if expires_ms > ctx.now_ms || lapsed.len() > budget {
+                break;
+            }
+            lapsed.push((expires_ms, ws.to_string(), id.to_string(), lot));
+        }
+    }
+    if lapsed.len() > budget {
+        report.more_expired = true;
+        lapsed.truncate(budget);
+    }
+    for (expires_ms, ws, id, lot) in lapsed {
+        let rec = tables::get_grant(&ctx.gt().grants, &ws, &id, lot)?;
+        let rec = match rec {
+            Some(g) if g.closed.is_none() && g.expires_at_ms == Some(expires_ms) => g,
+            _ => {
+                return Err(Error::Corruption {
+                    table: "grant_expiries",
+                    key: format!("({expires_ms}, {ws}, {id}, {lot})"),
+                    detail: "index entry for a grant lot that is not open with this expiry".into(),
+                })
+            }
+        };
+        if let Some(closure) = grants::expire(ctx, rec)? {
+            report.expirations.push(closure);
+        }
     }
     report.next_deadline_ms = ctx.earliest_deadline()?;
     Ok(report)

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use crate::clock::{Clock, SystemClock};
 use crate::error::InvalidInput;
 use crate::model::limits::{
-    DEFAULT_MAX_CLOCK_AHEAD_MS, DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_TIMEOUT_MS,
-    MAX_CACHE_SIZE_BYTES, MAX_CLOCK_AHEAD_MS, MAX_CLOCK_REGRESSION_MS, MAX_TIMEOUT_MS,
-    MIN_CACHE_SIZE_BYTES, MIN_CLOCK_AHEAD_MS, MIN_TIMEOUT_MS,
+    DEFAULT_MAX_CLOCK_AHEAD_MS, DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_REFUND_GRACE_MS,
+    DEFAULT_TIMEOUT_MS, MAX_CACHE_SIZE_BYTES, MAX_CLOCK_AHEAD_MS, MAX_CLOCK_REGRESSION_MS,
+    MAX_REFUND_GRACE_MS, MAX_TIMEOUT_MS, MIN_CACHE_SIZE_BYTES, MIN_CLOCK_AHEAD_MS, MIN_TIMEOUT_MS,
 };
 
 /// When a write is acknowledged.
@@ -102,6 +102,16 @@ pub struct Options {
     /// a pending journal first, or refuses with [`Error::JournalMismatch`](crate::Error) or
     /// `Corruption`.
     pub journal: bool,
+    /// How long credits a refund gives back to an expired grant stay spendable. Default:
+    /// [`DEFAULT_REFUND_GRACE_MS`](crate::limits::DEFAULT_REFUND_GRACE_MS), 24 hours; 0 to
+    /// [`MAX_REFUND_GRACE_MS`] (30 days).
+    ///
+    /// Why: the product guide promises "full credits refunded, can retry generation". A
+    /// generation charged from a trial grant that fails just after the trial expired must
+    /// give back credits the user can still spend. So when a refund returns credits to a grant
+    /// that has expired, or expires before the refund's time plus this grace, they go into a
+    /// *grace lot* of that grant, spendable until then, and expire on their own after it.
+    pub refund_grace_ms: u64,
     /// The operator's explicit recovery: open a ledger whose journal cannot be replayed
     /// (missing, another copy's, damaged, or failing its proof) by discarding what cannot be
     /// replayed. Default: off, and then nothing is ever discarded: such an open fails with
@@ -132,6 +142,7 @@ impl Default for Options {
             quick_repair: false,
             sweep_on_open: true,
             journal: true,
+            refund_grace_ms: DEFAULT_REFUND_GRACE_MS,
             discard_journal: false,
         }
     }
@@ -141,6 +152,12 @@ impl Options {
     /// Use this clock.
     pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Use this refund grace (see [`Options::refund_grace_ms`]).
+    pub fn refund_grace_ms(mut self, grace_ms: u64) -> Self {
+        self.refund_grace_ms = grace_ms;
         self
     }
 
@@ -215,6 +232,13 @@ impl Options {
             self.max_clock_regression_ms,
             0,
             MAX_CLOCK_REGRESSION_MS,
+            "ms",
+        )?;
+        range(
+            "refund_grace_ms",
+            self.refund_grace_ms,
+            0,
+            MAX_REFUND_GRACE_MS,
             "ms",
         )?;
         if let Some(ahead_ms) = self.max_clock_ahead_ms {

@@ -1,15 +1,15 @@
 //! The read methods: each runs in one redb read transaction, a consistent snapshot that never
 //! blocks writers.
 
-use redb::{ReadTransaction, ReadableDatabase};
+use redb::ReadTransaction;
 
 use super::Ledger;
 use crate::audit::{self, AuditReport};
 use crate::error::{Error, InvalidInput, Result};
 use crate::model::validate;
 use crate::query::{
-    self, ChangePage, GenerationView, HistoryFilter, HistoryPage, LedgerTotals, PageRequest, Stats,
-    TimeWindow, TransactionView, WorkspaceSummary,
+    self, ChangePage, GenerationView, GrantView, HistoryFilter, HistoryPage, LedgerTotals,
+    PageRequest, Stats, TimeWindow, TransactionView, WorkspaceSummary,
 };
 use crate::storage::tables;
 
@@ -26,13 +26,36 @@ impl Ledger {
             key: String::new(),
             detail,
         };
-        self.with_db(on_panic, |db| f(&db.begin_read()?))
+        self.with_snapshot(on_panic, |r| f(&r))
     }
 
-    /// A workspace's balance, running totals and running generations.
+    /// A workspace's balance, running totals and running generations, with the balance split
+    /// into what is spendable now, not yet effective, and expired but not yet swept.
     pub fn balance(&self, workspace: &str) -> Result<WorkspaceSummary> {
         validate::id("workspace", workspace)?;
-        self.read("workspaces", |r| query::workspace_summary(r, workspace))
+        let now_ms = self.now_ms();
+        self.read("workspaces", |r| {
+            query::workspace_summary(r, workspace, now_ms)
+        })
+    }
+
+    /// Every grant of a workspace (and every refund-grace part of one), in drawdown order,
+    /// with what remains and its state now. At most
+    /// [`MAX_GRANTS_LISTED`](crate::limits::MAX_GRANTS_LISTED).
+    pub fn grants(&self, workspace: &str) -> Result<Vec<GrantView>> {
+        validate::id("workspace", workspace)?;
+        let now_ms = self.now_ms();
+        self.read("grants", |r| query::grants::grants(r, workspace, now_ms))
+    }
+
+    /// The spendable grants of a workspace that expire within `within_ms` from now, soonest
+    /// first.
+    pub fn expiring(&self, workspace: &str, within_ms: u64) -> Result<Vec<GrantView>> {
+        validate::id("workspace", workspace)?;
+        let now_ms = self.now_ms();
+        self.read("grants", |r| {
+            query::grants::expiring(r, workspace, now_ms, within_ms)
+        })
     }
 
     /// Workspaces in id order, after `after`, at most `limit` (1..=1000).
@@ -42,7 +65,10 @@ impl Ledger {
             u64::from(limit),
             u64::from(crate::limits::MAX_PAGE_LIMIT),
         )?;
-        self.read("workspaces", |r| query::list_workspaces(r, after, limit))
+        let now_ms = self.now_ms();
+        self.read("workspaces", |r| {
+            query::list_workspaces(r, after, limit, now_ms)
+        })
     }
 
     /// The sums over all workspaces, for a conservation check:
@@ -140,7 +166,20 @@ impl Ledger {
     }
 
     /// Check every invariant of the stored ledger. An empty report means healthy.
+    ///
+    /// On a damaged file the report lists what could not be read
+    /// ([`AuditReport::unchecked`]). For a file ledger it then also runs redb's own integrity
+    /// check on a copy of the file (redb's check repairs what it checks, and needs the file to
+    /// itself, so it never runs on the ledger's file), and reports its verdict in
+    /// [`AuditReport::storage_check`] and as a violation: it says whether the damage is in the
+    /// storage engine's pages, and whether redb could repair them.
     pub fn verify(&self) -> Result<AuditReport> {
-        self.read("(audit)", audit::verify)
+        let mut report = self.read("(audit)", audit::verify)?;
+        if !report.unchecked.is_empty() {
+            if let super::Source::File(path) = &self.source {
+                audit::add_storage_check(&mut report, path);
+            }
+        }
+        Ok(report)
     }
 }

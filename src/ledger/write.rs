@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::{Durability, Ledger, NO_DEADLINE};
 use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
@@ -29,14 +29,18 @@ type Committed = (Vec<Result<Outcome>>, WriterState, Option<Option<u64>>);
 impl Ledger {
     /// Read the writer state and the earliest deadline from disk.
     pub(super) fn reload(&self) -> Result<WriterState> {
-        let (state, earliest) = self.with_db(write_panic, |db| {
-            let rtx = db.begin_read()?;
+        let (state, earliest) = self.with_snapshot(write_panic, |rtx| {
             let state = WriterState::load(&rtx.open_table(tables::TRANSACTIONS)?)?;
-            let earliest = rtx
+            let deadline = rtx
                 .open_table(tables::DEADLINES)?
                 .first()?
                 .map_or(NO_DEADLINE, |(k, _)| k.value().0);
-            Ok((state, earliest))
+            // The sweep also expires grants: wake it for the first pending expiry too.
+            let expiry = match tables::open_optional(&rtx, tables::GRANT_EXPIRIES)? {
+                Some(t) => t.first()?.map_or(NO_DEADLINE, |(k, _)| k.value().0),
+                None => NO_DEADLINE,
+            };
+            Ok((state, deadline.min(expiry)))
         })?;
         self.earliest_deadline_ms.store(earliest, Ordering::SeqCst);
         self.last_at_ms.store(state.last_at_ms, Ordering::SeqCst);
@@ -170,6 +174,7 @@ impl Ledger {
         let mut txn = db.begin_write()?;
         let config = EngineConfig {
             default_timeout_ms: self.options.default_timeout_ms,
+            refund_grace_ms: self.options.refund_grace_ms,
             clock,
         };
         let applied = engine::run(&txn, state, now_ms, config, ops)?;
@@ -263,7 +268,12 @@ fn commit_journaled(
     ops: &[Op],
     proof: &Proof,
 ) -> Result<()> {
-    let payload = journal::encode_batch(now_ms, config.default_timeout_ms, ops, proof);
+    let payload = journal::encode_batch(
+        now_ms,
+        (config.default_timeout_ms, config.refund_grace_ms),
+        ops,
+        proof,
+    );
     // A batch with an untrusted clock is not journaled: its entry would not say which of its
     // writes the clock refused, so a replay could not reproduce it. It is rare (a broken
     // clock) and takes the durable path of a batch too big for the journal.

@@ -22,17 +22,23 @@ pub enum TxnKind {
     /// A notification, not a movement: the balance fell below the workspace's alert
     /// threshold (see [`Ledger::set_alert`](crate::Ledger::set_alert)). Its amount is 0.
     BalanceLow,
+    /// What was left of a grant when it expired, taken off the balance by the sweep (-).
+    Expiration,
+    /// What was left of a grant an operator voided (-).
+    Void,
 }
 
 impl TxnKind {
     /// Every kind, in display order.
-    pub const ALL: [TxnKind; 6] = [
+    pub const ALL: [TxnKind; 8] = [
         TxnKind::Purchase,
         TxnKind::Grant,
         TxnKind::Usage,
         TxnKind::Refund,
         TxnKind::Adjustment,
         TxnKind::BalanceLow,
+        TxnKind::Expiration,
+        TxnKind::Void,
     ];
 
     /// True for notification records, which move no credits.
@@ -49,6 +55,8 @@ impl TxnKind {
             TxnKind::Refund => "refund",
             TxnKind::Adjustment => "adjustment",
             TxnKind::BalanceLow => "balance-low",
+            TxnKind::Expiration => "expiration",
+            TxnKind::Void => "void",
         }
     }
 }
@@ -62,6 +70,8 @@ impl fmt::Display for TxnKind {
             TxnKind::Refund => "Refund",
             TxnKind::Adjustment => "Adjustment",
             TxnKind::BalanceLow => "Balance Low",
+            TxnKind::Expiration => "Expiration",
+            TxnKind::Void => "Void",
         })
     }
 }
@@ -76,7 +86,8 @@ impl FromStr for TxnKind {
                 Error::InvalidInput(InvalidInput::UnknownName {
                     field: "transaction type",
                     value: s.to_string(),
-                    expected: "purchase, grant, usage, refund, adjustment, balance-low",
+                    expected:
+                        "purchase, grant, usage, refund, adjustment, balance-low, expiration, void",
                 })
             })
     }

@@ -56,6 +56,24 @@ pub const MAX_REPORTED_VIOLATIONS: usize = 1000;
 /// larger one is refused with [`Error::ClockRegressed`](crate::Error::ClockRegressed).
 pub const DEFAULT_MAX_CLOCK_REGRESSION_MS: u64 = 60_000;
 
+/// The drawdown priority of a credit that names none. Every such grant shares it, so a
+/// ledger that never sets priorities spends soonest-expiring first, then oldest first.
+pub const DEFAULT_GRANT_PRIORITY: u32 = 100;
+
+/// Largest grant priority (lower is spent first). Small, so that a priority is a choice among
+/// a few named tiers, not an ordering key smuggled in.
+pub const MAX_GRANT_PRIORITY: u32 = 1000;
+
+/// Default [`Options::refund_grace_ms`](crate::Options::refund_grace_ms): 24 hours. A refund
+/// that gives credits back to a grant which expired (or expires within this long) keeps them
+/// spendable until the refund's time plus this, so "can retry generation" holds.
+pub const DEFAULT_REFUND_GRACE_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Longest refund grace: 30 days.
+pub const MAX_REFUND_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Most grants one [`Ledger::grants`](crate::Ledger::grants) call lists.
+pub const MAX_GRANTS_LISTED: usize = 10_000;
 /// Most named consumers of the change feed one ledger keeps a position for. Each is a row the
 /// ledger keeps forever, so the set is bounded like every other.
 pub const MAX_CONSUMERS: usize = 64;

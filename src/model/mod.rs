@@ -8,6 +8,6 @@ pub(crate) mod validate;
 
 pub use kinds::{CreditKind, MessageCategory, RefundReason, Status, TxnKind};
 pub use ops::{
-    AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, Op, Outcome, Receipt,
-    RefundReceipt, StartGeneration, SweepReport,
+    AckReceipt, Adjust, AlertReceipt, Allocation, Charge, Completion, Credit, GrantClosure, Op,
+    Outcome, Receipt, RefundReceipt, StartGeneration, SweepReport, VoidGrant,
 };

@@ -20,8 +20,16 @@ pub struct Credit {
     pub kind: CreditKind,
     /// The caller's key that makes a retry safe (an order id, a webhook event id).
     pub idempotency_key: String,
-    /// A note shown in history; may be empty.
+    /// A note shown in history; may be empty. It also names the grant ("Monthly credits").
     pub memo: String,
+    /// The grant's drawdown priority: lower is spent first,
+    /// 0..=[`MAX_GRANT_PRIORITY`](crate::limits::MAX_GRANT_PRIORITY); default
+    /// [`DEFAULT_GRANT_PRIORITY`](crate::limits::DEFAULT_GRANT_PRIORITY).
+    pub priority: u32,
+    /// Not spendable before this time; `None`: from the moment it is credited.
+    pub effective_at_ms: Option<u64>,
+    /// Not spendable from this time on; `None`: never expires.
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Credit {
@@ -37,6 +45,9 @@ impl Credit {
             kind: CreditKind::Purchase,
             idempotency_key: idempotency_key.into(),
             memo: String::new(),
+            priority: crate::limits::DEFAULT_GRANT_PRIORITY,
+            effective_at_ms: None,
+            expires_at_ms: None,
         }
     }
 
@@ -56,6 +67,56 @@ impl Credit {
     pub fn memo(mut self, memo: impl Into<String>) -> Self {
         self.memo = memo.into();
         self
+    }
+
+    /// Set the drawdown priority (lower is spent first).
+    pub fn priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Make the grant spendable only from `at_ms` on.
+    pub fn effective_at_ms(mut self, at_ms: u64) -> Self {
+        self.effective_at_ms = Some(at_ms);
+        self
+    }
+
+    /// Make the grant expire at `at_ms`: not spendable from then on, and swept as an
+    /// Expiration of what is left.
+    pub fn expires_at_ms(mut self, at_ms: u64) -> Self {
+        self.expires_at_ms = Some(at_ms);
+        self
+    }
+}
+
+/// An operator's void of what remains of a grant: its own transaction (kind
+/// [`TxnKind::Void`]), idempotent by its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoidGrant {
+    /// The workspace that holds the grant.
+    pub workspace: String,
+    /// The grant: the idempotency key of the credit that created it.
+    pub grant_id: String,
+    /// The caller's key that makes a retry safe.
+    pub idempotency_key: String,
+    /// Why; required, because a void without a reason cannot be audited.
+    pub memo: String,
+}
+
+impl VoidGrant {
+    /// A void of `grant_id` in `workspace`, with a reason.
+    pub fn new(
+        workspace: impl Into<String>,
+        grant_id: impl Into<String>,
+        idempotency_key: impl Into<String>,
+        memo: impl Into<String>,
+    ) -> Self {
+        Self {
+            workspace: workspace.into(),
+            grant_id: grant_id.into(),
+            idempotency_key: idempotency_key.into(),
+            memo: memo.into(),
+        }
     }
 }
 
@@ -153,7 +214,7 @@ pub enum Op {
     },
     /// See [`Ledger::sweep_expired`](crate::Ledger::sweep_expired).
     Sweep {
-        /// Most refunds to write.
+        /// Most refunds and expirations to write.
         limit: u32,
     },
     /// See [`Ledger::ack`](crate::Ledger::ack).
@@ -172,6 +233,22 @@ pub enum Op {
         /// `None` removes the alert.
         threshold_credits: Option<u64>,
     },
+    /// See [`Ledger::void_grant`](crate::Ledger::void_grant).
+    VoidGrant(VoidGrant),
+}
+
+/// Credits a charge took from one grant, or a refund gave back to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The grant (the idempotency key of its credit).
+    pub grant_id: String,
+    /// The part of the grant: 0 is the grant as credited; n >= 1 is the n-th refund-grace part
+    /// (credits a refund gave back after, or just before, the grant's expiry).
+    pub lot: u32,
+    /// How many credits.
+    pub credits: u64,
+    /// For a refund: when the returned credits stop being spendable (`None`: never).
+    pub spendable_until_ms: Option<u64>,
 }
 
 /// The receipt of a credit or adjustment.
@@ -214,6 +291,8 @@ pub struct Charge {
     pub started_at_ms: u64,
     /// When it times out and is refunded.
     pub deadline_ms: u64,
+    /// The grants that paid, in drawdown order.
+    pub allocations: Vec<Allocation>,
     /// True when this start had already been applied.
     pub replay: bool,
 }
@@ -254,7 +333,33 @@ pub struct RefundReceipt {
     pub balance_after_credits: u64,
     /// When it was written.
     pub at_ms: u64,
+    /// Where the credits went back: each allocation of the Usage, to its grant.
+    pub allocations: Vec<Allocation>,
     /// True when the generation had already been refunded and nothing changed now.
+    pub replay: bool,
+}
+
+/// The receipt of an Expiration (written by the sweep) or a Void (by an operator): what
+/// remained of a grant, taken off the balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantClosure {
+    /// The Expiration or Void transaction.
+    pub txn_id: u64,
+    /// The workspace.
+    pub workspace: String,
+    /// The grant.
+    pub grant_id: String,
+    /// [`TxnKind::Expiration`] or [`TxnKind::Void`].
+    pub kind: TxnKind,
+    /// Credits that lapsed or were voided.
+    pub amount_credits: u64,
+    /// Balance before.
+    pub balance_before_credits: u64,
+    /// Balance after.
+    pub balance_after_credits: u64,
+    /// When it was written.
+    pub at_ms: u64,
+    /// True when this void had already been applied.
     pub replay: bool,
 }
 
@@ -263,9 +368,11 @@ pub struct RefundReceipt {
 pub struct SweepReport {
     /// The refunds written, earliest deadline first.
     pub refunds: Vec<RefundReceipt>,
-    /// True when more generations had expired than the limit allowed: sweep again.
+    /// The Expirations written for grants whose expiry passed, earliest first.
+    pub expirations: Vec<GrantClosure>,
+    /// True when more generations or grants had expired than the limit allowed: sweep again.
     pub more_expired: bool,
-    /// The earliest deadline still running after this sweep.
+    /// The earliest deadline still running, or grant expiry still pending, after this sweep.
     pub next_deadline_ms: Option<u64>,
 }
 
@@ -307,6 +414,8 @@ pub enum Outcome {
     Fail(RefundReceipt),
     /// From [`Op::Sweep`].
     Sweep(SweepReport),
+    /// From [`Op::VoidGrant`].
+    VoidGrant(GrantClosure),
     /// From [`Op::Ack`].
     Ack(AckReceipt),
     /// From [`Op::SetAlert`].

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{RefundReason, Status, TxnKind};
+use crate::model::{Allocation, RefundReason, Status, TxnKind};
 
 /// One entry of the append-only transaction log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,4 +116,127 @@ pub(crate) struct WorkspaceRecord {
     /// The costs of the running generations: what a refund may have to give back.
     pub held_credits: u64,
     pub created_at_ms: u64,
+}
+
+/// One part ("lot") of a grant: lot 0 is the grant as credited; lot n >= 1 holds credits a
+/// refund gave back under the refund grace (spendable until the refund's time plus
+/// `Options::refund_grace_ms`). Keyed by (grant id, lot) in `grants`.
+///
+/// Always `remaining = amount - allocated + returned - closed`, and `0 <= remaining <= amount
+/// + returned`: `verify()` checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GrantRecord {
+    pub id: String,
+    pub lot: u32,
+    pub workspace: String,
+    /// The transaction that created this lot: the credit (lot 0), the refund (a grace lot), or
+    /// for the balance carried over from a ledger written before grants existed, the first
+    /// transaction written after (the carried-over grant's `amount` is the balance then, and
+    /// refunds of charges made before grants count as `returned`).
+    pub source_txn: u64,
+    /// The grant's name for people: the credit's memo, else its kind.
+    pub label: String,
+    /// Credits this lot was created with.
+    pub amount_credits: u64,
+    pub remaining_credits: u64,
+    /// Credits charges (and negative adjustments) took from it.
+    pub allocated_credits: u64,
+    /// Credits refunds gave back to it.
+    pub returned_credits: u64,
+    pub priority: u32,
+    pub effective_at_ms: Option<u64>,
+    pub expires_at_ms: Option<u64>,
+    /// Lot 0 only: how many grace lots the grant has.
+    pub grace_lots: u32,
+    /// Set once the lot expired (swept) or was voided; a closed lot is never spendable again.
+    pub closed: Option<GrantClosed>,
+}
+
+/// How a grant lot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GrantClosed {
+    pub kind: TxnKind,
+    /// The Expiration or Void transaction (0 when nothing was left, so none was written).
+    pub txn: u64,
+    /// What lapsed or was voided.
+    pub credits: u64,
+    pub at_ms: u64,
+}
+
+impl GrantRecord {
+    /// Spendable at `now_ms`: open, effective and unexpired.
+    pub fn spendable_at(&self, now_ms: u64) -> bool {
+        self.closed.is_none()
+            && self.effective_at_ms.is_none_or(|t| t <= now_ms)
+            && self.expires_at_ms.is_none_or(|t| now_ms < t)
+    }
+
+    /// The key of this lot in the per-workspace drawdown index.
+    pub fn order_key(&self) -> (&str, u32, u64, u64, &str, u32) {
+        (
+            self.workspace.as_str(),
+            self.priority,
+            self.expires_at_ms.unwrap_or(u64::MAX),
+            self.effective_at_ms.unwrap_or(0),
+            self.id.as_str(),
+            self.lot,
+        )
+    }
+}
+
+/// The grant lots a transaction moved: for a Usage or a negative Adjustment, what it took;
+/// for a Refund, what it gave back (`from_lot` is where the Usage took it); for an Expiration
+/// or a Void, what it closed. Keyed by txn id in `allocations`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AllocationRecord {
+    pub entries: Vec<AllocationEntry>,
+}
+
+/// How views name the carried-over grant. (Its stored id holds a control character, which no
+/// caller's key may; a caller's key could still read "(carried over)", so a view tells them
+/// apart only by the label "Carried over" and the source transaction.)
+pub(crate) const CARRIED_OVER_SHOWN: &str = "(carried over)";
+
+/// One entry of an [`AllocationRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AllocationEntry {
+    pub grant_id: String,
+    /// The lot the credits moved to or from.
+    pub lot: u32,
+    /// For a refund: the lot the Usage took them from (the same as `lot` unless the refund
+    /// grace put them in a new lot).
+    pub from_lot: u32,
+    pub credits: u64,
+    /// The expiry of `lot` when the entry was written.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl AllocationEntry {
+    pub fn public(&self) -> Allocation {
+        Allocation {
+            // The carried-over grant's id holds a control character; show it as the grant
+            // list does.
+            grant_id: if self.grant_id == crate::engine::grants::carried_over_id() {
+                CARRIED_OVER_SHOWN.to_string()
+            } else {
+                self.grant_id.clone()
+            },
+            lot: self.lot,
+            credits: self.credits,
+            spendable_until_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// What a workspace's grants have lost: kept beside the `workspaces` record (whose format
+/// predates grants) in `grant_books`. Its presence also says that the workspace's balance is
+/// held in grants: a workspace from a ledger written before grants has none until its first
+/// write, which moves its balance into a carried-over grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GrantBook {
+    /// The first transaction written with the workspace's credits held in grants: every Usage
+    /// from it on records its allocations.
+    pub since_txn: u64,
+    pub expired_credits: u64,
+    pub voided_credits: u64,
 }

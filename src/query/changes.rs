@@ -39,6 +39,7 @@ pub(crate) fn changes(
     validate::limit("page limit", u64::from(limit), u64::from(MAX_PAGE_LIMIT))?;
     let txns = rtx.open_table(tables::TRANSACTIONS)?;
     let gens = rtx.open_table(tables::GENERATIONS)?;
+    let allocs = tables::open_optional(rtx, tables::ALLOCATIONS)?;
     let last_txn_id = txns.last()?.map_or(0, |(k, _)| k.value());
     let mut entries = Vec::with_capacity(limit as usize);
     let Some(first) = after_txn_id.checked_add(1) else {
@@ -64,7 +65,7 @@ pub(crate) fn changes(
         }
         expected = id.saturating_add(1);
         let rec = codec::decode("transactions", &id, v.value())?;
-        entries.push(view_of(&gens, rec)?);
+        entries.push(view_of(&gens, allocs.as_ref(), rec)?);
     }
     Ok(ChangePage {
         entries,

@@ -250,6 +250,7 @@ pub(crate) fn history(
     }
     let txns = rtx.open_table(tables::TRANSACTIONS)?;
     let gens = rtx.open_table(tables::GENERATIONS)?;
+    let allocs = tables::open_optional(rtx, tables::ALLOCATIONS)?;
     let index = rtx.open_table(tables::HISTORY)?;
     let mut log = LogWalker::new(&txns, !page.oldest_first);
     if tables::get_workspace(&rtx.open_table(tables::WORKSPACES)?, workspace)?.is_none() {
@@ -330,7 +331,7 @@ pub(crate) fn history(
         if filter.feature.as_deref().is_some_and(|f| f != rec.title) {
             continue;
         }
-        entries.push(view_of(&gens, rec)?);
+        entries.push(view_of(&gens, allocs.as_ref(), rec)?);
     }
     Ok(HistoryPage {
         entries,

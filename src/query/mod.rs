@@ -2,6 +2,7 @@
 //! one redb read transaction, a consistent snapshot that never blocks writers.
 
 pub(crate) mod changes;
+pub(crate) mod grants;
 pub(crate) mod history;
 pub(crate) mod stats;
 mod views;
@@ -9,6 +10,7 @@ mod views;
 use redb::{ReadTransaction, ReadableTable};
 
 pub use changes::ChangePage;
+pub use grants::{BalanceSplit, ExpiryNotice, GrantState, GrantView};
 pub use history::{HistoryFilter, HistoryPage, PageRequest};
 pub use stats::{FeatureStats, ReasonStats, Stats, TimeWindow};
 pub use views::{
@@ -22,21 +24,34 @@ use crate::model::TxnKind;
 use crate::storage::codec;
 use crate::storage::tables;
 
+fn summary_of(
+    rtx: &ReadTransaction,
+    workspace: &str,
+    rec: &WorkspaceRecord,
+    now_ms: u64,
+) -> Result<WorkspaceSummary, Error> {
+    let split = grants::split(rtx, workspace, rec.balance_credits, now_ms)?;
+    let lost = grants::book_totals(rtx, workspace)?;
+    Ok(WorkspaceSummary::new(workspace, rec, split, lost))
+}
+
 pub(crate) fn workspace_summary(
     rtx: &ReadTransaction,
     workspace: &str,
+    now_ms: u64,
 ) -> Result<WorkspaceSummary, Error> {
     let t = rtx.open_table(tables::WORKSPACES)?;
     let rec = tables::get_workspace(&t, workspace)?.ok_or_else(|| Error::UnknownWorkspace {
         workspace: workspace.to_string(),
     })?;
-    Ok(WorkspaceSummary::new(workspace, &rec))
+    summary_of(rtx, workspace, &rec, now_ms)
 }
 
 pub(crate) fn list_workspaces(
     rtx: &ReadTransaction,
     after: Option<&str>,
     limit: u32,
+    now_ms: u64,
 ) -> Result<Vec<WorkspaceSummary>, Error> {
     use std::ops::Bound;
     let t = rtx.open_table(tables::WORKSPACES)?;
@@ -45,7 +60,7 @@ pub(crate) fn list_workspaces(
     for entry in t.range::<&str>((lower, Bound::Unbounded))? {
         let (k, v) = entry?;
         let rec: WorkspaceRecord = codec::decode("workspaces", &k.value(), v.value())?;
-        out.push(WorkspaceSummary::new(k.value(), &rec));
+        out.push(summary_of(rtx, k.value(), &rec, now_ms)?);
         if out.len() >= limit as usize {
             break;
         }
@@ -78,6 +93,15 @@ pub(crate) fn totals(rtx: &ReadTransaction) -> Result<LedgerTotals, Error> {
                     .into(),
             })?;
     }
+    if let Some(books) = tables::open_optional(rtx, tables::GRANT_BOOKS)? {
+        for entry in books.iter()? {
+            let (k, v) = entry?;
+            let b: crate::model::records::GrantBook =
+                codec::decode("grant_books", &k.value(), v.value())?;
+            s.expired_credits += u128::from(b.expired_credits);
+            s.voided_credits += u128::from(b.voided_credits);
+        }
+    }
     Ok(s)
 }
 
@@ -93,16 +117,28 @@ pub(crate) fn generation_view(
     Ok(GenerationView::new(&g, now_ms))
 }
 
-/// Build the view of a stored transaction, looking up its generation for a Usage.
+/// Build the view of a stored transaction, looking up its generation for a Usage and the
+/// grant lots it moved for a Usage, Refund, Expiration, Void or negative Adjustment.
 pub(crate) fn view_of(
     gens: &impl ReadableTable<&'static str, &'static [u8]>,
+    allocs: Option<&impl ReadableTable<u64, &'static [u8]>>,
     rec: TxnRecord,
 ) -> Result<TransactionView, Error> {
     let gen = match (&rec.generation_id, rec.kind) {
         (Some(g), TxnKind::Usage) => tables::get_generation(gens, g)?,
         _ => None,
     };
-    Ok(TransactionView::new(rec, gen.as_ref()))
+    let allocations = match allocs {
+        Some(allocs) if rec.debit || rec.kind == TxnKind::Refund => {
+            tables::get_allocations(allocs, rec.id)?
+                .map(|a| a.entries.iter().map(|e| e.public()).collect())
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let mut view = TransactionView::new(rec, gen.as_ref());
+    view.allocations = allocations;
+    Ok(view)
 }
 
 pub(crate) fn transaction_view(
@@ -111,7 +147,11 @@ pub(crate) fn transaction_view(
 ) -> Result<TransactionView, Error> {
     let txns = rtx.open_table(tables::TRANSACTIONS)?;
     let rec = tables::get_txn(&txns, txn_id)?.ok_or(Error::UnknownTransaction { txn_id })?;
-    let mut view = view_of(&rtx.open_table(tables::GENERATIONS)?, rec)?;
+    let mut view = view_of(
+        &rtx.open_table(tables::GENERATIONS)?,
+        tables::open_optional(rtx, tables::ALLOCATIONS)?.as_ref(),
+        rec,
+    )?;
     add_clock_notes(rtx, std::slice::from_mut(&mut view))?;
     Ok(view)
 }

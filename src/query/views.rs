@@ -3,15 +3,30 @@
 use serde::Serialize;
 
 use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceRecord};
-use crate::model::{RefundReason, Status, TxnKind};
+use crate::model::{Allocation, RefundReason, Status, TxnKind};
+use crate::query::grants::{BalanceSplit, ExpiryNotice};
 
 /// A workspace's balance and running totals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkspaceSummary {
     /// The workspace id.
     pub workspace: String,
-    /// Credits available now.
+    /// The balance: every credit its grants hold, the sum of their `remaining`. Includes
+    /// grants not yet effective and expired ones the sweep has not reached; a charge can use
+    /// only `spendable_credits`.
     pub balance_credits: u64,
+    /// The spendable balance at the time of the read: grants effective and unexpired.
+    pub spendable_credits: u64,
+    /// Credits in grants whose start is ahead.
+    pub pending_credits: u64,
+    /// Credits in grants past their expiry that the sweep has not yet expired (not spendable).
+    pub expired_unswept_credits: u64,
+    /// The soonest expiry among the spendable grants.
+    pub next_expiry: Option<ExpiryNotice>,
+    /// All Expirations.
+    pub expired_credits: u64,
+    /// All Voids.
+    pub voided_credits: u64,
     /// All Purchases and Grants.
     pub granted_credits: u64,
     /// All Usage charges.
@@ -33,10 +48,21 @@ pub struct WorkspaceSummary {
 }
 
 impl WorkspaceSummary {
-    pub(crate) fn new(workspace: &str, r: &WorkspaceRecord) -> Self {
+    pub(crate) fn new(
+        workspace: &str,
+        r: &WorkspaceRecord,
+        split: BalanceSplit,
+        (expired_credits, voided_credits): (u64, u64),
+    ) -> Self {
         WorkspaceSummary {
             workspace: workspace.to_string(),
             balance_credits: r.balance_credits,
+            spendable_credits: split.spendable_credits,
+            pending_credits: split.pending_credits,
+            expired_unswept_credits: split.expired_unswept_credits,
+            next_expiry: split.next_expiry,
+            expired_credits,
+            voided_credits,
             granted_credits: r.granted_credits,
             spent_credits: r.spent_credits,
             refunded_credits: r.refunded_credits,
@@ -67,16 +93,23 @@ pub struct LedgerTotals {
     pub adjusted_in_credits: u128,
     /// Sum of negative adjustments.
     pub adjusted_out_credits: u128,
+    /// Sum of Expirations.
+    pub expired_credits: u128,
+    /// Sum of Voids.
+    pub voided_credits: u128,
     /// Running generations.
     pub running_generations: u64,
 }
 
 impl LedgerTotals {
-    /// Credits are conserved: `granted - spent + refunded + adjusted_in - adjusted_out`
-    /// equals the sum of balances.
+    /// Credits are conserved: `granted - spent + refunded + adjusted_in - adjusted_out -
+    /// expired - voided` equals the sum of balances.
     pub fn is_conserved(&self) -> bool {
         let inflow = self.granted_credits + self.refunded_credits + self.adjusted_in_credits;
-        let outflow = self.spent_credits + self.adjusted_out_credits;
+        let outflow = self.spent_credits
+            + self.adjusted_out_credits
+            + self.expired_credits
+            + self.voided_credits;
         inflow.checked_sub(outflow) == Some(self.balance_credits)
     }
 }
@@ -196,8 +229,12 @@ pub struct TransactionView {
     pub refunded_by: Option<u64>,
     /// The memo of a credit or adjustment.
     pub memo: Option<String>,
-    /// The idempotency key of a credit or adjustment.
+    /// The idempotency key of a credit, adjustment or void.
     pub idempotency_key: Option<String>,
+    /// The grants this transaction moved credits from or to: for a Usage (or a negative
+    /// Adjustment) which grants paid, in drawdown order; for a Refund where each part went
+    /// back, and until when it is spendable; for an Expiration or a Void what was closed.
+    pub allocations: Vec<Allocation>,
     /// For a Refund written while the ledger did not trust the clock (far behind the log, or
     /// far ahead of the wall clock): what the clock read. The refund went ahead anyway, as
     /// every refund does, stamped `at_ms`: the log's last time (or the wall clock's).
@@ -241,6 +278,8 @@ impl TransactionView {
             },
             TxnKind::Adjustment if r.debit => format!("Adjusted -{n} {}", plural(n)),
             TxnKind::Adjustment => format!("Adjusted +{n} {}", plural(n)),
+            TxnKind::Expiration => format!("Expired {n} {} of {}", plural(n), r.title),
+            TxnKind::Void => format!("Voided {n} {} of {}", plural(n), r.title),
             TxnKind::BalanceLow => match r.alert_threshold() {
                 Some(t) => format!("Balance fell below {t} {}", plural(t)),
                 None => "Balance fell below the alert threshold".to_string(),
@@ -279,6 +318,7 @@ impl TransactionView {
                 .filter(|m| !m.is_empty() && alert_threshold_credits.is_none()),
             alert_threshold_credits,
             idempotency_key: r.idempotency_key,
+            allocations: Vec::new(),
             untrusted_clock_ms: None,
         }
     }

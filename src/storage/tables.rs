@@ -12,6 +12,15 @@
 //! | `clock_notes` | refund txn id | what an untrusted clock read (ms) |
 //! | `consumers` | consumer name | the last txn id it acked (schema 2) |
 //! | `alerts` | workspace id | balance alert threshold in credits (schema 2) |
+//! | `grants` | (workspace, grant id, lot) | [`GrantRecord`] (schema 3) |
+//! | `grant_order` | (workspace, priority, expires or MAX, effective or 0, grant id, lot) | `()`, open lots with credits left |
+//! | `grant_expiries` | (expires ms, workspace, grant id, lot) | `()`, open lots with an expiry |
+//! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord) |
+//! | `grant_books` | workspace id | [`GrantBook`](crate::model::records::GrantBook) |
+//!
+//! `grant_order` is sorted in drawdown order, so the first spendable grant of a workspace is
+//! the first entry of one short range read; `grant_expiries` makes the sweep of expired grants
+//! O(expired), like `deadlines` for generations.
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
@@ -20,7 +29,10 @@
 use redb::{ReadableTable, TableDefinition};
 
 use crate::error::Error;
-use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::records::{
+    AllocationRecord, GenState, GenerationRecord, GrantBook, GrantRecord, TxnRecord,
+    WorkspaceRecord,
+};
 use crate::model::{Status, TxnKind};
 use crate::storage::codec;
 
@@ -38,6 +50,14 @@ pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new(
 pub(crate) const CLOCK_NOTES: TableDefinition<u64, u64> = TableDefinition::new("clock_notes");
 pub(crate) const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
 pub(crate) const ALERTS: TableDefinition<&str, u64> = TableDefinition::new("alerts");
+pub(crate) const GRANTS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("grants");
+pub(crate) type OrderKey<'a> = (&'a str, u32, u64, u64, &'a str, u32);
+pub(crate) const GRANT_ORDER: TableDefinition<OrderKey<'static>, ()> =
+    TableDefinition::new("grant_order");
+pub(crate) const GRANT_EXPIRIES: TableDefinition<(u64, &str, &str, u32), ()> =
+    TableDefinition::new("grant_expiries");
+pub(crate) const ALLOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("allocations");
+pub(crate) const GRANT_BOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("grant_books");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
@@ -49,13 +69,17 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
-/// The schema version this build writes. Version 2 added the `consumers` and `alerts` tables,
+/// The schema version this build writes. Version 3 added the grant tables (`grants`,
+/// `grant_order`, `grant_expiries`, `allocations`, `grant_books`) and the Expiration and Void
+/// records; the first write of money to an older file adds them (and the tables of version
+/// 2) and records version 3, and each workspace's balance moves into a carried-over grant on
+/// its first write (see [`GrantBook`](crate::model::records::GrantBook)). Version 2 added the `consumers` and `alerts` tables,
 /// the `BalanceLow` notification records and the journal epoch record (and the journal's new
 /// entry format); the first write to a version 1 file that needs the tables adds them and
 /// records version 2. A version 1 file gets epoch records without that upgrade: no build that
 /// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
 /// then panicked on twice.
-pub(crate) const SCHEMA_VERSION: u8 = 2;
+pub(crate) const SCHEMA_VERSION: u8 = 3;
 
 /// A history category: a transaction kind, and for Usage its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,10 +93,12 @@ pub(crate) enum Category {
     Refund = 5,
     Adjustment = 6,
     BalanceLow = 7,
+    Expiration = 8,
+    Void = 9,
 }
 
 impl Category {
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 10] = [
         Category::Purchase,
         Category::Grant,
         Category::UsagePending,
@@ -81,6 +107,8 @@ impl Category {
         Category::Refund,
         Category::Adjustment,
         Category::BalanceLow,
+        Category::Expiration,
+        Category::Void,
     ];
 
     pub fn kind(self) -> TxnKind {
@@ -93,6 +121,8 @@ impl Category {
             Category::Refund => TxnKind::Refund,
             Category::Adjustment => TxnKind::Adjustment,
             Category::BalanceLow => TxnKind::BalanceLow,
+            Category::Expiration => TxnKind::Expiration,
+            Category::Void => TxnKind::Void,
         }
     }
 
@@ -115,6 +145,8 @@ impl Category {
             (TxnKind::Refund, _) => Category::Refund,
             (TxnKind::Adjustment, _) => Category::Adjustment,
             (TxnKind::BalanceLow, _) => Category::BalanceLow,
+            (TxnKind::Expiration, _) => Category::Expiration,
+            (TxnKind::Void, _) => Category::Void,
         }
     }
 
@@ -166,6 +198,42 @@ pub(crate) fn get_workspace(
 ) -> Result<Option<WorkspaceRecord>, Error> {
     match table.get(id)? {
         Some(v) => Ok(Some(codec::decode("workspaces", &id, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_grant(
+    table: &impl ReadableTable<(&'static str, &'static str, u32), &'static [u8]>,
+    workspace: &str,
+    id: &str,
+    lot: u32,
+) -> Result<Option<GrantRecord>, Error> {
+    match table.get((workspace, id, lot))? {
+        Some(v) => Ok(Some(codec::decode(
+            "grants",
+            &format_args!("({workspace}, {id}, {lot})"),
+            v.value(),
+        )?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_allocations(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    txn_id: u64,
+) -> Result<Option<AllocationRecord>, Error> {
+    match table.get(txn_id)? {
+        Some(v) => Ok(Some(codec::decode("allocations", &txn_id, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_book(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    workspace: &str,
+) -> Result<Option<GrantBook>, Error> {
+    match table.get(workspace)? {
+        Some(v) => Ok(Some(codec::decode("grant_books", &workspace, v.value())?)),
         None => Ok(None),
     }
 }

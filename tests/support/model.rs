@@ -30,14 +30,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use credit_ledger::limits::{
-    DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_TIMEOUT_MS, MAX_AMOUNT_CREDITS, MAX_MEMO_BYTES,
-    MAX_MESSAGE_BYTES, MAX_SWEEP_LIMIT, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS,
+    DEFAULT_GRANT_PRIORITY, DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_REFUND_GRACE_MS,
+    DEFAULT_TIMEOUT_MS, MAX_AMOUNT_CREDITS, MAX_GRANT_PRIORITY, MAX_MEMO_BYTES, MAX_MESSAGE_BYTES,
+    MAX_SWEEP_LIMIT, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS,
 };
 use credit_ledger::{
-    format_duration_ms, AckReceipt, Adjust, AlertReceipt, Charge, Completion, Credit, Error,
-    GenerationState, GenerationView, HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options,
-    Outcome, PageRequest, Receipt, RefundReason, RefundReceipt, StartGeneration, Status,
-    SweepReport, TxnKind, WorkspaceSummary,
+    format_duration_ms, AckReceipt, Adjust, AlertReceipt, Allocation, Charge, Completion, Credit,
+    Error, ExpiryNotice, GenerationState, GenerationView, GrantClosure, GrantState, GrantView,
+    HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options, Outcome, PageRequest, Receipt,
+    RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind, VoidGrant,
+    WorkspaceSummary,
 };
 
 /// Most operations one input is decoded into.
@@ -240,7 +242,7 @@ fn decode_amount(b: &mut Bytes<'_>) -> Option<u64> {
 }
 
 fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
-    Some(match b.below(16)? {
+    Some(match b.below(18)? {
         0..=2 => {
             let k = b.below(KEYS)?;
             let flags = b.u8()?;
@@ -267,7 +269,7 @@ fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
             } else {
                 Credit::purchase(ws, amount, key)
             };
-            Op::Credit(credit.memo(memo))
+            Op::Credit(decode_terms(b, k, credit.memo(memo))?)
         }
         3 => {
             let ws = WORKSPACES[b.below(WORKSPACES.len())?].to_string();
@@ -358,10 +360,58 @@ fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
                 limit: b.below(5)? as u32,
             },
         },
-        _ => Op::Sweep {
+        14..=15 => Op::Sweep {
             limit: b.below(5)? as u32,
         },
+        _ => {
+            let flags = b.u8()?;
+            Op::VoidGrant(VoidGrant::new(
+                WORKSPACES[flags as usize % WORKSPACES.len()],
+                key_id(b.below(KEYS + 1)?),
+                format!("void-{}", flags >> 4),
+                MEMOS[1 + (flags as usize >> 2) % 2],
+            ))
+        }
     })
+}
+
+/// A credit's grant terms: mostly the key's usual ones (so that a reuse replays), sometimes
+/// anything, including the invalid (a priority out of range, an expiry before the start or
+/// already past).
+fn decode_terms(b: &mut Bytes<'_>, k: usize, mut c: Credit) -> Option<Credit> {
+    let t = b.u8()?;
+    if t & 0x80 == 0 {
+        // The usual terms of key k: a few tiers, some expiring within the run, some not yet
+        // effective.
+        c = c.priority([DEFAULT_GRANT_PRIORITY, 0, 5][k % 3]);
+        match k % 4 {
+            0 => {}
+            1 => c = c.expires_at_ms(START_MS + (k as u64 % 5 + 1) * 20 * 60_000),
+            2 => c = c.expires_at_ms(START_MS + DEFAULT_TIMEOUT_MS * 2),
+            _ => {
+                c = c
+                    .effective_at_ms(START_MS + (k as u64 % 3) * 30 * 60_000)
+                    .expires_at_ms(START_MS + MAX_TIMEOUT_MS)
+            }
+        }
+        return Some(c);
+    }
+    c = c.priority(match t & 3 {
+        0 => DEFAULT_GRANT_PRIORITY,
+        1 => 0,
+        2 => MAX_GRANT_PRIORITY,
+        _ => MAX_GRANT_PRIORITY + 1,
+    });
+    let at = START_MS + u64::from(b.u16()?) * 1000;
+    match (t >> 2) & 7 {
+        0 | 1 => {}
+        2 | 3 => c = c.expires_at_ms(at),
+        4 => c = c.effective_at_ms(at),
+        5 => c = c.effective_at_ms(at).expires_at_ms(at + 60_000),
+        6 => c = c.effective_at_ms(at).expires_at_ms(at), // invalid: not after the start
+        _ => c = c.expires_at_ms(START_MS - 1),           // invalid: in the past
+    }
+    Some(c)
 }
 
 fn decode_step(b: &mut Bytes<'_>) -> Option<Step> {
@@ -438,7 +488,45 @@ struct WsModel {
     held: u64,
     txns: u64,
     created_at: u64,
+    expired: u64,
+    voided: u64,
 }
+
+/// One grant lot: (workspace, grant id, lot) in `Model::lots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LotModel {
+    label: String,
+    priority: u32,
+    effective: Option<u64>,
+    expires: Option<u64>,
+    amount: u64,
+    remaining: u64,
+    allocated: u64,
+    returned: u64,
+    source_txn: u64,
+    grace_lots: u32,
+    /// (Expiration or Void, its txn or 0, credits, at)
+    closed: Option<(TxnKind, u64, u64)>,
+}
+
+impl LotModel {
+    fn spendable(&self, now: u64) -> bool {
+        self.closed.is_none()
+            && self.effective.is_none_or(|e| e <= now)
+            && self.expires.is_none_or(|e| now < e)
+    }
+    fn order(&self, id: &str, lot: u32) -> (u32, u64, u64, String, u32) {
+        (
+            self.priority,
+            self.expires.unwrap_or(u64::MAX),
+            self.effective.unwrap_or(0),
+            id.to_string(),
+            lot,
+        )
+    }
+}
+
+type LotKey = (String, String, u32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GenModelState {
@@ -505,6 +593,9 @@ struct Model {
     /// Index `i` holds transaction id `i + 1`.
     txns: Vec<TxnModel>,
     idem: BTreeMap<String, u64>,
+    lots: BTreeMap<LotKey, LotModel>,
+    /// The allocations of each transaction that moved grant credits.
+    allocs: BTreeMap<u64, Vec<Allocation>>,
     /// Balance alert thresholds by workspace.
     alerts: BTreeMap<String, u64>,
     /// Change-feed consumer positions.
@@ -563,6 +654,8 @@ impl Model {
             gens: BTreeMap::new(),
             txns: Vec::new(),
             idem: BTreeMap::new(),
+            lots: BTreeMap::new(),
+            allocs: BTreeMap::new(),
             alerts: BTreeMap::new(),
             consumers: BTreeMap::new(),
         }
@@ -592,11 +685,302 @@ impl Model {
     }
 
     fn earliest_deadline(&self) -> Option<u64> {
-        self.gens
+        let deadline = self
+            .gens
             .values()
             .filter(|g| g.state == GenModelState::Running)
             .map(|g| g.deadline)
-            .min()
+            .min();
+        let expiry = self
+            .lots
+            .values()
+            .filter(|l| l.closed.is_none())
+            .filter_map(|l| l.expires)
+            .min();
+        match (deadline, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The spendable lots of `ws` in drawdown order.
+    fn spendable_lots(&self, ws: &str, now: u64) -> Vec<LotKey> {
+        let mut v: Vec<(_, LotKey)> = self
+            .lots
+            .iter()
+            .filter(|((w, _, _), l)| w == ws && l.spendable(now) && l.remaining > 0)
+            .map(|(k, l)| (l.order(&k.1, k.2), k.clone()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// What a debit of `cost` would take, or the spendable balance when it is not enough.
+    fn plan(&self, ws: &str, now: u64, cost: u64) -> Result<Vec<(LotKey, u64)>, u64> {
+        let mut need = cost;
+        let mut spendable = 0u64;
+        let mut out = Vec::new();
+        for k in self.spendable_lots(ws, now) {
+            let r = self.lots[&k].remaining;
+            spendable = spendable.saturating_add(r);
+            if need > 0 {
+                let c = need.min(r);
+                need -= c;
+                out.push((k, c));
+            }
+            if need == 0 {
+                return Ok(out);
+            }
+        }
+        Err(spendable)
+    }
+
+    fn take(&mut self, plan: Vec<(LotKey, u64)>) -> Vec<Allocation> {
+        plan.into_iter()
+            .map(|(k, c)| {
+                let l = self.lots.get_mut(&k).unwrap();
+                l.remaining -= c;
+                l.allocated += c;
+                Allocation {
+                    grant_id: k.1.clone(),
+                    lot: k.2,
+                    credits: c,
+                    spendable_until_ms: l.expires,
+                }
+            })
+            .collect()
+    }
+
+    fn give_back(
+        &mut self,
+        now: u64,
+        ws: &str,
+        usage_txn: u64,
+        refund_txn: u64,
+    ) -> Vec<Allocation> {
+        let grace_until = now.saturating_add(DEFAULT_REFUND_GRACE_MS);
+        let drawn = self.allocs[&usage_txn].clone();
+        let mut out = Vec::new();
+        for a in drawn {
+            let key = (ws.to_string(), a.grant_id.clone(), a.lot);
+            let l = self.lots.get_mut(&key).unwrap();
+            if l.closed.is_none() && l.expires.is_none_or(|e| e >= grace_until) {
+                l.remaining += a.credits;
+                l.returned += a.credits;
+                out.push(Allocation {
+                    spendable_until_ms: l.expires,
+                    ..a
+                });
+                continue;
+            }
+            let l0 = self
+                .lots
+                .get_mut(&(ws.to_string(), a.grant_id.clone(), 0))
+                .unwrap();
+            l0.grace_lots += 1;
+            let lot = LotModel {
+                effective: None,
+                expires: Some(grace_until),
+                amount: a.credits,
+                remaining: a.credits,
+                allocated: 0,
+                returned: 0,
+                source_txn: refund_txn,
+                grace_lots: 0,
+                closed: None,
+                ..l0.clone()
+            };
+            let n = l0.grace_lots;
+            self.lots
+                .insert((ws.to_string(), a.grant_id.clone(), n), lot);
+            out.push(Allocation {
+                grant_id: a.grant_id,
+                lot: n,
+                credits: a.credits,
+                spendable_until_ms: Some(grace_until),
+            });
+        }
+        out
+    }
+
+    /// Close `keys` as `kind`; the transaction when they held anything.
+    fn close(
+        &mut self,
+        now: u64,
+        ws: &str,
+        keys: &[LotKey],
+        kind: TxnKind,
+        key: Option<&str>,
+        memo: Option<&str>,
+    ) -> Option<u64> {
+        let total: u64 = keys.iter().map(|k| self.lots[k].remaining).sum();
+        let mut txn = 0;
+        if total > 0 {
+            let w = self.ws.get_mut(ws).unwrap();
+            let before = w.balance;
+            w.balance -= total;
+            w.txns += 1;
+            if kind == TxnKind::Expiration {
+                w.expired += total;
+            } else {
+                w.voided += total;
+            }
+            let after = w.balance;
+            txn = self.append(
+                now,
+                TxnModel {
+                    at: now,
+                    ws: ws.to_string(),
+                    kind,
+                    amount: total,
+                    debit: true,
+                    before,
+                    after,
+                    memo: memo.map(str::to_string),
+                    refund: None,
+                    gen: None,
+                },
+            );
+            let entries = keys
+                .iter()
+                .filter(|k| self.lots[*k].remaining > 0)
+                .map(|k| Allocation {
+                    grant_id: k.1.clone(),
+                    lot: k.2,
+                    credits: self.lots[k].remaining,
+                    spendable_until_ms: self.lots[k].expires,
+                })
+                .collect();
+            self.allocs.insert(txn, entries);
+            if let Some(key) = key {
+                self.idem.insert(key.to_string(), txn);
+            }
+        }
+        for k in keys {
+            let l = self.lots.get_mut(k).unwrap();
+            l.closed = Some((kind, txn, l.remaining));
+            l.remaining = 0;
+        }
+        (txn > 0).then_some(txn)
+    }
+
+    fn closure(&self, txn: u64, grant: &str, replay: bool) -> GrantClosure {
+        let t = self.txn(txn);
+        GrantClosure {
+            txn_id: txn,
+            workspace: t.ws.clone(),
+            grant_id: grant.to_string(),
+            kind: t.kind,
+            amount_credits: t.amount,
+            balance_before_credits: t.before,
+            balance_after_credits: t.after,
+            at_ms: t.at,
+            replay,
+        }
+    }
+
+    fn void(&mut self, now: u64, v: &VoidGrant) -> Result<GrantClosure, Error> {
+        check_text("memo", &v.memo, MAX_MEMO_BYTES, false)?;
+        if let Some(&id) = self.idem.get(&v.idempotency_key) {
+            let t = self.txn(id).clone();
+            let voided = self
+                .allocs
+                .get(&id)
+                .and_then(|a| a.first().map(|e| e.grant_id.clone()))
+                .unwrap_or_default();
+            let conflict = |field, existing: String, requested: String| Error::Conflict {
+                entity: "idempotency key",
+                id: v.idempotency_key.clone(),
+                field,
+                existing,
+                requested,
+            };
+            if t.kind != TxnKind::Void {
+                return Err(conflict("kind", t.kind.to_string(), "Void".into()));
+            }
+            if t.ws != v.workspace {
+                return Err(conflict("workspace", t.ws.clone(), v.workspace.clone()));
+            }
+            if voided != v.grant_id {
+                return Err(conflict("grant", voided, v.grant_id.clone()));
+            }
+            let memo = t.memo.clone().unwrap_or_default();
+            if memo != v.memo {
+                return Err(conflict(
+                    "memo",
+                    format!("{memo:?}"),
+                    format!("{:?}", v.memo),
+                ));
+            }
+            return Ok(self.closure(id, &v.grant_id, true));
+        }
+        let k0 = (v.workspace.clone(), v.grant_id.clone(), 0);
+        let Some(l0) = self.lots.get(&k0) else {
+            return Err(Error::UnknownGrant {
+                grant: v.grant_id.clone(),
+            });
+        };
+        let open = |l: &LotModel| l.closed.is_none() && l.expires.is_none_or(|e| now < e);
+        let keys: Vec<LotKey> = (0..=l0.grace_lots)
+            .map(|n| (v.workspace.clone(), v.grant_id.clone(), n))
+            .filter(|k| open(&self.lots[k]))
+            .collect();
+        if keys.iter().all(|k| self.lots[k].remaining == 0) {
+            return Err(Error::NothingToVoid {
+                grant: v.grant_id.clone(),
+            });
+        }
+        self.trust_clock()?;
+        let txn = self
+            .close(
+                now,
+                &v.workspace,
+                &keys,
+                TxnKind::Void,
+                Some(&v.idempotency_key),
+                Some(&v.memo),
+            )
+            .unwrap();
+        Ok(self.closure(txn, &v.grant_id, false))
+    }
+
+    fn grant_views(&self, ws: &str) -> Vec<GrantView> {
+        let now = self.clock.max(self.last_at);
+        let mut v: Vec<_> = self
+            .lots
+            .iter()
+            .filter(|((w, _, _), _)| w == ws)
+            .map(|((w, id, lot), l)| {
+                let state = match l.closed {
+                    Some((TxnKind::Void, txn, credits)) => GrantState::Voided { txn, credits },
+                    Some((_, txn, credits)) => GrantState::Expired { txn, credits },
+                    None if l.expires.is_some_and(|e| now >= e) => GrantState::ExpiredUnswept,
+                    None if l.effective.is_some_and(|e| now < e) => GrantState::Pending,
+                    None if l.remaining == 0 => GrantState::Spent,
+                    None => GrantState::Spendable,
+                };
+                (
+                    l.order(id, *lot),
+                    GrantView {
+                        grant_id: id.clone(),
+                        lot: *lot,
+                        workspace: w.clone(),
+                        label: l.label.clone(),
+                        priority: l.priority,
+                        effective_at_ms: l.effective,
+                        expires_at_ms: l.expires,
+                        amount_credits: l.amount,
+                        remaining_credits: l.remaining,
+                        allocated_credits: l.allocated,
+                        returned_credits: l.returned,
+                        source_txn: l.source_txn,
+                        state,
+                    },
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, g)| g).collect()
     }
 
     fn txn(&self, id: u64) -> &TxnModel {
@@ -705,6 +1089,7 @@ impl Model {
         debit: bool,
         key: &str,
         memo: &str,
+        terms: Option<&Credit>,
     ) -> Result<Receipt, Error> {
         let signed = if debit {
             -i128::from(amount)
@@ -723,7 +1108,22 @@ impl Model {
             } else if stored_memo != memo {
                 Some(("memo", format!("{stored_memo:?}"), format!("{memo:?}")))
             } else {
-                None
+                let show =
+                    |t: Option<u64>| t.map_or_else(|| "none".to_string(), |t| format!("{t} ms"));
+                match (terms, self.lots.get(&(ws.to_string(), key.to_string(), 0))) {
+                    (Some(c), Some(l)) if l.priority != c.priority => {
+                        Some(("priority", l.priority.to_string(), c.priority.to_string()))
+                    }
+                    (Some(c), Some(l)) if l.expires != c.expires_at_ms => {
+                        Some(("expires_at_ms", show(l.expires), show(c.expires_at_ms)))
+                    }
+                    (Some(c), Some(l)) if l.effective != c.effective_at_ms => Some((
+                        "effective_at_ms",
+                        show(l.effective),
+                        show(c.effective_at_ms),
+                    )),
+                    _ => None,
+                }
             };
             if let Some((field, existing, requested)) = differs {
                 return Err(Error::Conflict {
@@ -735,6 +1135,15 @@ impl Model {
                 });
             }
             return Ok(self.receipt(id, true));
+        }
+        if let Some(expires_at_ms) = terms.and_then(|t| t.expires_at_ms) {
+            if expires_at_ms <= now {
+                return Err(InvalidInput::ExpiryInPast {
+                    expires_at_ms,
+                    now_ms: now,
+                }
+                .into());
+            }
         }
         let mut w = match self.ws.get(ws) {
             Some(w) => w.clone(),
@@ -749,14 +1158,16 @@ impl Model {
             },
         };
         let before = w.balance;
+        let mut plan = None;
         if debit {
-            w.balance = before
-                .checked_sub(amount)
-                .ok_or_else(|| Error::InsufficientCredits {
+            plan = Some(self.plan(ws, now, amount).map_err(|spendable| {
+                Error::InsufficientCredits {
                     workspace: ws.to_string(),
-                    balance_credits: before,
+                    balance_credits: spendable,
                     required_credits: amount,
-                })?;
+                }
+            })?);
+            w.balance = before - amount;
             w.adj_out = w
                 .adj_out
                 .checked_add(amount)
@@ -800,6 +1211,39 @@ impl Model {
                 gen: None,
             },
         );
+        match plan {
+            Some(plan) => {
+                let a = self.take(plan);
+                self.allocs.insert(id, a);
+            }
+            None => {
+                let (priority, effective, expires) = terms
+                    .map_or((DEFAULT_GRANT_PRIORITY, None, None), |t| {
+                        (t.priority, t.effective_at_ms, t.expires_at_ms)
+                    });
+                let label = if memo.is_empty() {
+                    kind.to_string()
+                } else {
+                    memo.to_string()
+                };
+                self.lots.insert(
+                    (ws.to_string(), key.to_string(), 0),
+                    LotModel {
+                        label,
+                        priority,
+                        effective,
+                        expires,
+                        amount,
+                        remaining: amount,
+                        allocated: 0,
+                        returned: 0,
+                        source_txn: id,
+                        grace_lots: 0,
+                        closed: None,
+                    },
+                );
+            }
+        }
         self.idem.insert(key.to_string(), id);
         Ok(self.receipt(id, false))
     }
@@ -816,6 +1260,7 @@ impl Model {
             balance_after_credits: u.after,
             started_at_ms: g.started,
             deadline_ms: g.deadline,
+            allocations: self.allocs[&g.usage_txn].clone(),
             replay,
         }
     }
@@ -877,14 +1322,14 @@ impl Model {
                 workspace: s.workspace.clone(),
             })?;
         let before = w.balance;
-        w.balance =
-            before
-                .checked_sub(s.cost_credits)
-                .ok_or_else(|| Error::InsufficientCredits {
-                    workspace: s.workspace.clone(),
-                    balance_credits: before,
-                    required_credits: s.cost_credits,
-                })?;
+        let plan = self
+            .plan(&s.workspace, now, s.cost_credits)
+            .map_err(|spendable| Error::InsufficientCredits {
+                workspace: s.workspace.clone(),
+                balance_credits: spendable,
+                required_credits: s.cost_credits,
+            })?;
+        w.balance = before - s.cost_credits;
         w.spent = w
             .spent
             .checked_add(s.cost_credits)
@@ -915,6 +1360,8 @@ impl Model {
                 gen: Some(s.generation_id.clone()),
             },
         );
+        let a = self.take(plan);
+        self.allocs.insert(usage_txn, a);
         self.gens.insert(
             s.generation_id.clone(),
             GenModel {
@@ -946,6 +1393,7 @@ impl Model {
             balance_before_credits: t.before,
             balance_after_credits: t.after,
             at_ms: t.at,
+            allocations: self.allocs[&refund_txn].clone(),
             replay,
         }
     }
@@ -974,6 +1422,15 @@ impl Model {
         w.txns += 1;
         let after = w.balance;
         self.ws.insert(g.ws.clone(), w);
+        let next = self.txns.len() as u64 + 1;
+        // The grace of a timeout counts from its deadline.
+        let base = if reason == RefundReason::Timeout {
+            g.deadline.min(now)
+        } else {
+            now
+        };
+        let back = self.give_back(base, &g.ws, g.usage_txn, next);
+        self.allocs.insert(next, back);
         let refund_txn = self.append(
             now,
             TxnModel {
@@ -1108,6 +1565,7 @@ impl Model {
         due.truncate(limit as usize);
         let saved = self.clone();
         let mut refunds = Vec::new();
+        let budget = limit as usize - due.len();
         for (_, id) in due {
             let timeout = self.gens[&id].timeout;
             let message = format!(
@@ -1122,8 +1580,37 @@ impl Model {
                 }
             }
         }
+        // With an untrusted clock only refunds go ahead; expirations wait.
+        let trusted = self.refusal.is_none();
+        let mut lapsed: Vec<(u64, LotKey)> = self
+            .lots
+            .iter()
+            .filter(|_| trusted)
+            .filter(|(_, l)| l.closed.is_none() && l.expires.is_some_and(|e| e <= now))
+            .map(|(k, l)| (l.expires.unwrap(), k.clone()))
+            .collect();
+        lapsed.sort();
+        let mut more_expired = more_expired;
+        if !more_expired && lapsed.len() > budget {
+            more_expired = true;
+        }
+        lapsed.truncate(budget);
+        let mut expirations = Vec::new();
+        for (_, k) in lapsed {
+            if let Some(txn) = self.close(
+                now,
+                &k.0,
+                std::slice::from_ref(&k),
+                TxnKind::Expiration,
+                None,
+                None,
+            ) {
+                expirations.push(self.closure(txn, &k.1, false));
+            }
+        }
         Ok(SweepReport {
             refunds,
+            expirations,
             more_expired,
             next_deadline_ms: self.earliest_deadline(),
         })
@@ -1135,6 +1622,24 @@ impl Model {
             Op::Credit(c) => {
                 check_amount("amount", u128::from(c.amount_credits))?;
                 check_text("memo", &c.memo, MAX_MEMO_BYTES, true)?;
+                if c.priority > MAX_GRANT_PRIORITY {
+                    return Err(InvalidInput::PriorityOutOfRange {
+                        priority: c.priority,
+                        max: MAX_GRANT_PRIORITY,
+                    }
+                    .into());
+                }
+                if let (Some(effective_at_ms), Some(expires_at_ms)) =
+                    (c.effective_at_ms, c.expires_at_ms)
+                {
+                    if expires_at_ms <= effective_at_ms {
+                        return Err(InvalidInput::ExpiryNotAfterStart {
+                            effective_at_ms,
+                            expires_at_ms,
+                        }
+                        .into());
+                    }
+                }
                 self.movement(
                     now,
                     &c.workspace,
@@ -1143,6 +1648,7 @@ impl Model {
                     false,
                     &c.idempotency_key,
                     &c.memo,
+                    Some(c),
                 )
                 .map(Outcome::Credit)
             }
@@ -1157,6 +1663,7 @@ impl Model {
                     a.amount_credits < 0,
                     &a.idempotency_key,
                     &a.memo,
+                    None,
                 )
                 .map(Outcome::Adjust)
             }
@@ -1172,6 +1679,7 @@ impl Model {
                 .fail(now, generation_id, *reason, message)
                 .map(Outcome::Fail),
             Op::Sweep { limit } => self.sweep(now, *limit).map(Outcome::Sweep),
+            Op::VoidGrant(v) => self.void(now, v).map(Outcome::VoidGrant),
             Op::Ack { consumer, txn_id } => self.ack(consumer, *txn_id).map(Outcome::Ack),
             Op::SetAlert {
                 workspace,
@@ -1200,6 +1708,7 @@ impl Model {
         if self.clock.max(self.last_at) < earliest.unwrap_or(u64::MAX) {
             return Ok(SweepReport {
                 refunds: Vec::new(),
+                expirations: Vec::new(),
                 more_expired: false,
                 next_deadline_ms: earliest,
             });
@@ -1225,9 +1734,42 @@ impl Model {
     }
 
     fn summary(&self, id: &str, w: &WsModel) -> WorkspaceSummary {
+        let now = self.clock.max(self.last_at);
+        let (mut spendable, mut pending, mut unswept) = (0, 0, 0);
+        let mut next_expiry: Option<ExpiryNotice> = None;
+        for ((ws, _, _), l) in &self.lots {
+            if ws != id || l.closed.is_some() || l.remaining == 0 {
+                continue;
+            }
+            if l.expires.is_some_and(|e| now >= e) {
+                unswept += l.remaining;
+            } else if l.effective.is_some_and(|e| now < e) {
+                pending += l.remaining;
+            } else {
+                spendable += l.remaining;
+                if let Some(at_ms) = l.expires {
+                    match &mut next_expiry {
+                        Some(n) if n.at_ms == at_ms => n.credits += l.remaining,
+                        Some(n) if n.at_ms < at_ms => {}
+                        n => {
+                            *n = Some(ExpiryNotice {
+                                at_ms,
+                                credits: l.remaining,
+                            })
+                        }
+                    }
+                }
+            }
+        }
         WorkspaceSummary {
             workspace: id.to_string(),
             balance_credits: w.balance,
+            spendable_credits: spendable,
+            pending_credits: pending,
+            expired_unswept_credits: unswept,
+            next_expiry,
+            expired_credits: w.expired,
+            voided_credits: w.voided,
             granted_credits: w.granted,
             spent_credits: w.spent,
             refunded_credits: w.refunded,
@@ -1291,6 +1833,8 @@ pub struct RunStats {
     pub crashes: u64,
     /// Refunds written (any path).
     pub refunds: u64,
+    /// Expirations and Voids written.
+    pub closures: u64,
     /// `verify()` runs, all clean.
     pub verifies: u64,
     /// Separation branches tried (journal deleted, swapped, flipped, or bypassed).
@@ -1316,6 +1860,8 @@ fn error_kind(e: &Error) -> &'static str {
         Error::GenerationRefunded { .. } => "GenerationRefunded",
         Error::GenerationSucceeded { .. } => "GenerationSucceeded",
         Error::ClockRegressed { .. } => "ClockRegressed",
+        Error::UnknownGrant { .. } => "UnknownGrant",
+        Error::NothingToVoid { .. } => "NothingToVoid",
         Error::AckBeyondEnd { .. } => "AckBeyondEnd",
         Error::AckBackwards { .. } => "AckBackwards",
         _ => "other",
@@ -1332,6 +1878,7 @@ impl RunStats {
         self.reopens += o.reopens;
         self.crashes += o.crashes;
         self.refunds += o.refunds;
+        self.closures += o.closures;
         self.verifies += o.verifies;
         self.separations += o.separations;
         self.refusals += o.refusals;
@@ -1435,7 +1982,11 @@ impl Harness {
         self.stats.ops += 1;
         match r {
             Ok(Outcome::Fail(f)) if !f.replay => self.stats.refunds += 1,
-            Ok(Outcome::Sweep(s)) => self.stats.refunds += s.refunds.len() as u64,
+            Ok(Outcome::Sweep(s)) => {
+                self.stats.refunds += s.refunds.len() as u64;
+                self.stats.closures += s.expirations.len() as u64;
+            }
+            Ok(Outcome::VoidGrant(v)) if !v.replay => self.stats.closures += 1,
             Ok(Outcome::Ack(a)) if !a.replay => self.stats.acks += 1,
             _ => {}
         }
@@ -1635,6 +2186,7 @@ impl Harness {
                         .fail_generation(&generation_id, reason, &message)
                         .map(Outcome::Fail),
                     Op::Sweep { limit } => l.sweep_expired(limit).map(Outcome::Sweep),
+                    Op::VoidGrant(v) => l.void_grant(v).map(Outcome::VoidGrant),
                     Op::Ack { consumer, txn_id } => l.ack(&consumer, txn_id).map(Outcome::Ack),
                     Op::SetAlert {
                         workspace,
@@ -1702,6 +2254,10 @@ impl Harness {
         let got = l.workspaces(None, 1000).expect("list workspaces");
         let want: Vec<WorkspaceSummary> = m.ws.iter().map(|(id, w)| m.summary(id, w)).collect();
         assert_eq!(got, want, "step {i}: workspaces differ from the model");
+        for ws in m.ws.keys() {
+            let got = l.grants(ws).expect("grants");
+            assert_eq!(got, m.grant_views(ws), "step {i}: grants of {ws}");
+        }
         for n in 0..GENERATIONS {
             let id = gen_id(n);
             let got = l.generation(&id);

@@ -71,6 +71,11 @@ pub enum Command {
     Balance(WorkspaceArg),
     /// A workspace's transactions, newest first, as an aligned table.
     History(HistoryArgs),
+    /// A workspace's credit grants in drawdown order: remaining, priority, start, expiry,
+    /// state.
+    Grants(WorkspaceArg),
+    /// Void what remains of a grant (its own Void transaction).
+    VoidGrant(VoidGrantArgs),
     /// One transaction's credit summary: balance before, action, new balance, linked
     /// Usage or Refund.
     Show(ShowArgs),
@@ -82,6 +87,9 @@ pub enum Command {
     Stats(WindowArgs),
     /// A workspace's full history, oldest first, as CSV or JSON lines on stdout.
     Export(ExportArgs),
+    /// Write a consistent copy of the ledger to a new file DEST (check it with
+    /// `--db DEST verify`). While an app has the ledger open, the app calls Ledger::backup.
+    Backup(BackupArgs),
     /// The change feed: every workspace's transactions after an id, oldest first (JSON
     /// lines with --json, one object per line in the shape of `export --format jsonl`).
     Changes(ChangesArgs),
@@ -94,6 +102,12 @@ pub enum Command {
     /// accepting the loss of the writes in it: the operator's last resort after looking for
     /// the right journal and for a backup.
     Recover(RecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new file to write; it must not exist (nothing is ever overwritten).
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,8 +128,34 @@ pub struct CreditArgs {
     /// Purchase (bought) or grant (given).
     #[arg(long, value_enum, default_value_t = CreditKindArg::Purchase)]
     pub kind: CreditKindArg,
-    /// A note shown in history.
+    /// A note shown in history; it also names the grant ("Monthly credits").
     #[arg(long, default_value = "")]
+    pub memo: String,
+    /// Drawdown priority, 0 to 1000: lower is spent first [default: 100].
+    #[arg(long)]
+    pub priority: Option<u32>,
+    /// Expire the credits this long after now (30d, 12h, 90m).
+    #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration_ms, conflicts_with = "expires_at")]
+    pub expires_in: Option<u64>,
+    /// Expire the credits at this time.
+    #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
+    pub expires_at: Option<u64>,
+    /// Make the credits spendable only from this time on.
+    #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
+    pub starts_at: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct VoidGrantArgs {
+    /// The workspace id.
+    pub workspace: String,
+    /// The grant: the --key of the credit that created it.
+    pub grant: String,
+    /// Idempotency key: repeating the command with it changes nothing.
+    #[arg(long)]
+    pub key: String,
+    /// Why (required).
+    #[arg(long)]
     pub memo: String,
 }
 
@@ -209,7 +249,8 @@ pub struct WorkspaceArg {
 pub struct HistoryArgs {
     /// The workspace id.
     pub workspace: String,
-    /// Only these types (comma-separated): usage, refund, purchase, grant, adjustment.
+    /// Only these types (comma-separated): usage, refund, purchase, grant, adjustment,
+    /// expiration, void.
     #[arg(long = "type", value_delimiter = ',', value_name = "TYPES", value_parser = parse_kind)]
     pub types: Vec<credit_ledger::TxnKind>,
     /// Only these statuses (comma-separated): pending, completed, failed.

@@ -7,6 +7,7 @@
 mod args;
 mod fail;
 mod feed;
+mod grants;
 mod open;
 mod output;
 mod reads;
@@ -117,11 +118,14 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Sweep(a) => writes::sweep(&ctx, a, out),
         Command::Balance(a) => reads::balance(&ctx, a, out),
         Command::History(a) => reads::history(&ctx, a, out),
+        Command::Grants(a) => grants::grants(&ctx, a, out),
+        Command::VoidGrant(a) => grants::void_grant(&ctx, a, out),
         Command::Show(a) => reads::show(&ctx, a, out),
         Command::Generation(a) => reads::generation(&ctx, a, out),
         Command::Verify => reads::verify(&ctx, out),
         Command::Stats(a) => reads::stats(&ctx, a, out),
         Command::Export(a) => reads::export(&ctx, a, out),
+        Command::Backup(a) => writes::backup(&ctx, a, out),
         Command::Changes(a) => feed::changes(&ctx, a, out),
         Command::Ack(a) => feed::ack(&ctx, a, out),
         Command::Simulate(a) => simulate::run(&ctx, a, out),

@@ -45,6 +45,15 @@ pub fn balance(ctx: &Context, a: &WorkspaceArg, out: &mut Out) -> Result<(), Cli
             "refunded": s.refunded_credits,
             "adjusted_in": s.adjusted_in_credits,
             "adjusted_out": s.adjusted_out_credits,
+            "spendable": s.spendable_credits,
+            "pending": s.pending_credits,
+            "expired_unswept": s.expired_unswept_credits,
+            "expired": s.expired_credits,
+            "voided": s.voided_credits,
+            "next_expiry": s.next_expiry.map(|n| json!({
+                "at": format_rfc3339(n.at_ms),
+                "credits": n.credits,
+            })),
             "running": s.running_generations,
             "transactions": s.transactions,
             "created_at": format_rfc3339(s.created_at_ms),
@@ -60,29 +69,61 @@ pub fn balance(ctx: &Context, a: &WorkspaceArg, out: &mut Out) -> Result<(), Cli
         }));
     }
     out.line(format!("Workspace {}", clean(&s.workspace)))?;
-    pairs(
-        out,
-        "  ",
-        &[
-            ("Balance", format!("{} credits", s.balance_credits)),
-            ("Granted", s.granted_credits.to_string()),
-            ("Spent", s.spent_credits.to_string()),
-            ("Refunded", s.refunded_credits.to_string()),
-            (
-                "Adjusted",
-                format!("+{} / -{}", s.adjusted_in_credits, s.adjusted_out_credits),
+    let mut rows = vec![
+        ("Balance", format!("{} credits", s.balance_credits)),
+        ("Spendable", format!("{} credits now", s.spendable_credits)),
+    ];
+    if s.pending_credits > 0 {
+        rows.push((
+            "Not yet",
+            format!("{} credits (grants not yet effective)", s.pending_credits),
+        ));
+    }
+    if s.expired_unswept_credits > 0 {
+        rows.push((
+            "Expired",
+            format!(
+                "{} credits (past their expiry; the next sweep writes the Expiration)",
+                s.expired_unswept_credits
             ),
-            (
-                "Running",
-                format!(
-                    "{} generation{}",
-                    s.running_generations,
-                    if s.running_generations == 1 { "" } else { "s" }
-                ),
+        ));
+    }
+    if let Some(n) = s.next_expiry {
+        rows.push((
+            "Next expiry",
+            format!(
+                "{} credits at {} (in {})",
+                n.credits,
+                format_human_zoned(n.at_ms),
+                format_duration(n.at_ms.saturating_sub(now))
             ),
-            ("Transactions", s.transactions.to_string()),
-        ],
-    )?;
+        ));
+    }
+    if s.expired_credits > 0 || s.voided_credits > 0 {
+        rows.push((
+            "Lapsed",
+            format!("{} expired, {} voided", s.expired_credits, s.voided_credits),
+        ));
+    }
+    rows.extend([
+        ("Granted", s.granted_credits.to_string()),
+        ("Spent", s.spent_credits.to_string()),
+        ("Refunded", s.refunded_credits.to_string()),
+        (
+            "Adjusted",
+            format!("+{} / -{}", s.adjusted_in_credits, s.adjusted_out_credits),
+        ),
+        (
+            "Running",
+            format!(
+                "{} generation{}",
+                s.running_generations,
+                if s.running_generations == 1 { "" } else { "s" }
+            ),
+        ),
+        ("Transactions", s.transactions.to_string()),
+    ]);
+    pairs(out, "  ", &rows)?;
     if !running.is_empty() {
         out.line("")?;
         let started = format!("STARTED ({})", zone_label());
@@ -183,9 +224,18 @@ pub fn show(ctx: &Context, a: &ShowArgs, out: &mut Out) -> Result<(), CliError> 
     let ledger = ctx.open(Mode::Read)?;
     let t = ledger.transaction(a.txn)?;
     let link = linked(&ledger, &t)?;
+    let labels = if t.allocations.is_empty() {
+        Default::default()
+    } else {
+        crate::grants::labels(&ledger, &t.workspace)?
+    };
     if ctx.json {
         let mut v = txn_json(&t);
         if let Value::Object(m) = &mut v {
+            m.insert(
+                "allocations".into(),
+                crate::grants::allocations_json(&t.allocations, &labels),
+            );
             m.insert(
                 "linked".into(),
                 link.as_ref().map_or(Value::Null, |(relation, l)| {
@@ -247,6 +297,18 @@ pub fn show(ctx: &Context, a: &ShowArgs, out: &mut Out) -> Result<(), CliError> 
             ""
         };
         summary.push(("Message", format!("{shown}{cut}")));
+    }
+    if !t.allocations.is_empty() {
+        let (name, verb, until) = match t.kind {
+            TxnKind::Refund => ("Returned", "to", true),
+            TxnKind::Expiration => ("Expired", "of", false),
+            TxnKind::Void => ("Voided", "of", false),
+            _ => ("Paid from", "from", false),
+        };
+        summary.push((
+            name,
+            crate::grants::allocation_words(&t.allocations, &labels, verb, until),
+        ));
     }
     summary.push(("New Balance", t.balance_after_credits.to_string()));
     pairs(out, "  ", &summary)?;

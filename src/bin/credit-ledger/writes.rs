@@ -1,9 +1,12 @@
-//! The commands that write: credit, adjust, start, complete, fail, sweep.
+//! The commands that write: credit, adjust, start, complete, fail, sweep, and backup (which
+//! writes a new file).
 
 use credit_ledger::{Adjust, Credit, Receipt, RefundReason, RefundReceipt, StartGeneration};
 use serde_json::{json, Value};
 
-use crate::args::{AdjustArgs, CreditArgs, CreditKindArg, FailArgs, GenArg, StartArgs, SweepArgs};
+use crate::args::{
+    AdjustArgs, BackupArgs, CreditArgs, CreditKindArg, FailArgs, GenArg, StartArgs, SweepArgs,
+};
 use crate::fail::CliError;
 use crate::open::{Context, Mode};
 use crate::output::{clean, signed, Align, Out, Table};
@@ -52,6 +55,7 @@ pub fn credit(ctx: &Context, a: &CreditArgs, out: &mut Out) -> Result<(), CliErr
         CreditKindArg::Grant => Credit::grant(&a.workspace, a.amount, &a.key),
     }
     .memo(&a.memo);
+    let credit = crate::grants::terms(&ledger, credit, a);
     let r = ledger.credit(credit)?;
     print_receipt(ctx, &r, out)
 }
@@ -173,6 +177,15 @@ pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError
         return out.json(&json!({
             "refunded": report.refunds.len(),
             "refunds": report.refunds.iter().map(refund_json).collect::<Vec<_>>(),
+            "expired": report.expirations.len(),
+            "expirations": report.expirations.iter().map(|e| json!({
+                "txn_id": e.txn_id,
+                "workspace": e.workspace,
+                "grant": e.grant_id,
+                "amount": e.amount_credits,
+                "balance_before": e.balance_before_credits,
+                "balance_after": e.balance_after_credits,
+            })).collect::<Vec<_>>(),
             "more_expired": report.more_expired,
             "next_deadline": report.next_deadline_ms.map(format_rfc3339),
         }));
@@ -203,12 +216,65 @@ pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError
         }
         t.print(out)?;
     }
+    if !report.expirations.is_empty() {
+        out.line(format!(
+            "Expired {} grant{}:",
+            report.expirations.len(),
+            if report.expirations.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ))?;
+        let mut t = Table::new(&[
+            ("EXPIRATION", Align::Right),
+            ("GRANT", Align::Left),
+            ("WORKSPACE", Align::Left),
+            ("AMOUNT", Align::Right),
+            ("BALANCE", Align::Right),
+        ]);
+        for e in &report.expirations {
+            t.row(vec![
+                format!("#{}", e.txn_id),
+                clean(&e.grant_id),
+                clean(&e.workspace),
+                signed(-i64::try_from(e.amount_credits).unwrap_or(i64::MAX)),
+                e.balance_after_credits.to_string(),
+            ]);
+        }
+        t.print(out)?;
+    }
     if report.more_expired {
-        out.line("More generations are past their deadline: run `sweep` again")?;
+        out.line(
+            "More generations or grants are past their deadline or expiry: run `sweep` again",
+        )?;
     } else if let Some(next) = report.next_deadline_ms {
-        out.line(format!("Next deadline: {}", format_human_zoned(next)))?;
+        out.line(format!(
+            "Next deadline or grant expiry: {}",
+            format_human_zoned(next)
+        ))?;
     } else {
         out.line("No generation is running")?;
     }
     Ok(())
+}
+
+/// `backup DEST`: a consistent copy of the ledger in a new file. The ledger is opened
+/// read-only when it needs no replay (the copy is then its bytes as they are), so a ledger on
+/// read-only media can be backed up too.
+pub fn backup(ctx: &Context, a: &BackupArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Read)?;
+    let bytes = ledger.backup(&a.dest)?;
+    if ctx.json {
+        return out.json(&json!({
+            "backup": a.dest.display().to_string(),
+            "bytes": bytes,
+        }));
+    }
+    out.line(format!(
+        "Backed up `{}` to `{}` ({bytes} bytes); check it with: credit-ledger --db {} verify",
+        ctx.db.display(),
+        a.dest.display(),
+        a.dest.display()
+    ))
 }

@@ -92,10 +92,18 @@ impl Params {
 fn fresh_file(ctx: &Context) -> Result<PathBuf, CliError> {
     if ctx.db_explicit {
         let path = ctx.db.clone();
-        match std::fs::metadata(&path) {
+        // Not following a symlink: only a missing path or an empty regular file will do, so
+        // that a device node, a FIFO or a link is never replaced.
+        match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => {
                 return Err(CliError::usage(format!(
                     "`{}` is a directory; give --db the path of a new file",
+                    path.display()
+                )))
+            }
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(CliError::usage(format!(
+                    "`{}` is not a regular file (a symlink, device, FIFO or socket); simulate needs the path of a new file",
                     path.display()
                 )))
             }
@@ -156,7 +164,11 @@ pub fn run(ctx: &Context, a: &SimulateArgs, out: &mut Out) -> Result<(), CliErro
     let params = Params::check(a, ctx.now_ms.unwrap_or(DEFAULT_START_MS))?;
     let path = fresh_file(ctx)?;
     let clock = ManualClock::new(params.start_ms);
-    let options = Options::default().clock(clock.clone());
+    // The simulated clock runs hours ahead on its own fresh file: not a mistyped time, so the
+    // guard against a clock far ahead of the system clock does not apply.
+    let options = Options::default()
+        .clock(clock.clone())
+        .max_clock_ahead_ms(None);
     let wall = Instant::now();
     let ledger = Arc::new(Ledger::open_with(&path, options)?);
 

@@ -1,0 +1,557 @@
+//! The grant invariants of the audit. The log is replayed against the grant lots: every
+//! credit creates its lot, every charge takes from lots (checked against the drawdown order
+//! and the lots' spendability at its time), every refund gives its Usage's allocations back,
+//! every Expiration and Void closes lots for exactly what they held. At the end the replayed
+//! lots must equal the stored ones, each workspace's balance the sum of its lots, and the two
+//! grant indexes the set of open lots. Memory: one entry per grant lot.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
+
+use super::{AuditReport, Invariant};
+use crate::engine::grants::carried_over_id;
+use crate::error::Error;
+use crate::model::records::{AllocationEntry, GrantBook, GrantRecord, TxnRecord};
+use crate::model::TxnKind;
+use crate::storage::{codec, tables};
+
+type LotKey = (String, String, u32);
+
+/// A lot as the replay of the log sees it.
+#[derive(Debug, Clone)]
+struct Sim {
+    remaining: u64,
+    allocated: u64,
+    returned: u64,
+    closed: bool,
+    priority: u32,
+    effective: Option<u64>,
+    expires: Option<u64>,
+}
+
+impl Sim {
+    fn of(g: &GrantRecord, remaining: u64) -> Self {
+        Sim {
+            remaining,
+            allocated: 0,
+            returned: 0,
+            closed: false,
+            priority: g.priority,
+            effective: g.effective_at_ms,
+            expires: g.expires_at_ms,
+        }
+    }
+    fn spendable(&self, at: u64) -> bool {
+        !self.closed
+            && self.effective.is_none_or(|e| e <= at)
+            && self.expires.is_none_or(|e| at < e)
+    }
+    fn order(&self, id: &str, lot: u32) -> (u32, u64, u64, String, u32) {
+        (
+            self.priority,
+            self.expires.unwrap_or(u64::MAX),
+            self.effective.unwrap_or(0),
+            id.to_string(),
+            lot,
+        )
+    }
+}
+
+/// The grant side of the audit, fed one transaction at a time.
+pub(super) struct GrantAudit {
+    stored: HashMap<LotKey, GrantRecord>,
+    books: HashMap<String, GrantBook>,
+    /// Carried-over lots by (workspace, the txn that created them).
+    carried: HashMap<(String, u64), LotKey>,
+    sim: HashMap<LotKey, Sim>,
+    /// Expired and voided credits per workspace, from the log.
+    lost: HashMap<String, (u64, u64)>,
+    allocations: Option<redb::ReadOnlyTable<u64, &'static [u8]>>,
+    pub lots: u64,
+}
+
+fn key_of(ws: &str, e: &AllocationEntry) -> LotKey {
+    (ws.to_string(), e.grant_id.clone(), e.lot)
+}
+
+impl GrantAudit {
+    pub fn load(rtx: &ReadTransaction, report: &mut AuditReport) -> Result<Self, Error> {
+        let mut stored = HashMap::new();
+        let mut carried = HashMap::new();
+        if let Some(t) = tables::open_optional(rtx, tables::GRANTS)? {
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let (ws, id, lot) = k.value();
+                let key = format!("({ws}, {id}, {lot})");
+                match codec::decode::<GrantRecord>("grants", &key, v.value()) {
+                    Ok(g) => {
+                        if id == carried_over_id() {
+                            carried.insert(
+                                (ws.to_string(), g.source_txn),
+                                (ws.to_string(), id.to_string(), lot),
+                            );
+                        }
+                        stored.insert((ws.to_string(), id.to_string(), lot), g);
+                    }
+                    Err(e) => {
+                        report.add(Invariant::Corruption, e.to_string(), vec![], None, Some(ws))
+                    }
+                }
+            }
+        }
+        let mut books = HashMap::new();
+        if let Some(t) = tables::open_optional(rtx, tables::GRANT_BOOKS)? {
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                match codec::decode::<GrantBook>("grant_books", &k.value(), v.value()) {
+                    Ok(b) => {
+                        books.insert(k.value().to_string(), b);
+                    }
+                    Err(e) => report.add(
+                        Invariant::Corruption,
+                        e.to_string(),
+                        vec![],
+                        None,
+                        Some(k.value()),
+                    ),
+                }
+            }
+        }
+        Ok(GrantAudit {
+            lots: stored.len() as u64,
+            stored,
+            books,
+            carried,
+            sim: HashMap::new(),
+            lost: HashMap::new(),
+            allocations: tables::open_optional(rtx, tables::ALLOCATIONS)?,
+        })
+    }
+
+    fn entries(&self, report: &mut AuditReport, rec: &TxnRecord) -> Option<Vec<AllocationEntry>> {
+        let t = self.allocations.as_ref()?;
+        match tables::get_allocations(t, rec.id) {
+            Ok(a) => a.map(|a| a.entries),
+            Err(e) => {
+                report.add(
+                    Invariant::Corruption,
+                    e.to_string(),
+                    vec![rec.id],
+                    None,
+                    Some(&rec.workspace),
+                );
+                None
+            }
+        }
+    }
+
+    /// Replay one transaction of the log.
+    pub fn on_txn(&mut self, report: &mut AuditReport, rec: &TxnRecord) {
+        let ws = rec.workspace.as_str();
+        let Some(since) = self.books.get(ws).map(|b| b.since_txn) else {
+            return; // a workspace from before grants that no write has touched since
+        };
+        if rec.id < since {
+            return;
+        }
+        if let Some(k) = self.carried.get(&(ws.to_string(), rec.id)).cloned() {
+            let g = &self.stored[&k];
+            self.sim
+                .entry(k)
+                .or_insert_with(|| Sim::of(g, g.amount_credits));
+        }
+        let bad = |report: &mut AuditReport, inv, detail: String| {
+            report.add(
+                inv,
+                detail,
+                vec![rec.id],
+                rec.generation_id.as_deref(),
+                Some(ws),
+            );
+        };
+        match (rec.kind, rec.debit) {
+            // A zero-credit Adjustment is an audit note (a journal discard): no grant.
+            (TxnKind::Adjustment, false) if rec.amount_credits == 0 => {}
+            (TxnKind::Purchase | TxnKind::Grant | TxnKind::Adjustment, false) => {
+                let key = rec.idempotency_key.clone().unwrap_or_default();
+                let k = (ws.to_string(), key.clone(), 0);
+                match self.stored.get(&k) {
+                    Some(g) if g.source_txn == rec.id && g.amount_credits == rec.amount_credits => {
+                        let sim = Sim::of(g, g.amount_credits);
+                        self.sim.insert(k, sim);
+                    }
+                    _ => bad(
+                        report,
+                        Invariant::GrantArithmetic,
+                        format!(
+                            "#{}: credit of {} has no grant `{key}` created by it",
+                            rec.id, rec.amount_credits
+                        ),
+                    ),
+                }
+            }
+            (TxnKind::Usage | TxnKind::Adjustment, _) => self.on_debit(report, rec),
+            (TxnKind::Refund, _) => self.on_refund(report, rec),
+            (TxnKind::Expiration | TxnKind::Void, _) => self.on_close(report, rec),
+            _ => {}
+        }
+    }
+
+    fn on_debit(&mut self, report: &mut AuditReport, rec: &TxnRecord) {
+        let ws = rec.workspace.as_str();
+        let bad = |report: &mut AuditReport, inv, detail: String| {
+            report.add(
+                inv,
+                detail,
+                vec![rec.id],
+                rec.generation_id.as_deref(),
+                Some(ws),
+            );
+        };
+        let Some(entries) = self.entries(report, rec) else {
+            bad(
+                report,
+                Invariant::AllocationSum,
+                format!("#{}: a charge with no allocations", rec.id),
+            );
+            return;
+        };
+        let sum: u128 = entries.iter().map(|e| u128::from(e.credits)).sum();
+        if sum != u128::from(rec.amount_credits) {
+            bad(
+                report,
+                Invariant::AllocationSum,
+                format!(
+                    "#{}: allocations add up to {sum}, not its {} credits",
+                    rec.id, rec.amount_credits
+                ),
+            );
+        }
+        let mut last_order = None;
+        for (i, e) in entries.iter().enumerate() {
+            let k = key_of(ws, e);
+            let Some(s) = self.sim.get(&k) else {
+                bad(
+                    report,
+                    Invariant::DrawdownOrder,
+                    format!("#{}: draws on unknown grant lot {k:?}", rec.id),
+                );
+                continue;
+            };
+            if !s.spendable(rec.at_ms) || s.remaining < e.credits {
+                bad(
+                    report,
+                    Invariant::DrawdownOrder,
+                    format!("#{}: draws {} from grant lot {k:?}, which was not spendable then or held {}", rec.id, e.credits, s.remaining),
+                );
+            }
+            let order = s.order(&k.1, k.2);
+            if last_order.as_ref().is_some_and(|l| *l >= order)
+                || (i + 1 < entries.len() && e.credits != s.remaining)
+            {
+                bad(
+                    report,
+                    Invariant::DrawdownOrder,
+                    format!("#{}: allocations out of drawdown order at {k:?}", rec.id),
+                );
+            }
+            last_order = Some(order);
+        }
+        // No spendable lot that comes before the last one taken was skipped.
+        if let Some(last) = last_order {
+            let taken: Vec<LotKey> = entries.iter().map(|e| key_of(ws, e)).collect();
+            let skipped = self.sim.iter().any(|(k, s)| {
+                k.0 == ws
+                    && s.remaining > 0
+                    && s.spendable(rec.at_ms)
+                    && s.order(&k.1, k.2) < last
+                    && !taken.contains(k)
+            });
+            if skipped {
+                bad(
+                    report,
+                    Invariant::DrawdownOrder,
+                    format!(
+                        "#{}: skipped a spendable grant earlier in the drawdown order",
+                        rec.id
+                    ),
+                );
+            }
+        }
+        for e in &entries {
+            if let Some(s) = self.sim.get_mut(&key_of(ws, e)) {
+                s.remaining = s.remaining.saturating_sub(e.credits);
+                s.allocated = s.allocated.saturating_add(e.credits);
+            }
+        }
+    }
+
+    fn on_refund(&mut self, report: &mut AuditReport, rec: &TxnRecord) {
+        let ws = rec.workspace.as_str();
+        let bad = |report: &mut AuditReport, detail: String| {
+            report.add(
+                Invariant::RefundAllocation,
+                detail,
+                vec![rec.id],
+                rec.generation_id.as_deref(),
+                Some(ws),
+            );
+        };
+        let Some(entries) = self.entries(report, rec) else {
+            bad(report, format!("#{}: a refund with no allocations", rec.id));
+            return;
+        };
+        let usage_txn = rec.refund.as_ref().map_or(0, |d| d.usage_txn);
+        let drawn = match &self.allocations {
+            Some(t) => tables::get_allocations(t, usage_txn)
+                .ok()
+                .flatten()
+                .map(|a| a.entries),
+            None => None,
+        };
+        let expected: Vec<(String, u32, u64)> = match drawn {
+            Some(d) => d
+                .into_iter()
+                .map(|e| (e.grant_id, e.lot, e.credits))
+                .collect(),
+            // A charge from before grants comes back to the carried-over grant.
+            None => vec![(carried_over_id().to_string(), 0, rec.amount_credits)],
+        };
+        let got: Vec<(String, u32, u64)> = entries
+            .iter()
+            .map(|e| (e.grant_id.clone(), e.from_lot, e.credits))
+            .collect();
+        if got != expected {
+            bad(
+                report,
+                format!(
+                    "#{}: returns {got:?}, but its Usage #{usage_txn} took {expected:?}",
+                    rec.id
+                ),
+            );
+        }
+        for e in &entries {
+            let k = key_of(ws, e);
+            if e.lot == e.from_lot {
+                match self.sim.get_mut(&k) {
+                    Some(s) if !s.closed => {
+                        s.remaining = s.remaining.saturating_add(e.credits);
+                        s.returned = s.returned.saturating_add(e.credits);
+                    }
+                    _ => bad(
+                        report,
+                        format!(
+                            "#{}: returns {} credits to closed or unknown lot {k:?}",
+                            rec.id, e.credits
+                        ),
+                    ),
+                }
+                continue;
+            }
+            match self.stored.get(&k) {
+                Some(g) if g.source_txn == rec.id && g.amount_credits == e.credits => {
+                    let mut s = Sim::of(g, e.credits);
+                    s.effective = None;
+                    self.sim.insert(k, s);
+                }
+                _ => bad(
+                    report,
+                    format!(
+                        "#{}: its grace lot {k:?} is missing or does not match",
+                        rec.id
+                    ),
+                ),
+            }
+        }
+    }
+
+    fn on_close(&mut self, report: &mut AuditReport, rec: &TxnRecord) {
+        let ws = rec.workspace.as_str();
+        let bad = |report: &mut AuditReport, detail: String| {
+            report.add(
+                Invariant::ExpirationAmount,
+                detail,
+                vec![rec.id],
+                None,
+                Some(ws),
+            );
+        };
+        let lost = self.lost.entry(ws.to_string()).or_default();
+        if rec.kind == TxnKind::Expiration {
+            lost.0 = lost.0.saturating_add(rec.amount_credits);
+        } else {
+            lost.1 = lost.1.saturating_add(rec.amount_credits);
+        }
+        let Some(entries) = self.entries(report, rec) else {
+            bad(report, format!("#{}: names no grant", rec.id));
+            return;
+        };
+        let sum: u128 = entries.iter().map(|e| u128::from(e.credits)).sum();
+        if sum != u128::from(rec.amount_credits) {
+            bad(
+                report,
+                format!(
+                    "#{}: closes {sum} credits of grants but takes {}",
+                    rec.id, rec.amount_credits
+                ),
+            );
+        }
+        for e in &entries {
+            let k = key_of(ws, e);
+            match self.sim.get_mut(&k) {
+                Some(s)
+                    if !s.closed
+                        && s.remaining == e.credits
+                        && (rec.kind != TxnKind::Expiration || s.expires.is_some_and(|x| rec.at_ms >= x)) =>
+                {
+                    s.closed = true;
+                    s.remaining = 0;
+                }
+                _ => bad(
+                    report,
+                    format!("#{}: {} of {} credits from lot {k:?}, which did not hold exactly that, or was closed, or had not expired", rec.id, rec.kind, e.credits),
+                ),
+            }
+        }
+    }
+
+    /// The end of the log: the replayed lots against the stored ones, balances, books and the
+    /// two indexes.
+    pub fn finish(
+        mut self,
+        report: &mut AuditReport,
+        rtx: &ReadTransaction,
+        balances: &HashMap<String, u64>,
+    ) -> Result<(), Error> {
+        let mut sums: BTreeMap<String, u128> = BTreeMap::new();
+        let (mut open_with_credits, mut open_with_expiry) = (0u64, 0u64);
+        let order_t = tables::open_optional(rtx, tables::GRANT_ORDER)?;
+        let expiries_t = tables::open_optional(rtx, tables::GRANT_EXPIRIES)?;
+        for (k, g) in &self.stored {
+            let ws = k.0.as_str();
+            let closed = g.closed.map_or(0, |c| c.credits);
+            let carried = k.1 == carried_over_id();
+            let arithmetic = u128::from(g.amount_credits) + u128::from(g.returned_credits)
+                == u128::from(g.allocated_credits)
+                    + u128::from(closed)
+                    + u128::from(g.remaining_credits);
+            if !arithmetic || (!carried && g.remaining_credits > g.amount_credits) {
+                report.add(
+                    Invariant::GrantArithmetic,
+                    format!(
+                        "grant lot {k:?}: remaining {} is not amount {} - allocated {} + returned {} - closed {closed}, or exceeds its amount",
+                        g.remaining_credits, g.amount_credits, g.allocated_credits, g.returned_credits
+                    ),
+                    vec![g.source_txn],
+                    None,
+                    Some(ws),
+                );
+            }
+            if g.closed.is_none() {
+                *sums.entry(ws.to_string()).or_default() += u128::from(g.remaining_credits);
+                open_with_credits += u64::from(g.remaining_credits > 0);
+                open_with_expiry += u64::from(g.expires_at_ms.is_some());
+                let in_order = match &order_t {
+                    Some(t) => t.get(g.order_key())?.is_some(),
+                    None => false,
+                };
+                let in_expiries = match (&expiries_t, g.expires_at_ms) {
+                    (Some(t), Some(e)) => t.get((e, ws, k.1.as_str(), k.2))?.is_some(),
+                    (_, e) => e.is_none(),
+                };
+                if in_order != (g.remaining_credits > 0) || !in_expiries {
+                    report.add(
+                        Invariant::GrantIndex,
+                        format!(
+                            "open grant lot {k:?} is missing from grant_order or grant_expiries"
+                        ),
+                        vec![g.source_txn],
+                        None,
+                        Some(ws),
+                    );
+                }
+            }
+            if let Some(s) = self.sim.remove(k) {
+                // A lot closed with nothing left has no allocation entry (an Expiration of
+                // nothing is not written at all): the replay left it open.
+                let sim_closed =
+                    s.closed || (g.closed.is_some_and(|c| c.credits == 0) && s.remaining == 0);
+                if (s.remaining, s.allocated, s.returned, sim_closed)
+                    != (
+                        g.remaining_credits,
+                        g.allocated_credits,
+                        g.returned_credits,
+                        g.closed.is_some(),
+                    )
+                {
+                    report.add(
+                        Invariant::GrantArithmetic,
+                        format!(
+                            "grant lot {k:?} stores remaining {}, allocated {}, returned {}, closed {}; its transactions give {}, {}, {}, {}",
+                            g.remaining_credits, g.allocated_credits, g.returned_credits, g.closed.is_some(),
+                            s.remaining, s.allocated, s.returned, sim_closed
+                        ),
+                        vec![g.source_txn],
+                        None,
+                        Some(ws),
+                    );
+                }
+            } else if !carried || self.books.contains_key(ws) {
+                report.add(
+                    Invariant::GrantArithmetic,
+                    format!("grant lot {k:?} was created by no transaction"),
+                    vec![g.source_txn],
+                    None,
+                    Some(ws),
+                );
+            }
+        }
+        for (ws, book) in &self.books {
+            let balance = balances.get(ws).copied().unwrap_or(0);
+            let sum = sums.get(ws).copied().unwrap_or(0);
+            if sum != u128::from(balance) {
+                report.add(
+                    Invariant::GrantBalance,
+                    format!("balance {balance}, but its grants hold {sum}"),
+                    vec![],
+                    None,
+                    Some(ws),
+                );
+            }
+            let lost = self.lost.get(ws).copied().unwrap_or((0, 0));
+            if lost != (book.expired_credits, book.voided_credits) {
+                report.add(
+                    Invariant::GrantBalance,
+                    format!(
+                        "grant book says expired {}, voided {}; the log says {}, {}",
+                        book.expired_credits, book.voided_credits, lost.0, lost.1
+                    ),
+                    vec![],
+                    None,
+                    Some(ws),
+                );
+            }
+        }
+        let order = match &order_t {
+            Some(t) => t.len()?,
+            None => 0,
+        };
+        let expiries = match &expiries_t {
+            Some(t) => t.len()?,
+            None => 0,
+        };
+        if order != open_with_credits || expiries != open_with_expiry {
+            report.add(
+                Invariant::GrantIndex,
+                format!(
+                    "grant_order has {order} entries for {open_with_credits} open lots with credits; grant_expiries {expiries} for {open_with_expiry} open lots with an expiry"
+                ),
+                vec![],
+                None,
+                None,
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,620 @@
+//! Credit grants: drawdown order, refunds across expiry, lazy expiry, the sweep's
+//! Expirations, operator voids, and the balance split.
+
+mod common;
+
+use common::{ledger, options, MINUTE_MS, T0_MS};
+use credit_ledger::limits::{DEFAULT_GRANT_PRIORITY, DEFAULT_REFUND_GRACE_MS};
+use credit_ledger::{
+    Allocation, Credit, Error, GrantState, HistoryFilter, Ledger, ManualClock, PageRequest,
+    RefundReason, StartGeneration, TxnKind, VoidGrant,
+};
+
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// `(grant id, credits)` of each allocation, in order.
+fn drawn(allocations: &[Allocation]) -> Vec<(&str, u64)> {
+    allocations
+        .iter()
+        .map(|a| (a.grant_id.as_str(), a.credits))
+        .collect()
+}
+
+fn remaining(ledger: &Ledger, ws: &str) -> Vec<(String, u32, u64)> {
+    ledger
+        .grants(ws)
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.grant_id, g.lot, g.remaining_credits))
+        .collect()
+}
+
+fn start(ledger: &Ledger, id: &str, ws: &str, cost: u64) -> Vec<(String, u64)> {
+    let c = ledger
+        .start_generation(StartGeneration::new(id, ws, "Quick Video", cost))
+        .unwrap();
+    drawn(&c.allocations)
+        .into_iter()
+        .map(|(g, n)| (g.to_string(), n))
+        .collect()
+}
+
+fn owned(v: &[(&str, u64)]) -> Vec<(String, u64)> {
+    v.iter().map(|(g, n)| (g.to_string(), *n)).collect()
+}
+
+fn assert_clean(ledger: &Ledger) {
+    let report = ledger.verify().unwrap();
+    assert!(report.is_clean(), "{:#?}", report.violations);
+    assert!(ledger.totals().unwrap().is_conserved());
+}
+
+#[test]
+fn a_credit_with_no_terms_is_one_grant_spent_as_before() {
+    let (l, _) = ledger();
+    let r = l.credit(Credit::purchase("acme", 100, "order-1")).unwrap();
+    assert_eq!(r.balance_after_credits, 100);
+    assert_eq!(start(&l, "g1", "acme", 12), owned(&[("order-1", 12)]));
+    let g = &l.grants("acme").unwrap()[0];
+    assert_eq!(
+        (g.amount_credits, g.remaining_credits, g.priority, g.state),
+        (100, 88, DEFAULT_GRANT_PRIORITY, GrantState::Spendable)
+    );
+    let s = l.balance("acme").unwrap();
+    assert_eq!((s.balance_credits, s.spendable_credits), (88, 88));
+    assert_clean(&l);
+}
+
+#[test]
+fn drawdown_goes_by_priority_then_expiry_then_start_then_id() {
+    let (l, _) = ledger();
+    let ws = "acme";
+    // Credited in an order unlike the drawdown order.
+    l.credit(Credit::purchase(ws, 10, "d-no-expiry")).unwrap();
+    l.credit(Credit::purchase(ws, 10, "c-late").expires_at_ms(T0_MS + 9 * DAY_MS))
+        .unwrap();
+    l.credit(Credit::purchase(ws, 10, "b-soon").expires_at_ms(T0_MS + 2 * DAY_MS))
+        .unwrap();
+    l.credit(Credit::purchase(ws, 10, "e-urgent").priority(DEFAULT_GRANT_PRIORITY + 1))
+        .unwrap();
+    l.credit(Credit::grant(ws, 10, "a-first").priority(0))
+        .unwrap();
+    // Ties on priority and expiry: the earlier start wins (none counts as the earliest),
+    // then the smaller id.
+    l.credit(
+        Credit::purchase(ws, 10, "z-started")
+            .expires_at_ms(T0_MS + 2 * DAY_MS)
+            .effective_at_ms(T0_MS - DAY_MS),
+    )
+    .unwrap();
+    l.credit(Credit::purchase(ws, 10, "a-tie").expires_at_ms(T0_MS + 9 * DAY_MS))
+        .unwrap();
+
+    // One charge spans every grant, in order.
+    assert_eq!(
+        start(&l, "g1", ws, 70),
+        owned(&[
+            ("a-first", 10),
+            ("b-soon", 10),
+            ("z-started", 10),
+            ("a-tie", 10),
+            ("c-late", 10),
+            ("d-no-expiry", 10),
+            ("e-urgent", 10),
+        ])
+    );
+    assert_eq!(l.balance(ws).unwrap().balance_credits, 0);
+    assert_clean(&l);
+}
+
+#[test]
+fn a_charge_spans_grants_and_takes_what_it_needs_from_the_last() {
+    let (l, _) = ledger();
+    l.credit(Credit::grant("acme", 5, "trial").expires_at_ms(T0_MS + 7 * DAY_MS))
+        .unwrap();
+    l.credit(Credit::purchase("acme", 100, "pack")).unwrap();
+    assert_eq!(
+        start(&l, "g1", "acme", 12),
+        owned(&[("trial", 5), ("pack", 7)])
+    );
+    assert_eq!(start(&l, "g2", "acme", 3), owned(&[("pack", 3)]));
+    assert_eq!(
+        remaining(&l, "acme"),
+        vec![("trial".into(), 0, 0), ("pack".into(), 0, 90)]
+    );
+    // The Usage's view carries the same allocations.
+    let usage = l.transaction(3).unwrap();
+    assert_eq!(usage.kind, TxnKind::Usage);
+    assert_eq!(drawn(&usage.allocations), vec![("trial", 5), ("pack", 7)]);
+    assert_clean(&l);
+}
+
+#[test]
+fn future_dated_grants_are_not_spendable_until_their_start() {
+    let (l, clock) = ledger();
+    l.credit(Credit::purchase("acme", 10, "now")).unwrap();
+    l.credit(Credit::grant("acme", 50, "next-month").effective_at_ms(T0_MS + DAY_MS))
+        .unwrap();
+    let s = l.balance("acme").unwrap();
+    assert_eq!(
+        (s.balance_credits, s.spendable_credits, s.pending_credits),
+        (60, 10, 50)
+    );
+    let err = l
+        .start_generation(StartGeneration::new("g1", "acme", "HD Video", 20))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::InsufficientCredits {
+            workspace: "acme".into(),
+            balance_credits: 10,
+            required_credits: 20,
+        }
+    );
+    assert!(err.to_string().contains("10 spendable credits"), "{err}");
+    clock.advance_ms(DAY_MS);
+    assert_eq!(
+        start(&l, "g1", "acme", 20),
+        owned(&[("now", 10), ("next-month", 10)])
+    );
+    assert_clean(&l);
+}
+
+#[test]
+fn expiry_is_lazy_and_the_sweep_writes_one_expiration_for_what_lapsed() {
+    // The same steps with and without a sweep at the expiry: the charge outcome is the same.
+    for sweep_first in [false, true] {
+        let (l, clock) = ledger();
+        l.credit(Credit::grant("acme", 30, "trial").expires_at_ms(T0_MS + HOUR_MS))
+            .unwrap();
+        l.credit(Credit::purchase("acme", 5, "pack")).unwrap();
+        start(&l, "g1", "acme", 10);
+        clock.set_ms(T0_MS + HOUR_MS);
+        if sweep_first {
+            let report = l.sweep_expired(100).unwrap();
+            assert_eq!(report.expirations.len(), 1);
+            let e = &report.expirations[0];
+            assert_eq!(
+                (
+                    e.kind,
+                    e.grant_id.as_str(),
+                    e.amount_credits,
+                    e.balance_before_credits,
+                    e.balance_after_credits
+                ),
+                (TxnKind::Expiration, "trial", 20, 25, 5)
+            );
+        } else {
+            let s = l.balance("acme").unwrap();
+            assert_eq!(
+                (
+                    s.balance_credits,
+                    s.spendable_credits,
+                    s.expired_unswept_credits
+                ),
+                (25, 5, 20)
+            );
+        }
+        // Either way the expired credits cannot be spent.
+        let err = l
+            .start_generation(StartGeneration::new("g2", "acme", "Quick Video", 6))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InsufficientCredits {
+                    balance_credits: 5,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(start(&l, "g3", "acme", 5), owned(&[("pack", 5)]));
+        // The sweep expires the lapsed part once, whenever it runs.
+        l.sweep_expired(100).unwrap();
+        assert!(l.sweep_expired(100).unwrap().expirations.is_empty());
+        let expirations = l
+            .history(
+                "acme",
+                &HistoryFilter::all().kinds([TxnKind::Expiration]),
+                &PageRequest::first(10),
+            )
+            .unwrap()
+            .entries;
+        assert_eq!(expirations.len(), 1);
+        assert_eq!(expirations[0].amount_credits, -20);
+        assert_eq!(expirations[0].action, "Expired 20 credits of Grant");
+        let s = l.balance("acme").unwrap();
+        assert_eq!((s.balance_credits, s.expired_credits), (0, 20));
+        assert!(matches!(
+            l.grants("acme").unwrap()[0].state,
+            GrantState::Expired { credits: 20, .. }
+        ));
+        assert_clean(&l);
+    }
+}
+
+#[test]
+fn a_grant_spent_to_zero_expires_without_a_transaction() {
+    let (l, clock) = ledger();
+    l.credit(Credit::grant("acme", 10, "trial").expires_at_ms(T0_MS + HOUR_MS))
+        .unwrap();
+    l.start_generation(StartGeneration::new("g1", "acme", "Quick Video", 10))
+        .unwrap();
+    l.complete_generation("g1").unwrap();
+    clock.set_ms(T0_MS + 2 * HOUR_MS);
+    let report = l.sweep_expired(100).unwrap();
+    assert!(report.expirations.is_empty());
+    assert_eq!(report.next_deadline_ms, None);
+    assert!(matches!(
+        l.grants("acme").unwrap()[0].state,
+        GrantState::Expired { txn: 0, credits: 0 }
+    ));
+    assert_clean(&l);
+}
+
+/// Refunds across an expiry, table-driven. A 12-credit Quick Video is charged 8 from a trial
+/// grant and 4 from a pack; the trial expires at `expiry`; the generation fails at `fail_at`.
+#[test]
+fn refunds_across_expiry_keep_the_credits_spendable_for_the_grace() {
+    struct Case {
+        name: &'static str,
+        expiry: u64,
+        fail_at: u64,
+        /// Where the 8 trial credits go back: lot 0 (the grant itself) or a grace lot.
+        grace_lot: bool,
+    }
+    let cases = [
+        Case {
+            name: "fails long before the trial expires",
+            expiry: T0_MS + 7 * DAY_MS,
+            fail_at: T0_MS + MINUTE_MS,
+            grace_lot: false,
+        },
+        Case {
+            name: "trial expires within the grace after the refund",
+            expiry: T0_MS + HOUR_MS,
+            fail_at: T0_MS + 30 * MINUTE_MS,
+            grace_lot: true,
+        },
+        Case {
+            name: "trial expired while the generation ran",
+            expiry: T0_MS + 10 * MINUTE_MS,
+            fail_at: T0_MS + 20 * MINUTE_MS,
+            grace_lot: true,
+        },
+        Case {
+            name: "trial expired and was swept before the failure",
+            expiry: T0_MS + MINUTE_MS,
+            fail_at: T0_MS + 100 * MINUTE_MS,
+            grace_lot: true,
+        },
+    ];
+    for c in cases {
+        let (l, clock) = ledger();
+        l.credit(
+            Credit::grant("acme", 8, "trial")
+                .memo("Trial credits")
+                .expires_at_ms(c.expiry),
+        )
+        .unwrap();
+        l.credit(Credit::purchase("acme", 100, "pack").memo("Top-up pack"))
+            .unwrap();
+        assert_eq!(
+            start(&l, "g1", "acme", 12),
+            owned(&[("trial", 8), ("pack", 4)]),
+            "{}",
+            c.name
+        );
+        clock.set_ms(c.fail_at);
+        l.sweep_expired(100).unwrap();
+        let r = l
+            .fail_generation("g1", RefundReason::ModelFailure, "no frames")
+            .unwrap();
+        assert_eq!(r.amount_credits, 12, "{}", c.name);
+        let trial = &r.allocations[0];
+        assert_eq!(
+            (trial.grant_id.as_str(), trial.credits),
+            ("trial", 8),
+            "{}",
+            c.name
+        );
+        let grace_until = c.fail_at + DEFAULT_REFUND_GRACE_MS;
+        if c.grace_lot {
+            assert_eq!(
+                (trial.lot, trial.spendable_until_ms),
+                (1, Some(grace_until)),
+                "{}",
+                c.name
+            );
+        } else {
+            assert_eq!(
+                (trial.lot, trial.spendable_until_ms),
+                (0, Some(c.expiry)),
+                "{}",
+                c.name
+            );
+        }
+        assert_eq!(
+            (r.allocations[1].grant_id.as_str(), r.allocations[1].lot),
+            ("pack", 0)
+        );
+        // The user can retry at once, with all 12 credits: the trial's first.
+        assert_eq!(
+            start(&l, "g2", "acme", 12),
+            owned(&[("trial", 8), ("pack", 4)]),
+            "{}",
+            c.name
+        );
+        l.fail_generation("g2", RefundReason::ApiFailure, "503")
+            .unwrap();
+        // After the grace the returned trial credits expire like any others.
+        clock.set_ms(grace_until.max(c.expiry) + 1);
+        let report = l.sweep_expired(100).unwrap();
+        let lapsed: u64 = report.expirations.iter().map(|e| e.amount_credits).sum();
+        assert_eq!(lapsed, 8, "{}", c.name);
+        let s = l.balance("acme").unwrap();
+        assert_eq!(
+            (s.balance_credits, s.spendable_credits),
+            (100, 100),
+            "{}",
+            c.name
+        );
+        assert_clean(&l);
+    }
+}
+
+#[test]
+fn a_reused_key_with_other_terms_is_a_conflict_naming_the_field() {
+    let (l, _) = ledger();
+    let base = Credit::grant("acme", 50, "monthly-2026-11")
+        .priority(10)
+        .expires_at_ms(T0_MS + 30 * DAY_MS);
+    l.credit(base.clone()).unwrap();
+    assert!(l.credit(base.clone()).unwrap().replay);
+    for (changed, field) in [
+        (base.clone().priority(11), "priority"),
+        (
+            base.clone().expires_at_ms(T0_MS + 31 * DAY_MS),
+            "expires_at_ms",
+        ),
+        (base.clone().effective_at_ms(T0_MS), "effective_at_ms"),
+        (
+            Credit {
+                amount_credits: 51,
+                ..base.clone()
+            },
+            "amount",
+        ),
+    ] {
+        match l.credit(changed) {
+            Err(Error::Conflict { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert_eq!(l.balance("acme").unwrap().balance_credits, 50);
+    assert_clean(&l);
+}
+
+#[test]
+fn an_operator_voids_what_remains_of_a_grant_once() {
+    let (l, _) = ledger();
+    l.credit(Credit::grant("acme", 40, "dup-trial").memo("Trial credits"))
+        .unwrap();
+    l.credit(Credit::purchase("acme", 10, "pack")).unwrap();
+    start(&l, "g1", "acme", 15);
+    let void = VoidGrant::new("acme", "dup-trial", "void-1", "duplicate trial grant");
+    let v = l.void_grant(void.clone()).unwrap();
+    assert_eq!(
+        (
+            v.kind,
+            v.amount_credits,
+            v.balance_before_credits,
+            v.balance_after_credits,
+            v.replay
+        ),
+        (TxnKind::Void, 25, 35, 10, false)
+    );
+    let again = l.void_grant(void.clone()).unwrap();
+    assert!(again.replay && again.txn_id == v.txn_id);
+    assert!(matches!(
+        l.void_grant(VoidGrant::new(
+            "acme",
+            "pack",
+            "void-1",
+            "duplicate trial grant"
+        )),
+        Err(Error::Conflict { field: "grant", .. })
+    ));
+    assert!(matches!(
+        l.void_grant(VoidGrant::new("acme", "dup-trial", "void-2", "again")),
+        Err(Error::NothingToVoid { .. })
+    ));
+    // A refund of a charge the voided grant paid comes back in a grace lot.
+    let r = l
+        .fail_generation("g1", RefundReason::SystemError, "oom")
+        .unwrap();
+    assert_eq!(r.allocations[0].lot, 1);
+    let s = l.balance("acme").unwrap();
+    assert_eq!((s.balance_credits, s.voided_credits), (25, 25));
+    assert_eq!(
+        l.transaction(v.txn_id).unwrap().action,
+        "Voided 25 credits of Trial credits"
+    );
+    assert_clean(&l);
+}
+
+#[test]
+fn expiring_lists_what_expires_soon_and_balance_names_the_next_expiry() {
+    let (l, _) = ledger();
+    l.credit(Credit::grant("acme", 8, "trial").expires_at_ms(T0_MS + 7 * DAY_MS))
+        .unwrap();
+    l.credit(Credit::grant("acme", 500, "monthly").expires_at_ms(T0_MS + 30 * DAY_MS))
+        .unwrap();
+    l.credit(Credit::purchase("acme", 100, "pack")).unwrap();
+    let soon: Vec<String> = l
+        .expiring("acme", 10 * DAY_MS)
+        .unwrap()
+        .into_iter()
+        .map(|g| g.grant_id)
+        .collect();
+    assert_eq!(soon, vec!["trial"]);
+    assert_eq!(l.expiring("acme", 31 * DAY_MS).unwrap().len(), 2);
+    let next = l.balance("acme").unwrap().next_expiry.unwrap();
+    assert_eq!((next.at_ms, next.credits), (T0_MS + 7 * DAY_MS, 8));
+}
+
+#[test]
+fn grants_and_expirations_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grants.redb");
+    let clock = ManualClock::new(T0_MS);
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::grant("acme", 30, "trial").expires_at_ms(T0_MS + HOUR_MS))
+            .unwrap();
+        l.credit(Credit::purchase("acme", 10, "pack")).unwrap();
+        start(&l, "g1", "acme", 35);
+    }
+    clock.set_ms(T0_MS + 3 * HOUR_MS);
+    // Opening sweeps: the generation times out (its 30 trial credits go to a grace lot) and
+    // nothing of the trial was left to expire at its expiry.
+    let l = Ledger::open_with(&path, options(&clock)).unwrap();
+    let g = l.generation("g1").unwrap();
+    assert!(matches!(
+        g.state,
+        credit_ledger::GenerationState::Refunded { .. }
+    ));
+    assert_eq!(
+        remaining(&l, "acme"),
+        vec![
+            ("trial".into(), 0, 0),
+            ("trial".into(), 1, 30),
+            ("pack".into(), 0, 10)
+        ]
+    );
+    assert_clean(&l);
+}
+
+/// The README's worked example: the guide's Quick Video refund, charged across a trial grant
+/// and a purchased pack, the trial expiring while the generation runs.
+#[test]
+fn the_readme_example_holds() {
+    let (l, clock) = ledger();
+    let t = |minutes: u64| T0_MS + minutes * MINUTE_MS;
+    l.credit(
+        Credit::grant("acme", 8, "trial-acme")
+            .memo("Trial credits")
+            .expires_at_ms(t(2)),
+    )
+    .unwrap();
+    l.credit(Credit::purchase("acme", 100, "order-1001").memo("Top-up pack"))
+        .unwrap();
+    let charge = l
+        .start_generation(StartGeneration::new("gen-1", "acme", "Quick Video", 12))
+        .unwrap();
+    assert_eq!(
+        drawn(&charge.allocations),
+        vec![("trial-acme", 8), ("order-1001", 4)]
+    );
+    assert_eq!(
+        (charge.balance_before_credits, charge.balance_after_credits),
+        (108, 96)
+    );
+    clock.set_ms(t(3));
+    let refund = l
+        .fail_generation("gen-1", RefundReason::ModelFailure, "no frames")
+        .unwrap();
+    assert_eq!(
+        drawn(&refund.allocations),
+        vec![("trial-acme", 8), ("order-1001", 4)]
+    );
+    assert_eq!(refund.allocations[0].lot, 1);
+    assert_eq!(
+        refund.allocations[0].spendable_until_ms,
+        Some(t(3) + DAY_MS)
+    );
+    assert_eq!(
+        (refund.balance_before_credits, refund.balance_after_credits),
+        (96, 108)
+    );
+    assert_eq!(l.balance("acme").unwrap().spendable_credits, 108);
+    clock.set_ms(t(4));
+    assert_eq!(
+        start(&l, "gen-2", "acme", 12),
+        owned(&[("trial-acme", 8), ("order-1001", 4)])
+    );
+    assert_clean(&l);
+}
+
+/// A file from before grants: its Usage records have no allocations and its workspaces no
+/// grants. It opens and reads as it is (all of a balance spendable); the first write to a
+/// workspace moves its balance into one carried-over grant, a refund of a charge made before
+/// grants gives the credits back to it, and `verify()` stays clean throughout.
+#[test]
+fn a_file_from_before_grants_carries_its_balances_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    let clock = ManualClock::new(T0_MS);
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::purchase("acme", 100, "order-1")).unwrap();
+        start(&l, "g1", "acme", 12);
+    }
+    // Make it what schema 1 wrote: none of the grant tables, schema byte 1.
+    {
+        let rdb = redb::Database::open(&path).unwrap();
+        let txn = rdb.begin_write().unwrap();
+        {
+            let g: redb::TableDefinition<(&str, &str, u32), &[u8]> =
+                redb::TableDefinition::new("grants");
+            let o: redb::TableDefinition<(&str, u32, u64, u64, &str, u32), ()> =
+                redb::TableDefinition::new("grant_order");
+            let e: redb::TableDefinition<(u64, &str, &str, u32), ()> =
+                redb::TableDefinition::new("grant_expiries");
+            let a: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("allocations");
+            let b: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("grant_books");
+            assert!(txn.delete_table(g).unwrap());
+            assert!(txn.delete_table(o).unwrap());
+            assert!(txn.delete_table(e).unwrap());
+            assert!(txn.delete_table(a).unwrap());
+            assert!(txn.delete_table(b).unwrap());
+            let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            txn.open_table(meta)
+                .unwrap()
+                .insert("schema", [1u8].as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let l = Ledger::open_with(&path, options(&clock).sweep_on_open(false)).unwrap();
+    let s = l.balance("acme").unwrap();
+    assert_eq!((s.balance_credits, s.spendable_credits), (88, 88));
+    assert!(l.grants("acme").unwrap().is_empty());
+    assert!(l.transaction(2).unwrap().allocations.is_empty());
+    assert_clean(&l);
+    // The first write: a new expiring grant. The old balance is carried over beside it.
+    l.credit(Credit::grant("acme", 10, "trial").expires_at_ms(T0_MS + DAY_MS))
+        .unwrap();
+    let carried = &l.grants("acme").unwrap()[1];
+    assert_eq!(
+        (carried.grant_id.as_str(), carried.remaining_credits),
+        ("(carried over)", 88)
+    );
+    // The charge made before grants is refunded into the carried-over grant.
+    let r = l
+        .fail_generation("g1", RefundReason::ModelFailure, "no frames")
+        .unwrap();
+    assert_eq!(r.allocations.len(), 1);
+    assert_eq!(r.allocations[0].credits, 12);
+    assert_eq!(
+        remaining(&l, "acme"),
+        vec![("trial".into(), 0, 10), ("(carried over)".into(), 0, 100)]
+    );
+    assert_eq!(
+        start(&l, "g2", "acme", 15),
+        vec![("trial".to_string(), 10), ("(carried over)".to_string(), 5)]
+    );
+    assert_clean(&l);
+}
