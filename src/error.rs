@@ -407,6 +407,40 @@ pub enum Error {
         /// What panicked.
         message: String,
     },
+
+    /// A file sits where the ledger's journal goes, and it is not this ledger's journal (nor
+    /// empty): another file, a symlink, a device. The ledger never writes or removes it.
+    #[error("`{path}` is where this ledger keeps its journal, but {detail}; the ledger never writes or removes it")]
+    ForeignFile {
+        /// The file in the journal's place.
+        path: String,
+        /// What it is.
+        detail: String,
+    },
+
+    /// A write on a ledger opened with [`Ledger::open_read_only`](crate::Ledger::open_read_only).
+    #[error("the ledger `{path}` was opened read-only; open it with Ledger::open to write")]
+    ReadOnly {
+        /// The file.
+        path: String,
+    },
+
+    /// A read-only open of a ledger that must first be written to: its journal holds
+    /// acknowledged writes the file does not have yet, or the file needs redb's repair.
+    #[error("`{path}` cannot be opened read-only: {detail}; open it once with write access (Ledger::open, or any credit-ledger write command) and read it afterwards")]
+    NeedsWrite {
+        /// The file.
+        path: String,
+        /// What must be written.
+        detail: String,
+    },
+
+    /// A backup's destination exists already; a backup never overwrites a file.
+    #[error("`{path}` already exists; a backup never overwrites or follows anything at its destination: choose a new path")]
+    DestinationExists {
+        /// The destination.
+        path: String,
+    },
 }
 
 /// ` at key K`, or nothing when the key is not known (a failure inside the storage engine).
@@ -453,19 +487,23 @@ impl Error {
             | Error::Conflict { .. }
             | Error::GenerationRefunded { .. }
             | Error::GenerationSucceeded { .. }
+            | Error::ReadOnly { .. }
+            | Error::DestinationExists { .. }
             | Error::UnknownGrant { .. }
-            | Error::NothingToVoid { .. } => ErrorCategory::Refused,
-            Error::AckBeyondEnd { .. }
+            | Error::NothingToVoid { .. }
+            | Error::AckBeyondEnd { .. }
             | Error::AckBackwards { .. }
             | Error::TooManyConsumers { .. } => ErrorCategory::Refused,
             Error::Corruption { .. }
             | Error::JournalMismatch { .. }
             | Error::NotALedger { .. }
+            | Error::ForeignFile { .. }
             | Error::UnsupportedFormat { .. } => ErrorCategory::Corruption,
             Error::AlreadyOpen { .. }
             | Error::Storage { .. }
             | Error::CommitUncertain { .. }
-            | Error::Poisoned { .. } => ErrorCategory::Storage,
+            | Error::Poisoned { .. }
+            | Error::NeedsWrite { .. } => ErrorCategory::Storage,
         }
     }
 

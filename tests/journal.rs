@@ -201,20 +201,31 @@ fn another_ledgers_journal_is_never_replayed() {
     drop(ledger);
 
     // The ledger file was deleted but its journal stayed: a new ledger of the same name must
-    // start empty, not inherit the old writes.
+    // not inherit the old writes, nor overwrite them (they may be all that is left of that
+    // ledger): the open refuses, names the journal, and creates nothing.
     std::fs::remove_file(&a).unwrap();
     std::fs::write(journal_of(&a), &journal).unwrap();
-    let fresh = open(&a, &clock);
-    assert_eq!(fresh.totals().unwrap().workspaces, 0);
-    assert_healthy(&fresh);
-    drop(fresh);
+    match Ledger::open_with(&a, options(&clock)) {
+        Err(Error::ForeignFile { path, .. }) => assert!(path.ends_with("a.redb.journal")),
+        other => panic!("expected ForeignFile, got {other:?}"),
+    }
+    assert!(!a.exists(), "no ledger was created");
+    assert!(std::fs::read(journal_of(&a)).unwrap() == journal);
 
-    // Likewise for a journal copied next to a different ledger.
+    // Likewise for a journal copied next to a different ledger: never replayed, never
+    // written, and the ledger itself untouched.
     let other = dir.path().join("other.redb");
     let o = open(&other, &clock);
     o.credit(Credit::grant("ws", 5, "welcome")).unwrap();
     drop(o);
     std::fs::write(journal_of(&other), &journal).unwrap();
+    assert!(matches!(
+        Ledger::open_with(&other, options(&clock)),
+        Err(Error::ForeignFile { .. })
+    ));
+    assert!(std::fs::read(journal_of(&other)).unwrap() == journal);
+    // Moved aside, the ledger opens with its own writes.
+    std::fs::remove_file(journal_of(&other)).unwrap();
     let o = open(&other, &clock);
     assert_eq!(o.balance("ws").unwrap().balance_credits, 5);
     assert_healthy(&o);
@@ -346,11 +357,41 @@ fn a_damaged_entry_that_passes_its_checksum_is_a_typed_error_and_garbage_is_igno
     drop(ledger);
 }
 
+/// A small tmpfs mounted for one test, unmounted when dropped; `None` where mounting is not
+/// allowed (not root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 #[test]
 fn a_journal_that_cannot_be_written_fails_the_write_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(8 << 20) else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
     let clock = ManualClock::new(T0_MS);
-    let a = dir.path().join("a.redb");
+    let a = disk.dir.path().join("a.redb");
     let ledger = open(&a, &clock);
     ledger
         .credit(Credit::purchase("ws", 100, "order-1"))
@@ -360,11 +401,14 @@ fn a_journal_that_cannot_be_written_fails_the_write_and_changes_nothing() {
     // A clean close checkpoints and removes the journal.
     assert!(!journal_of(&a).exists());
 
-    // Every write to the journal now fails with "no space left on device".
-    let full = Path::new("/dev/full");
-    assert!(full.exists(), "this test needs Linux's /dev/full");
-    std::os::unix::fs::symlink(full, journal_of(&a)).unwrap();
+    // Every write to the journal now fails with "no space left on device": the disk is
+    // filled up to its last byte. (The journal is never written through a symlink, so
+    // pointing it at /dev/full no longer works: a small tmpfs does it for real.)
     let ledger = open(&a, &clock);
+    let filler = a.with_file_name("filler");
+    let mut fill = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut fill, &[0xAA; BLOCK]).is_ok() {}
+    let _ = fill.sync_all();
     let before = snapshot(&ledger);
     let start = || StartGeneration::new("g1", "ws", "Quick Video", 30);
     match ledger.start_generation(start()) {
@@ -382,7 +426,8 @@ fn a_journal_that_cannot_be_written_fails_the_write_and_changes_nothing() {
     assert_healthy(&ledger);
 
     // Space comes back: the retry with the same id charges exactly once, on the same Ledger.
-    std::fs::remove_file(journal_of(&a)).unwrap();
+    drop(fill);
+    std::fs::remove_file(&filler).unwrap();
     let charge = ledger.start_generation(start()).unwrap();
     assert!(!charge.replay);
     assert_eq!(charge.balance_after_credits, 70);

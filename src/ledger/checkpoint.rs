@@ -9,10 +9,11 @@
 //! [`Ledger::checkpoint`], after a replay, and when the ledger is dropped, which then deletes
 //! the journal file.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use super::Ledger;
 use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
@@ -262,8 +263,9 @@ fn replay_pending(
             );
         }
         // The epoch is closed and redb holds every entry: the journal is no longer needed.
+        // The file stays, though: it is the open ledger's lock (see `storage::journal_file`),
+        // and the next epoch overwrites its header; the clean close removes it.
         None => {
-            journal::remove_replayed(&journal_path)?;
             tracing::info!(
                 ledger = %ledger.display(),
                 entries = batches.len(),
@@ -305,9 +307,44 @@ fn discard_memo(epoch: u64, from: u64, last_seen: Option<u64>, reason: &str) -> 
     memo
 }
 
+/// How many journal entries a read-only open would have to replay: the entries of the open
+/// epoch (if the snapshot `rtx` records one) that redb lacks. Fails like a replay would when
+/// the journal does not match (missing, another copy's, damaged).
+pub(super) fn pending_entries(rtx: &ReadTransaction, ledger: &Path) -> Result<usize> {
+    let meta = rtx.open_table(tables::META)?;
+    let Some((epoch, first_seq)) = tables::get_journal_epoch(&meta)? else {
+        return Ok(0);
+    };
+    let Some(ledger_id) = tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)? else {
+        return Err(Error::Corruption {
+            table: "meta",
+            key: tables::META_LEDGER_ID_KEY.into(),
+            detail: "the file records a journal epoch but no ledger id".into(),
+        });
+    };
+    let applied_seq = tables::get_meta_u64(&meta, tables::META_JOURNAL_SEQ_KEY)?.unwrap_or(0);
+    let expect = journal::Expected {
+        ledger_id,
+        epoch,
+        first_seq,
+        applied_seq: applied_seq.max(first_seq.saturating_sub(1)),
+    };
+    let pending = journal::read_pending(ledger, &journal::path_for(ledger), &expect)
+        .map_err(|unreadable| unreadable.error)?;
+    Ok(pending.batches.len())
+}
+
 /// Replay any pending journal of the ledger file at `ledger` (see [`replay_pending`]) and, when
 /// the ledger keeps a journal, return it, with no epoch open.
-pub(super) fn recover(db: &Database, ledger: &Path, policy: Policy) -> Result<Recovered> {
+///
+/// `file` is the journal file the ledger opened and locked: the journal writes through it,
+/// unless an operator's discard moved it aside.
+pub(super) fn recover(
+    db: &Database,
+    ledger: &Path,
+    policy: Policy,
+    file: Option<File>,
+) -> Result<Recovered> {
     let (last_seq, id, discard) = replay_pending(db, ledger, policy)?;
     if !policy.keep_journal {
         return Ok(Recovered {
@@ -325,16 +362,23 @@ pub(super) fn recover(db: &Database, ledger: &Path, policy: Policy) -> Result<Re
             id
         }
     };
+    let journal = Journal::new(journal::path_for(ledger), id, last_seq);
+    let moved_aside = discard.as_ref().is_some_and(|d| d.kept_at.is_some());
+    let journal = match file {
+        Some(file) if !moved_aside => journal.with_file(file)?,
+        _ => journal,
+    };
     Ok(Recovered {
-        journal: Some(Journal::new(journal::path_for(ledger), id, last_seq)),
+        journal: Some(journal),
         discard,
     })
 }
 
 impl Ledger {
     /// The journal of the ledger file at `ledger_file`: `<file name>.journal` in the same
-    /// folder. It exists while a ledger with a journal is open (and after a crash, until the
-    /// next open replays it); a backup of an open ledger copies it with the ledger file.
+    /// folder (of the real file, symlinks resolved). It exists while a ledger is open (and after a crash, until the
+    /// next open replays it). Back up an open ledger with [`backup`](Self::backup), never by
+    /// copying these files.
     ///
     /// ```
     /// use credit_ledger::Ledger;
@@ -349,10 +393,11 @@ impl Ledger {
 
     /// Make every acknowledged write durable in the ledger file itself and empty the journal.
     ///
-    /// Call it before copying the ledger file while the ledger is open (a backup): between
-    /// checkpoints, the newest writes are durable in the `<file>.journal` next to it, and a copy
-    /// of the ledger file alone would miss them. Dropping the ledger checkpoints too, and
-    /// deletes the journal file. A ledger
+    /// Between checkpoints, the newest writes are durable in the `<file>.journal` next to it,
+    /// not in the ledger file. (To back up an open ledger use [`backup`](Self::backup), which
+    /// checkpoints and copies under the writer lock: a copy made after `checkpoint` returns
+    /// may already miss a write that came in meanwhile.) Dropping the ledger checkpoints too,
+    /// and deletes the journal file. A ledger
     /// without a journal (in memory, on a custom backend, or with
     /// [`Options::journal`](super::Options::journal) off) has nothing to do.
     ///
@@ -368,6 +413,11 @@ impl Ledger {
     pub fn checkpoint(&self) -> Result<()> {
         self.check_poison()?;
         let mut writer = self.writer.lock();
+        self.checkpoint_locked(&mut writer)
+    }
+
+    /// [`checkpoint`](Self::checkpoint), with the writer lock held by the caller.
+    pub(super) fn checkpoint_locked(&self, writer: &mut Option<WriterState>) -> Result<()> {
         if self.needs_reopen.load(Ordering::SeqCst) {
             // Reopening replays the journal and checkpoints it.
             self.reopen()?;
@@ -427,6 +477,14 @@ impl Drop for Ledger {
                     ledger = %self.source,
                     "the storage engine failed while closing the file; run `verify` on it"
                 );
+            }
+        }
+        // The journal file is the ledger's lock: it goes last. A ledger that may write removes
+        // it when nothing in it is needed: the close checkpoint succeeded (and removed it), or
+        // it keeps no journal. A read-only ledger never removes anything.
+        if let Some(file) = self.journal_file.take() {
+            if self.reader.is_none() && self.journal.get_mut().is_none() {
+                file.remove();
             }
         }
     }

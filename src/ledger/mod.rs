@@ -1,7 +1,8 @@
 //! [`Ledger`]: the public operations. Opening lives in `open.rs`, the write path in
 //! `write.rs`, group commit in `commit.rs`, the journal's replay and checkpoints in
-//! `checkpoint.rs`, and the reads in `read.rs`.
+//! `checkpoint.rs`, online backups in `backup.rs`, and the reads in `read.rs`.
 
+mod backup;
 mod checkpoint;
 mod commit;
 mod open;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use redb::Database;
+use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
 
 pub use checkpoint::{JournalDiscard, JOURNAL_DISCARDED_TITLE};
 pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
@@ -30,6 +31,7 @@ use crate::model::{
     Outcome, Receipt, RefundReason, RefundReceipt, StartGeneration, SweepReport, VoidGrant,
 };
 use crate::storage::journal::Journal;
+use crate::storage::journal_file::JournalFile;
 use commit::GroupCommit;
 
 /// "No running generation" in the earliest-deadline cache.
@@ -63,8 +65,15 @@ impl std::fmt::Display for Source {
 ///
 /// See the [crate docs](crate) for an example.
 pub struct Ledger {
-    /// The database; `None` only while it is being reopened, or if reopening failed.
+    /// The database; `None` only while it is being reopened, if reopening failed, or for a
+    /// read-only ledger.
     db: RwLock<Option<Database>>,
+    /// The database of a ledger opened with [`Ledger::open_read_only`].
+    reader: Option<ReadOnlyDatabase>,
+    /// The journal's file, locked for the ledger's whole life (through reopens): a file
+    /// ledger's "this ledger is open" lock. `None` in memory, on a custom backend, and for a
+    /// read-only ledger that has no journal file.
+    journal_file: Option<JournalFile>,
     source: Source,
     options: Options,
     /// The writer's cached state; `None` after a failed commit, so the next write reloads it.
@@ -106,6 +115,9 @@ impl Ledger {
     ) -> Result<T> {
         match &*self.db.read() {
             Some(db) => open::no_panic(on_panic, || f(db)),
+            None if self.reader.is_some() => Err(Error::ReadOnly {
+                path: self.source.to_string(),
+            }),
             None => Err(Error::Storage {
                 message: format!(
                     "`{}` could not be reopened after an I/O error; the next write tries again",
@@ -115,7 +127,27 @@ impl Ledger {
         }
     }
 
-    /// The file this ledger lives in, or `None` in memory or on a custom backend.
+    /// Run `f` on a fresh read transaction, of a writable or a read-only ledger, under the
+    /// panic guard.
+    fn with_snapshot<T>(
+        &self,
+        on_panic: impl FnOnce(String) -> Error,
+        f: impl FnOnce(ReadTransaction) -> Result<T>,
+    ) -> Result<T> {
+        match &self.reader {
+            Some(reader) => open::no_panic(on_panic, || f(reader.begin_read()?)),
+            None => self.with_db(on_panic, |db| f(db.begin_read()?)),
+        }
+    }
+
+    /// Whether the ledger was opened with [`Ledger::open_read_only`]: every write fails with
+    /// [`Error::ReadOnly`].
+    pub fn is_read_only(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// The file this ledger lives in (its canonical path, symlinks resolved), or `None` in
+    /// memory or on a custom backend.
     pub fn path(&self) -> Option<&Path> {
         match &self.source {
             Source::File(p) => Some(p),

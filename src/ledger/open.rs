@@ -5,14 +5,19 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Mutex, RwLock};
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable};
 
 use super::checkpoint;
 use super::commit::GroupCommit;
 use super::{Durability, Ledger, Options, Source};
 use crate::error::{Error, Result};
 use crate::model::limits::MAX_SWEEP_LIMIT;
+use crate::storage::journal_file::{self, Access, JournalFile};
 use crate::storage::{self, tables};
+
+/// How many stale `<name>.creating-<pid>` files one creation looks at, at most: a folder
+/// flooded with them must not make a creation slow.
+const MAX_STALE_CREATING_FILES: usize = 64;
 
 pub(super) fn map_open_error(path: &Path, e: redb::DatabaseError) -> Error {
     let shown = path.display().to_string();
@@ -83,6 +88,7 @@ fn create_file(path: &Path, cache_size_bytes: usize) -> Result<()> {
     let name = path.file_name().ok_or_else(|| Error::Storage {
         message: format!("`{}` does not name a file", path.display()),
     })?;
+    remove_stale_creating_files(path);
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".creating-{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
@@ -103,6 +109,118 @@ fn create_file(path: &Path, cache_size_bytes: usize) -> Result<()> {
     storage::sync_folder_of(path).map_err(|e| io("syncing its folder", e))
 }
 
+/// Remove the `<name>.creating-<pid>` files that creations of the ledger at `path` by
+/// processes that no longer run left behind (a `kill -9` during creation). Only names of
+/// exactly that pattern, only regular files, and only when `/proc` says the pid is not alive;
+/// anything else is left alone.
+fn remove_stale_creating_files(path: &Path) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let prefix = format!("{name}.creating-");
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // Without /proc there is no telling which pids are alive: leave every file.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut seen = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|p| !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        seen += 1;
+        if seen > MAX_STALE_CREATING_FILES {
+            break;
+        }
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let stale = entry.path();
+        match std::fs::remove_file(&stale) {
+            Ok(()) => {
+                tracing::info!(file = %stale.display(), "removed a creation left by a dead process")
+            }
+            Err(e) => {
+                tracing::warn!(file = %stale.display(), error = %e, "cannot remove a stale creation")
+            }
+        }
+    }
+}
+
+/// Check that `path` names a regular file that is not empty, the precondition of opening an
+/// existing ledger. `Ok(false)` when nothing is there.
+fn check_existing(path: &Path) -> Result<bool> {
+    let not_ledger = |detail: &str| Error::NotALedger {
+        path: path.display().to_string(),
+        detail: detail.into(),
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(not_ledger(
+            "it is not a regular file (a directory, device, FIFO or socket)",
+        )),
+        // An empty file is never a ledger: it is a ledger that lost its contents, or a
+        // placeholder. Silently starting a fresh, empty ledger in it would hide that.
+        Ok(meta) if meta.len() == 0 => Err(not_ledger(
+            "the file is empty (0 bytes); delete it to start a new ledger",
+        )),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Storage {
+            message: format!("cannot open `{}`: {e}", path.display()),
+        }),
+    }
+}
+
+/// The canonical path a new file at `path` would have: its folder resolved, its name kept.
+fn canonical_new(path: &Path) -> Result<std::path::PathBuf> {
+    let name = path.file_name().ok_or_else(|| Error::Storage {
+        message: format!("`{}` does not name a file", path.display()),
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok(journal_file::canonical(dir)?.join(name))
+}
+
+/// Whether the ledger file records an open journal epoch (acknowledged writes in its journal).
+fn epoch_pending(db: &impl ReadableDatabase) -> Result<bool> {
+    let rtx = db.begin_read()?;
+    match rtx.open_table(tables::META) {
+        Ok(meta) => Ok(tables::get_journal_epoch(&meta)?.is_some()),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Check that the file at the journal's place is this ledger's or empty, when the ledger file
+/// records no open journal epoch. (With an epoch open, the replay checks the journal itself,
+/// and refuses one that is missing, another ledger's or another copy's.)
+fn check_journal_owner(db: &impl ReadableDatabase, file: &JournalFile) -> Result<()> {
+    let rtx = db.begin_read()?;
+    let meta = match rtx.open_table(tables::META) {
+        Ok(meta) => meta,
+        // No `meta` table of ours: not a ledger, or a new one; the schema check says which.
+        Err(_) => return file.check_owner(None),
+    };
+    if tables::get_journal_epoch(&meta)?.is_some() {
+        return Ok(());
+    }
+    file.check_owner(tables::get_meta_u64(&meta, tables::META_LEDGER_ID_KEY)?)
+}
+
 impl Ledger {
     /// Open the ledger at `path`, creating it if it does not exist, with default [`Options`].
     pub fn open(path: impl AsRef<Path>) -> Result<Ledger> {
@@ -115,7 +233,13 @@ impl Ledger {
     /// `<name>.creating-<pid>` file next to it), never a half-made ledger.
     ///
     /// Fails with [`Error::AlreadyOpen`] when another process has the file open, with
-    /// [`Error::NotALedger`] when the file is empty, damaged or belongs to something else.
+    /// [`Error::NotALedger`] when the file is empty, not a regular file, damaged or belongs to
+    /// something else, and with [`Error::ForeignFile`] when the journal's place
+    /// (`<file>.journal`) holds a file that is not this ledger's journal.
+    ///
+    /// The ledger lives at the canonical form of `path` (symlinks resolved): its journal is
+    /// next to the real file, whichever link it was opened through. While it is open, the
+    /// journal file exists and is locked; a clean close removes it.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Ledger> {
         options.validate()?;
         let path = path.as_ref();
@@ -123,33 +247,142 @@ impl Ledger {
             path: path.display().to_string(),
             detail,
         };
-        match std::fs::metadata(path) {
-            // An empty file is never a ledger: it is a ledger that lost its contents, or a
-            // placeholder. Silently starting a fresh, empty ledger in it would hide that.
-            Ok(meta) if meta.is_file() && meta.len() == 0 => {
+        let exists = check_existing(path)?;
+        let canonical = if exists {
+            journal_file::canonical(path)?
+        } else {
+            if std::fs::symlink_metadata(path).is_ok() {
                 return Err(not_ledger(
-                    "the file is empty (0 bytes); delete it to start a new ledger".into(),
+                    "it is a symbolic link to nothing; the ledger follows no link to create a file"
+                        .into(),
                 ));
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                no_panic(not_ledger, || create_file(path, options.cache_size_bytes))?;
+            canonical_new(path)?
+        };
+        // The journal's lock first: while it is held, no other ledger touches the file, even
+        // while this one reopens it after an I/O error.
+        let journal_file = JournalFile::acquire(&canonical, Access::Write, path)?;
+        // A panic while opening: the file is damaged beyond opening, so `verify` cannot help.
+        let damaged = |detail| Error::NotALedger {
+            path: path.display().to_string(),
+            detail: format!("{detail}; restore it from a backup"),
+        };
+        let opened = no_panic(damaged, || {
+            if let (false, Some(file)) = (exists, &journal_file) {
+                // A journal with content next to a file that is not there is someone else's.
+                file.check_owner(None)?;
+                create_file(&canonical, options.cache_size_bytes)?;
+            }
+            let db = open_file(&canonical, options.cache_size_bytes)
+                .map_err(|e| shown_as(e, &canonical, path))?;
+            if let Some(file) = &journal_file {
+                check_journal_owner(&db, file)?;
+            }
+            Ok(db)
+        });
+        // A journal this open created was missing: if the ledger file expects one, the replay
+        // must see it missing (and refuse), not as an empty file of ours.
+        let opened = opened.and_then(|db| match &journal_file {
+            Some(file) if file.created() && epoch_pending(&db)? => Ok((db, true)),
+            _ => Ok((db, false)),
+        });
+        match opened {
+            Ok((db, missing)) => {
+                let journal_file = match journal_file {
+                    Some(file) if missing => {
+                        file.remove_if_empty();
+                        None
+                    }
+                    other => other,
+                };
+                Self::init(db, Source::File(canonical), options, journal_file)
             }
             Err(e) => {
-                return Err(Error::Storage {
-                    message: format!("cannot open `{}`: {e}", path.display()),
-                })
+                if let Some(file) = journal_file.filter(JournalFile::created) {
+                    file.remove_if_empty();
+                }
+                Err(e)
             }
         }
+    }
+
+    /// Open the existing ledger at `path` for reading only, with default [`Options`].
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Ledger> {
+        Self::open_read_only_with(path, Options::default())
+    }
+
+    /// Open the existing ledger at `path` for reading only: the file and its folder are only
+    /// ever opened for reading, so this works on read-only files, read-only filesystems and
+    /// backups. Every write fails with [`Error::ReadOnly`].
+    ///
+    /// A ledger that a read-only open cannot show whole fails with [`Error::NeedsWrite`]: its
+    /// journal holds acknowledged writes the file lacks (after a crash), or redb must repair
+    /// the file. Open it once with [`open_with`](Self::open_with), which replays and repairs.
+    /// Like a writable open, it fails with [`Error::AlreadyOpen`] while another process has the
+    /// ledger open to write: redb's exclusive mode, the one the journal needs, shares a file
+    /// with no reader (see README, "Reading a ledger another process has open").
+    pub fn open_read_only_with(path: impl AsRef<Path>, options: Options) -> Result<Ledger> {
+        options.validate()?;
+        let path = path.as_ref();
+        if !check_existing(path)? {
+            return Err(Error::Storage {
+                message: format!("no ledger file at `{}`", path.display()),
+            });
+        }
+        let canonical = journal_file::canonical(path)?;
+        let journal_file = JournalFile::acquire(&canonical, Access::Read, path)?;
+        let needs_write = |detail: String| Error::NeedsWrite {
+            path: path.display().to_string(),
+            detail,
+        };
         // A panic while opening: the file is damaged beyond opening, so `verify` cannot help.
         let not_ledger = |detail| Error::NotALedger {
             path: path.display().to_string(),
             detail: format!("{detail}; restore it from a backup"),
         };
-        no_panic(not_ledger, || {
-            let db = open_file(path, options.cache_size_bytes)?;
-            Self::init(db, Source::File(path.to_path_buf()), options)
-        })
+        let reader = no_panic(not_ledger, || {
+            let reader = redb::Builder::new()
+                .set_cache_size(options.cache_size_bytes)
+                .open_read_only(&canonical)
+                .map_err(|e| match e {
+                    redb::DatabaseError::RepairAborted => needs_write(
+                        "it was not closed cleanly and redb must repair it, which writes".into(),
+                    ),
+                    e => shown_as(map_open_error(&canonical, e), &canonical, path),
+                })?;
+            check_schema(&reader, path)?;
+            if let Some(file) = &journal_file {
+                check_journal_owner(&reader, file)?;
+            }
+            {
+                let rtx = reader.begin_read()?;
+                let pending = checkpoint::pending_entries(&rtx, &canonical)?;
+                if pending > 0 {
+                    let journal = storage::journal::path_for(&canonical);
+                    return Err(needs_write(format!(
+                        "its journal `{}` holds {pending} acknowledged group commits the file \
+                         does not have yet (it was not closed cleanly), and replaying them \
+                         writes to the file",
+                        journal.display()
+                    )));
+                }
+            }
+            Ok(reader)
+        })?;
+        let ledger = Self::new_ledger(
+            None,
+            Some(reader),
+            Source::File(canonical),
+            options,
+            journal_file,
+            None,
+            None,
+        );
+        {
+            let mut writer = ledger.writer.lock();
+            *writer = Some(ledger.reload()?);
+        }
+        Ok(ledger)
     }
 
     /// A ledger that lives in memory only, with default [`Options`]. For tests and demos.
@@ -164,7 +397,7 @@ impl Ledger {
             .set_cache_size(options.cache_size_bytes)
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| map_open_error(Path::new(":memory:"), e))?;
-        Self::init(db, Source::Fixed(":memory:"), options)
+        Self::init(db, Source::Fixed(":memory:"), options, None)
     }
 
     /// Open a ledger on a caller-supplied redb storage backend (fault injection, encryption).
@@ -174,7 +407,7 @@ impl Ledger {
     pub fn open_backend(backend: impl redb::StorageBackend, options: Options) -> Result<Ledger> {
         options.validate()?;
         let db = Self::open_backend_db(backend, options.cache_size_bytes)?;
-        Self::init(db, Source::Fixed("<backend>"), options)
+        Self::init(db, Source::Fixed("<backend>"), options, None)
     }
 
     /// Open a ledger on the backend `factory` returns, and call `factory` again to reopen the
@@ -187,7 +420,7 @@ impl Ledger {
         let cache = options.cache_size_bytes;
         let db = Self::open_backend_db(factory(), cache)?;
         let reopen = move || Self::open_backend_db(factory(), cache);
-        Self::init(db, Source::Factory(Box::new(reopen)), options)
+        Self::init(db, Source::Factory(Box::new(reopen)), options, None)
     }
 
     fn open_backend_db(backend: impl redb::StorageBackend, cache: usize) -> Result<Database> {
@@ -203,22 +436,19 @@ impl Ledger {
         })
     }
 
-    fn init(db: Database, source: Source, options: Options) -> Result<Ledger> {
-        ensure_schema(&db, Path::new(&source.to_string()))?;
-        let recovered = match &source {
-            // Every open of a file replays a pending journal, whatever the options say.
-            Source::File(path) => {
-                let policy = checkpoint::Policy {
-                    keep_journal: keeps_journal(&options),
-                    discard_at_ms: options.discard_journal.then(|| options.clock.now_ms()),
-                };
-                Some(checkpoint::recover(&db, path, policy)?)
-            }
-            _ => None,
-        };
-        let (journal, journal_discard) = recovered.map_or((None, None), |r| (r.journal, r.discard));
-        let ledger = Ledger {
-            db: RwLock::new(Some(db)),
+    fn new_ledger(
+        db: Option<Database>,
+        reader: Option<ReadOnlyDatabase>,
+        source: Source,
+        options: Options,
+        journal_file: Option<JournalFile>,
+        journal: Option<crate::storage::journal::Journal>,
+        journal_discard: Option<crate::JournalDiscard>,
+    ) -> Ledger {
+        Ledger {
+            db: RwLock::new(db),
+            reader,
+            journal_file,
             source,
             options,
             writer: Mutex::new(None),
@@ -230,7 +460,57 @@ impl Ledger {
             last_at_ms: AtomicU64::new(0),
             poison: Mutex::new(None),
             feed: Default::default(),
+        }
+    }
+
+    fn init(
+        db: Database,
+        source: Source,
+        options: Options,
+        journal_file: Option<JournalFile>,
+    ) -> Result<Ledger> {
+        let recovered = (|| {
+            ensure_schema(&db, Path::new(&source.to_string()))?;
+            match &source {
+                // Every open of a file replays a pending journal, whatever the options say.
+                Source::File(path) => {
+                    let policy = checkpoint::Policy {
+                        keep_journal: keeps_journal(&options),
+                        discard_at_ms: options.discard_journal.then(|| options.clock.now_ms()),
+                    };
+                    let handle = journal_file.as_ref().map(JournalFile::handle).transpose()?;
+                    Ok(Some(checkpoint::recover(&db, path, policy, handle)?))
+                }
+                _ => Ok(None),
+            }
+        })();
+        let recovered = match recovered {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(file) = journal_file.filter(JournalFile::created) {
+                    drop(db);
+                    file.remove_if_empty();
+                }
+                return Err(e);
+            }
         };
+        let (journal, journal_discard) = recovered.map_or((None, None), |r| (r.journal, r.discard));
+        // An operator's discard moved the journal aside (with the lock on it): lock the new one.
+        let journal_file = match (journal_file, &source) {
+            (Some(file), Source::File(path)) if !file.still_at_path() => {
+                JournalFile::acquire(path, Access::Write, path)?
+            }
+            (file, _) => file,
+        };
+        let ledger = Self::new_ledger(
+            Some(db),
+            None,
+            source,
+            options,
+            journal_file,
+            journal,
+            journal_discard,
+        );
         {
             let mut writer = ledger.writer.lock();
             *writer = Some(ledger.reload()?);
@@ -264,17 +544,28 @@ impl Ledger {
     }
 
     fn reopen_unguarded(&self) -> Result<()> {
+        if self.reader.is_some() {
+            return Err(Error::ReadOnly {
+                path: self.source.to_string(),
+            });
+        }
         let mut db = self.db.write();
         let fresh = match &self.source {
             Source::File(path) => {
                 // The old handle holds the file lock: it must go before the new one opens.
                 drop(db.take());
+                // `open`, not `create`: a ledger file that is gone must not come back empty.
                 no_panic(
                     |detail| Error::NotALedger {
                         path: path.display().to_string(),
                         detail,
                     },
-                    || open_file(path, self.options.cache_size_bytes),
+                    || {
+                        redb::Builder::new()
+                            .set_cache_size(self.options.cache_size_bytes)
+                            .open(path)
+                            .map_err(|e| map_open_error(path, e))
+                    },
                 )?
             }
             Source::Factory(open) => {
@@ -291,7 +582,12 @@ impl Ledger {
                 keep_journal: keeps_journal(&self.options),
                 discard_at_ms: None,
             };
-            *self.journal.lock() = checkpoint::recover(&fresh, path, policy)?.journal;
+            let handle = self
+                .journal_file
+                .as_ref()
+                .map(JournalFile::handle)
+                .transpose()?;
+            *self.journal.lock() = checkpoint::recover(&fresh, path, policy, handle)?.journal;
         }
         *db = Some(fresh);
         tracing::warn!(ledger = %self.source, "reopened the ledger after an I/O error");
@@ -302,6 +598,81 @@ impl Ledger {
 /// Whether a file ledger opened with `options` writes through a journal.
 fn keeps_journal(options: &Options) -> bool {
     options.journal && options.durability == Durability::Immediate
+}
+
+/// `e`, an error about the canonical path `canonical`, naming `shown` (the path the caller
+/// gave) instead, so that messages speak of the file the caller knows.
+fn shown_as(e: Error, canonical: &Path, shown: &Path) -> Error {
+    let shown = shown.display().to_string();
+    match e {
+        Error::AlreadyOpen { .. } => Error::AlreadyOpen { path: shown },
+        Error::NotALedger { detail, .. } => Error::NotALedger {
+            path: shown,
+            detail,
+        },
+        Error::Storage { message } => Error::Storage {
+            message: message.replace(&canonical.display().to_string(), &shown),
+        },
+        other => other,
+    }
+}
+
+/// Check, in a read transaction, that a read-only file is a ledger of a version this build
+/// reads (the read-only twin of [`ensure_schema`]).
+fn check_schema(db: &ReadOnlyDatabase, shown: &Path) -> Result<()> {
+    let not_ledger = |detail: String| Error::NotALedger {
+        path: shown.display().to_string(),
+        detail,
+    };
+    let rtx = db.begin_read()?;
+    let names: Vec<String> = rtx
+        .list_tables()?
+        .map(|h| redb::TableHandle::name(&h).to_string())
+        .collect();
+    if !names.iter().any(|n| n == "meta") {
+        return Err(not_ledger(format!(
+            "it holds the tables {names:?} and no credit-ledger metadata"
+        )));
+    }
+    let meta = rtx
+        .open_table(tables::META)
+        .map_err(|e| not_ledger(e.to_string()))?;
+    let version = meta
+        .get(tables::META_SCHEMA_KEY)?
+        .and_then(|v| v.value().first().copied());
+    check_version(version).map_err(|e| match e {
+        Error::NotALedger { detail, .. } => not_ledger(detail),
+        e => e,
+    })?;
+    macro_rules! check {
+        ($($t:expr),*) => {$(
+            rtx.open_table($t).map_err(|e| not_ledger(e.to_string()))?;
+        )*};
+    }
+    check!(
+        tables::WORKSPACES,
+        tables::TRANSACTIONS,
+        tables::HISTORY,
+        tables::GENERATIONS,
+        tables::DEADLINES,
+        tables::IDEMPOTENCY
+    );
+    Ok(())
+}
+
+/// The schema version check shared by both opens.
+fn check_version(version: Option<u8>) -> Result<()> {
+    match version {
+        None => Err(Error::NotALedger {
+            path: String::new(),
+            detail: "its metadata has no schema version".into(),
+        }),
+        Some(v) if v > tables::SCHEMA_VERSION => Err(Error::UnsupportedFormat {
+            found: v,
+            supported: tables::SCHEMA_VERSION,
+        }),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Create the tables of a new file, or check that an existing one is a ledger of a version
@@ -344,16 +715,10 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
     let version = meta
         .get(tables::META_SCHEMA_KEY)?
         .and_then(|v| v.value().first().copied());
-    match version {
-        None => return Err(not_ledger("its metadata has no schema version".into())),
-        Some(v) if v > tables::SCHEMA_VERSION => {
-            return Err(Error::UnsupportedFormat {
-                found: v,
-                supported: tables::SCHEMA_VERSION,
-            })
-        }
-        Some(_) => {}
-    }
+    check_version(version).map_err(|e| match e {
+        Error::NotALedger { detail, .. } => not_ledger(detail),
+        e => e,
+    })?;
     drop(meta);
     // Every table must be there with the right key and value types.
     macro_rules! check {

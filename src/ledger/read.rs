@@ -1,7 +1,7 @@
 //! The read methods: each runs in one redb read transaction, a consistent snapshot that never
 //! blocks writers.
 
-use redb::{ReadTransaction, ReadableDatabase};
+use redb::ReadTransaction;
 
 use super::Ledger;
 use crate::audit::{self, AuditReport};
@@ -26,7 +26,7 @@ impl Ledger {
             key: String::new(),
             detail,
         };
-        self.with_db(on_panic, |db| f(&db.begin_read()?))
+        self.with_snapshot(on_panic, |r| f(&r))
     }
 
     /// A workspace's balance, running totals and running generations, with the balance split

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::{Durability, Ledger, NO_DEADLINE};
 use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
@@ -29,8 +29,7 @@ type Committed = (Vec<Result<Outcome>>, WriterState, Option<Option<u64>>);
 impl Ledger {
     /// Read the writer state and the earliest deadline from disk.
     pub(super) fn reload(&self) -> Result<WriterState> {
-        let (state, earliest) = self.with_db(write_panic, |db| {
-            let rtx = db.begin_read()?;
+        let (state, earliest) = self.with_snapshot(write_panic, |rtx| {
             let state = WriterState::load(&rtx.open_table(tables::TRANSACTIONS)?)?;
             let deadline = rtx
                 .open_table(tables::DEADLINES)?

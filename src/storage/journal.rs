@@ -40,7 +40,7 @@
 //! this epoch, or refuse (see [`read_pending`]). A copy of the ledger file starts its own epoch
 //! at its next write, so the journals of two copies never replay into each other.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -156,23 +156,53 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
     }
 }
 
-/// Open the journal file for writing, creating it if needed. The one place the write side
-/// opens the file, so that how it is found and checked can change here alone.
-fn open_for_writing(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+/// Open the journal file for writing, creating it if needed, and lock it: used when the
+/// ledger's own locked handle is gone (the file was deleted under it). The one place the write
+/// side opens the file by name; see [`super::journal_file`] for the rules.
+fn open_for_writing(path: &Path) -> Result<File, Error> {
+    use super::journal_file::{lock_exclusive, open_checked, Access};
+    let file = match open_checked(path, Access::Write, false)? {
+        Some(f) => f,
+        None => match open_checked(path, Access::Write, true)? {
+            Some(f) => f,
+            None => open_checked(path, Access::Write, false)?.ok_or_else(|| {
+                io_error(
+                    path,
+                    "cannot create it",
+                    std::io::ErrorKind::NotFound.into(),
+                )
+            })?,
+        },
+    };
+    lock_exclusive(&file, path, path)?;
+    Ok(file)
 }
 
 /// Open the journal file to read it at open time; `Ok(None)` when there is none.
-fn open_for_reading(path: &Path) -> std::io::Result<Option<File>> {
-    match OpenOptions::new().read(true).open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+fn open_for_reading(path: &Path) -> Result<Option<File>, Error> {
+    super::journal_file::open_checked(path, super::journal_file::Access::Read, false)
+}
+
+/// What the first bytes of a journal file say about whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// They do not start like a journal's header: not a journal.
+    Foreign,
+    /// A journal header cut before its ledger id: a torn first write, nothing to replay.
+    Cut,
+    /// The journal of the ledger with this id.
+    Ledger(u64),
+}
+
+/// Whose journal a file starting with `block` (its first block, not all zeros) is.
+pub(crate) fn owner(block: &[u8]) -> Owner {
+    let magic = block.len().min(EPOCH_MAGIC.len());
+    if block[..magic] != EPOCH_MAGIC[..magic] {
+        return Owner::Foreign;
+    }
+    match block.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+        Some(id) => Owner::Ledger(u64::from_le_bytes(id)),
+        None => Owner::Cut,
     }
 }
 
@@ -333,13 +363,8 @@ pub(crate) fn read_pending(
                 expect.epoch, expect.first_seq
             )))
         }
-        Err(e) => {
-            return Err(unreadable(
-                io_error(journal, "cannot open it", e),
-                vec![],
-                None,
-            ))
-        }
+        // A symlink or another non-regular file there is a `ForeignFile`, never read through.
+        Err(e) => return Err(unreadable(e, vec![], None)),
     }
     match parse_epoch_header(&bytes) {
         None => {
@@ -475,6 +500,19 @@ impl Journal {
         }
     }
 
+    /// Use `file`, the journal opened and locked by the ledger (see
+    /// [`JournalFile`](super::journal_file::JournalFile)), instead of opening it by name at the
+    /// first epoch.
+    pub fn with_file(mut self, file: File) -> Result<Journal, Error> {
+        let len = file
+            .metadata()
+            .map_err(|e| io_error(&self.path, "cannot read its size", e))?
+            .len();
+        self.allocated_bytes = len - len % BLOCK_BYTES;
+        self.file = Some(file);
+        Ok(self)
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -508,8 +546,7 @@ impl Journal {
         let epoch = random_id();
         let header = epoch_header(self.ledger_id, epoch, self.next_seq());
         if self.file.is_none() {
-            let file = open_for_writing(&self.path)
-                .map_err(|e| io_error(&self.path, "cannot create it", e))?;
+            let file = open_for_writing(&self.path)?;
             let len = file
                 .metadata()
                 .map_err(|e| io_error(&self.path, "cannot read its size", e))?

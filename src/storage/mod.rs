@@ -1,7 +1,8 @@
-//! Storage: the redb tables, the record codec, and the journal in front of redb.
+//! Storage: the redb tables, the record codec, the journal in front of redb, and its file.
 
 pub(crate) mod codec;
 pub(crate) mod journal;
+pub(crate) mod journal_file;
 pub(crate) mod tables;
 
 use std::path::Path;

@@ -87,6 +87,9 @@ pub enum Command {
     Stats(WindowArgs),
     /// A workspace's full history, oldest first, as CSV or JSON lines on stdout.
     Export(ExportArgs),
+    /// Write a consistent copy of the ledger to a new file DEST (check it with
+    /// `--db DEST verify`). While an app has the ledger open, the app calls Ledger::backup.
+    Backup(BackupArgs),
     /// The change feed: every workspace's transactions after an id, oldest first (JSON
     /// lines with --json, one object per line in the shape of `export --format jsonl`).
     Changes(ChangesArgs),
@@ -99,6 +102,12 @@ pub enum Command {
     /// accepting the loss of the writes in it: the operator's last resort after looking for
     /// the right journal and for a backup.
     Recover(RecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new file to write; it must not exist (nothing is ever overwritten).
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -337,8 +346,19 @@ pub struct ChangesArgs {
     #[arg(long, value_name = "NAME")]
     pub consumer: Option<String>,
     /// Print at most this many entries (1 to 1000); default: everything up to the end.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "follow")]
     pub limit: Option<u32>,
+    /// Keep printing new entries as they commit, until interrupted (like `tail -f`). The file
+    /// is opened at each poll and closed in between, so other commands can write to it;
+    /// while another process keeps it open, follow waits.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: how often to look for new entries, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 250, requires = "follow", value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_ms: u64,
+    /// With --follow: exit after printing this many entries.
+    #[arg(long, value_name = "N", requires = "follow", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_entries: Option<u64>,
 }
 
 #[derive(Debug, Args)]

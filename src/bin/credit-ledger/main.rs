@@ -125,6 +125,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Verify => reads::verify(&ctx, out),
         Command::Stats(a) => reads::stats(&ctx, a, out),
         Command::Export(a) => reads::export(&ctx, a, out),
+        Command::Backup(a) => writes::backup(&ctx, a, out),
         Command::Changes(a) => feed::changes(&ctx, a, out),
         Command::Ack(a) => feed::ack(&ctx, a, out),
         Command::Simulate(a) => simulate::run(&ctx, a, out),

@@ -40,7 +40,7 @@ pub enum Mode {
     Create,
     /// Write; the file must exist already.
     Existing,
-    /// Only read; the file must exist already.
+    /// Only read; the file must exist already. Opened read-only when it needs no replay.
     Read,
 }
 
@@ -82,7 +82,7 @@ impl Context {
         let mut pause_ms = LOCK_RETRY_FIRST_MS;
         let mut jitter = Jitter::new();
         loop {
-            match Ledger::open_with(&self.db, self.options()) {
+            match self.open_once(mode) {
                 Err(e @ Error::AlreadyOpen { .. }) => {
                     let waited = started.elapsed();
                     if waited >= wait {
@@ -104,6 +104,28 @@ impl Context {
                 }
                 other => return Ok(other?),
             }
+        }
+    }
+
+    /// One try at opening the file. A read opens it read-only when it needs no replay, so
+    /// that reads work on read-only files, filesystems and backups. A crashed ledger's journal
+    /// must be replayed into the file before it can be read whole: the read then opens it to
+    /// write, which replays, or says exactly why that cannot be done.
+    fn open_once(&self, mode: Mode) -> Result<Ledger, Error> {
+        if mode != Mode::Read {
+            return Ledger::open_with(&self.db, self.options());
+        }
+        match Ledger::open_read_only_with(&self.db, self.options()) {
+            Err(Error::NeedsWrite { path, detail }) => {
+                match Ledger::open_with(&self.db, self.options()) {
+                    Err(Error::Storage { message }) => Err(Error::NeedsWrite {
+                        path,
+                        detail: format!("{detail}; opening it with write access failed: {message}"),
+                    }),
+                    other => other,
+                }
+            }
+            other => other,
         }
     }
 

@@ -1,9 +1,12 @@
-//! The commands that write: credit, adjust, start, complete, fail, sweep.
+//! The commands that write: credit, adjust, start, complete, fail, sweep, and backup (which
+//! writes a new file).
 
 use credit_ledger::{Adjust, Credit, Receipt, RefundReason, RefundReceipt, StartGeneration};
 use serde_json::{json, Value};
 
-use crate::args::{AdjustArgs, CreditArgs, CreditKindArg, FailArgs, GenArg, StartArgs, SweepArgs};
+use crate::args::{
+    AdjustArgs, BackupArgs, CreditArgs, CreditKindArg, FailArgs, GenArg, StartArgs, SweepArgs,
+};
 use crate::fail::CliError;
 use crate::open::{Context, Mode};
 use crate::output::{clean, signed, Align, Out, Table};
@@ -254,4 +257,24 @@ pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError
         out.line("No generation is running")?;
     }
     Ok(())
+}
+
+/// `backup DEST`: a consistent copy of the ledger in a new file. The ledger is opened
+/// read-only when it needs no replay (the copy is then its bytes as they are), so a ledger on
+/// read-only media can be backed up too.
+pub fn backup(ctx: &Context, a: &BackupArgs, out: &mut Out) -> Result<(), CliError> {
+    let ledger = ctx.open(Mode::Read)?;
+    let bytes = ledger.backup(&a.dest)?;
+    if ctx.json {
+        return out.json(&json!({
+            "backup": a.dest.display().to_string(),
+            "bytes": bytes,
+        }));
+    }
+    out.line(format!(
+        "Backed up `{}` to `{}` ({bytes} bytes); check it with: credit-ledger --db {} verify",
+        ctx.db.display(),
+        a.dest.display(),
+        a.dest.display()
+    ))
 }

@@ -92,10 +92,18 @@ impl Params {
 fn fresh_file(ctx: &Context) -> Result<PathBuf, CliError> {
     if ctx.db_explicit {
         let path = ctx.db.clone();
-        match std::fs::metadata(&path) {
+        // Not following a symlink: only a missing path or an empty regular file will do, so
+        // that a device node, a FIFO or a link is never replaced.
+        match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => {
                 return Err(CliError::usage(format!(
                     "`{}` is a directory; give --db the path of a new file",
+                    path.display()
+                )))
+            }
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(CliError::usage(format!(
+                    "`{}` is not a regular file (a symlink, device, FIFO or socket); simulate needs the path of a new file",
                     path.display()
                 )))
             }
