@@ -148,3 +148,63 @@ fn a_consumer_reads_from_its_stored_position_and_acks_forward_only() {
     let bad_name = run(&db, &["ack", "", "1"]);
     assert_eq!(bad_name.code, 2, "{}", bad_name.stderr);
 }
+
+#[test]
+fn changes_follow_prints_entries_as_other_processes_commit_them() {
+    let (_dir, db) = seeded();
+    let follower = Command::new(env!("CARGO_BIN_EXE_credit-ledger"))
+        .arg("--db")
+        .arg(&db)
+        .args([
+            "--json",
+            "changes",
+            "--after",
+            "4",
+            "--follow",
+            "--poll-ms",
+            "20",
+            "--max-entries",
+            "4",
+        ])
+        .env_remove("CREDIT_LEDGER_DB")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Should a write below fail, the follower must not outlive the test.
+    struct KillOnDrop(Option<std::process::Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut follower = KillOnDrop(Some(follower));
+    // Three writes by other processes; they wait for the file while the follower reads it.
+    for i in 0..3 {
+        let key = format!("later-{i}");
+        ok(run(
+            &db,
+            &["--wait", "60s", "credit", "acme", "1", "--key", &key],
+        ));
+    }
+    // The follower exits by itself after its fourth entry: #5 was there, #6..#8 came later.
+    // (Its wait is bounded by the writes above, which finish; no timing is asserted.)
+    let out = follower.0.take().unwrap().wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = lines_json(&String::from_utf8_lossy(&out.stdout));
+    let ids: Vec<u64> = lines.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![5, 6, 7, 8]);
+    assert_eq!(lines[3]["key"], "later-2");
+
+    let bad = run(&db, &["changes", "--follow", "--limit", "3"]);
+    assert_eq!(bad.code, 2, "--limit and --follow conflict: {}", bad.stderr);
+    let bad = run(&db, &["changes", "--max-entries", "3"]);
+    assert_eq!(bad.code, 2, "--max-entries needs --follow: {}", bad.stderr);
+}

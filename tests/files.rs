@@ -461,3 +461,42 @@ fn a_read_that_needs_a_replay_says_so_or_replays() {
         .unwrap();
     assert_eq!(balance_of(&out), Some(100), "{}", text(&out));
 }
+
+/// An operator's recovery that discards a missing journal leaves a ledger that holds its lock
+/// and writes: a new journal file is created and locked at the journal's place.
+#[test]
+fn a_ledger_recovered_without_its_journal_holds_its_lock_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.redb");
+    drop(open(&a));
+    let app = open(&a);
+    app.credit(Credit::purchase("ws", 100, "order-1")).unwrap();
+    app.credit(Credit::purchase("ws", 5, "order-2")).unwrap();
+    // The journal lost, or damaged beyond its header (the discard then moves it aside).
+    let mut images = Vec::new();
+    for damaged in [false, true] {
+        let crashed = tempfile::tempdir().unwrap();
+        let c = crashed.path().join("a.redb");
+        std::fs::copy(&a, &c).unwrap();
+        if damaged {
+            std::fs::write(journal_of(&c), [0x5Au8; 3 * 4096]).unwrap();
+        }
+        images.push((crashed, c, damaged));
+    }
+    drop(app);
+    let clock = ManualClock::new(T0_MS);
+    for (_dir, c, damaged) in &images {
+        let recovered = Ledger::open_with(c, options(&clock).discard_journal(true)).unwrap();
+        assert!(recovered.journal_discard().is_some());
+        recovered
+            .credit(Credit::purchase("ws", 1, "after"))
+            .unwrap_or_else(|e| panic!("damaged {damaged}: {e}"));
+        assert!(matches!(
+            Ledger::open_with(c, options(&clock)),
+            Err(Error::AlreadyOpen { .. })
+        ));
+        drop(recovered);
+        let reopened = open(c);
+        assert_healthy(&reopened);
+    }
+}

@@ -494,11 +494,18 @@ impl Ledger {
                 return Err(e);
             }
         };
-        let (journal, journal_discard) = recovered.map_or((None, None), |r| (r.journal, r.discard));
-        // An operator's discard moved the journal aside (with the lock on it): lock the new one.
+        let (mut journal, journal_discard) =
+            recovered.map_or((None, None), |r| (r.journal, r.discard));
+        // An operator's discard moved the journal aside (with the lock on it), or accepted a
+        // missing one: lock a new file at the journal's place, and let the journal use it.
         let journal_file = match (journal_file, &source) {
-            (Some(file), Source::File(path)) if !file.still_at_path() => {
-                JournalFile::acquire(path, Access::Write, path)?
+            (Some(file), _) if file.still_at_path() => Some(file),
+            (_, Source::File(path)) => {
+                let file = JournalFile::acquire(path, Access::Write, path)?;
+                if let (Some(j), Some(f)) = (journal.take(), &file) {
+                    journal = Some(j.with_file(f.handle()?)?);
+                }
+                file
             }
             (file, _) => file,
         };

@@ -472,7 +472,9 @@ pub(crate) fn read_pending(
 #[derive(Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
-    /// `None` until the first epoch starts: opening a ledger to read it creates no file.
+    /// The ledger's locked journal file (see [`super::journal_file`]); `None` for a journal
+    /// made without one, or after the file was deleted under the ledger, until the next epoch
+    /// opens it by name.
     file: Option<File>,
     ledger_id: u64,
     /// The open epoch, if any: its id. Only then does an append count.

@@ -346,8 +346,19 @@ pub struct ChangesArgs {
     #[arg(long, value_name = "NAME")]
     pub consumer: Option<String>,
     /// Print at most this many entries (1 to 1000); default: everything up to the end.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "follow")]
     pub limit: Option<u32>,
+    /// Keep printing new entries as they commit, until interrupted (like `tail -f`). The file
+    /// is opened at each poll and closed in between, so other commands can write to it;
+    /// while another process keeps it open, follow waits.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: how often to look for new entries, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 250, requires = "follow", value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_ms: u64,
+    /// With --follow: exit after printing this many entries.
+    #[arg(long, value_name = "N", requires = "follow", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_entries: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,11 @@
 //! The change feed from a shell: `changes` (the global log after an id or a consumer's
-//! stored position, as JSON lines with `--json`) and `ack` (store a consumer's position).
+//! stored position, as JSON lines with `--json`, and with `--follow` as it commits) and `ack`
+//! (store a consumer's position).
 
 use credit_ledger::limits::MAX_PAGE_LIMIT;
-use credit_ledger::{Ledger, TransactionView};
+use std::time::Duration;
+
+use credit_ledger::{Error, Ledger, TransactionView};
 
 use serde_json::json;
 
@@ -72,8 +75,47 @@ pub fn changes(ctx: &Context, a: &ChangesArgs, out: &mut Out) -> Result<(), CliE
         (Some(c), _) => ledger.position(c)?,
         (None, after) => after.unwrap_or(0),
     };
-    print_after(ctx, &ledger, after, a.limit, out)?;
-    Ok(())
+    if !a.follow {
+        print_after(ctx, &ledger, after, a.limit, out)?;
+        return Ok(());
+    }
+    drop(ledger);
+    follow(ctx, a, after, out)
+}
+
+/// `changes --follow`: poll the file, printing what committed since the last look. The ledger
+/// is open only while it is read, so that the commands that write to it can take it in
+/// between; a poll that finds it open elsewhere tries again at the next one.
+fn follow(ctx: &Context, a: &ChangesArgs, mut at: u64, out: &mut Out) -> Result<(), CliError> {
+    let mut printed = 0u64;
+    loop {
+        match Ledger::open_with(&ctx.db, ctx.options()) {
+            Ok(ledger) => loop {
+                let left = a.max_entries.map(|m| m - printed);
+                let want = left.map_or(MAX_PAGE_LIMIT, |l| {
+                    u32::try_from(l)
+                        .unwrap_or(MAX_PAGE_LIMIT)
+                        .min(MAX_PAGE_LIMIT)
+                });
+                let page = ledger.changes(at, want)?;
+                for t in &page.entries {
+                    print_entry(ctx, t, out)?;
+                }
+                out.flush()?;
+                printed += page.entries.len() as u64;
+                at = page.next_after(at);
+                if a.max_entries.is_some_and(|m| printed >= m) {
+                    return Ok(());
+                }
+                if page.entries.is_empty() || at >= page.last_txn_id {
+                    break;
+                }
+            },
+            Err(Error::AlreadyOpen { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        std::thread::sleep(Duration::from_millis(a.poll_ms));
+    }
 }
 
 pub fn ack(ctx: &Context, a: &AckArgs, out: &mut Out) -> Result<(), CliError> {
