@@ -21,9 +21,12 @@ type LotKey = (String, String, u32);
 /// A lot as the replay of the log sees it.
 #[derive(Debug, Clone)]
 struct Sim {
-    remaining: u64,
-    allocated: u64,
-    returned: u64,
+    // Wide and signed, so the replay of a damaged log computes the exact figure (a negative
+    // remaining, a sum past `u64::MAX`) and the comparison with the stored lot names it,
+    // instead of saturating into a plausible number.
+    remaining: i128,
+    allocated: u128,
+    returned: u128,
     closed: bool,
     priority: u32,
     effective: Option<u64>,
@@ -33,7 +36,7 @@ struct Sim {
 impl Sim {
     fn of(g: &GrantRecord, remaining: u64) -> Self {
         Sim {
-            remaining,
+            remaining: i128::from(remaining),
             allocated: 0,
             returned: 0,
             closed: false,
@@ -66,7 +69,7 @@ pub(super) struct GrantAudit {
     carried: HashMap<(String, u64), LotKey>,
     sim: HashMap<LotKey, Sim>,
     /// Expired and voided credits per workspace, from the log.
-    lost: HashMap<String, (u64, u64)>,
+    lost: HashMap<String, (u128, u128)>,
     allocations: Option<redb::ReadOnlyTable<u64, &'static [u8]>>,
     pub lots: u64,
 }
@@ -239,7 +242,7 @@ impl GrantAudit {
                 );
                 continue;
             };
-            if !s.spendable(rec.at_ms) || s.remaining < e.credits {
+            if !s.spendable(rec.at_ms) || s.remaining < i128::from(e.credits) {
                 bad(
                     report,
                     Invariant::DrawdownOrder,
@@ -248,7 +251,7 @@ impl GrantAudit {
             }
             let order = s.order(&k.1, k.2);
             if last_order.as_ref().is_some_and(|l| *l >= order)
-                || (i + 1 < entries.len() && e.credits != s.remaining)
+                || (i + 1 < entries.len() && i128::from(e.credits) != s.remaining)
             {
                 bad(
                     report,
@@ -281,8 +284,8 @@ impl GrantAudit {
         }
         for e in &entries {
             if let Some(s) = self.sim.get_mut(&key_of(ws, e)) {
-                s.remaining = s.remaining.saturating_sub(e.credits);
-                s.allocated = s.allocated.saturating_add(e.credits);
+                s.remaining -= i128::from(e.credits);
+                s.allocated += u128::from(e.credits);
             }
         }
     }
@@ -336,8 +339,8 @@ impl GrantAudit {
             if e.lot == e.from_lot {
                 match self.sim.get_mut(&k) {
                     Some(s) if !s.closed => {
-                        s.remaining = s.remaining.saturating_add(e.credits);
-                        s.returned = s.returned.saturating_add(e.credits);
+                        s.remaining += i128::from(e.credits);
+                        s.returned += u128::from(e.credits);
                     }
                     _ => bad(
                         report,
@@ -379,9 +382,9 @@ impl GrantAudit {
         };
         let lost = self.lost.entry(ws.to_string()).or_default();
         if rec.kind == TxnKind::Expiration {
-            lost.0 = lost.0.saturating_add(rec.amount_credits);
+            lost.0 += u128::from(rec.amount_credits);
         } else {
-            lost.1 = lost.1.saturating_add(rec.amount_credits);
+            lost.1 += u128::from(rec.amount_credits);
         }
         let Some(entries) = self.entries(report, rec) else {
             bad(report, format!("#{}: names no grant", rec.id));
@@ -402,7 +405,7 @@ impl GrantAudit {
             match self.sim.get_mut(&k) {
                 Some(s)
                     if !s.closed
-                        && s.remaining == e.credits
+                        && s.remaining == i128::from(e.credits)
                         && (rec.kind != TxnKind::Expiration || s.expires.is_some_and(|x| rec.at_ms >= x)) =>
                 {
                     s.closed = true;
@@ -479,9 +482,9 @@ impl GrantAudit {
                     s.closed || (g.closed.is_some_and(|c| c.credits == 0) && s.remaining == 0);
                 if (s.remaining, s.allocated, s.returned, sim_closed)
                     != (
-                        g.remaining_credits,
-                        g.allocated_credits,
-                        g.returned_credits,
+                        i128::from(g.remaining_credits),
+                        u128::from(g.allocated_credits),
+                        u128::from(g.returned_credits),
                         g.closed.is_some(),
                     )
                 {
@@ -520,7 +523,12 @@ impl GrantAudit {
                 );
             }
             let lost = self.lost.get(ws).copied().unwrap_or((0, 0));
-            if lost != (book.expired_credits, book.voided_credits) {
+            if lost
+                != (
+                    u128::from(book.expired_credits),
+                    u128::from(book.voided_credits),
+                )
+            {
                 report.add(
                     Invariant::GrantBalance,
                     format!(

@@ -149,7 +149,14 @@ pub(super) fn plan(
         if !rec.spendable_at(ctx.now_ms) {
             continue;
         }
-        spendable = spendable.saturating_add(rec.remaining_credits);
+        // The lots' remainders add up to the balance, a u64: a sum past it is a damaged file.
+        spendable = spendable
+            .checked_add(rec.remaining_credits)
+            .ok_or_else(|| Error::Corruption {
+                table: "grants",
+                key: workspace.to_string(),
+                detail: "the workspace's grant lots hold more than u64::MAX credits".into(),
+            })?;
         if need > 0 {
             let credits = need.min(rec.remaining_credits);
             need -= credits;

@@ -227,18 +227,27 @@ pub(crate) fn split(
             ..BalanceSplit::default()
         });
     }
+    // Every part is a share of the balance, a u64: a sum past it is a damaged file.
+    let add = |into: &mut u64, r: u64| -> Result<(), Error> {
+        *into = into.checked_add(r).ok_or_else(|| Error::Corruption {
+            table: "grants",
+            key: workspace.to_string(),
+            detail: "the workspace's grant lots hold more than u64::MAX credits".into(),
+        })?;
+        Ok(())
+    };
     let mut s = BalanceSplit::default();
     for g in open_lots(rtx, workspace)? {
         let r = g.remaining_credits;
         if g.expires_at_ms.is_some_and(|e| now_ms >= e) {
-            s.expired_unswept_credits = s.expired_unswept_credits.saturating_add(r);
+            add(&mut s.expired_unswept_credits, r)?;
         } else if g.effective_at_ms.is_some_and(|e| now_ms < e) {
-            s.pending_credits = s.pending_credits.saturating_add(r);
+            add(&mut s.pending_credits, r)?;
         } else {
-            s.spendable_credits = s.spendable_credits.saturating_add(r);
+            add(&mut s.spendable_credits, r)?;
             if let Some(at_ms) = g.expires_at_ms {
                 match &mut s.next_expiry {
-                    Some(n) if n.at_ms == at_ms => n.credits = n.credits.saturating_add(r),
+                    Some(n) if n.at_ms == at_ms => add(&mut n.credits, r)?,
                     Some(n) if n.at_ms < at_ms => {}
                     n => *n = Some(ExpiryNotice { at_ms, credits: r }),
                 }
