@@ -1477,3 +1477,59 @@ fn grants_expire_refund_into_a_grace_part_and_void_from_the_command_line() {
         .failed(2);
     ws.run(&["verify"]).ok();
 }
+
+/// A refund reported with a clock far behind the log is written anyway (issue 11, item 3),
+/// and the operator sees it: `show` says what the clock read, and the JSON row carries it.
+#[test]
+fn a_refund_with_a_clock_behind_the_log_is_written_and_shown_as_such() {
+    let ws = Ws::new();
+    let later = "2026-03-01T12:00:00Z";
+    ws.run(&["--now", later, "credit", "acme", "100", "--key", "k1"])
+        .ok();
+    ws.run(&[
+        "--now",
+        later,
+        "start",
+        "g1",
+        "--workspace",
+        "acme",
+        "--feature",
+        "Quick Video",
+        "--cost",
+        "12",
+    ])
+    .ok();
+    // Three hours behind the log: beyond the one-minute tolerance.
+    let r = ws
+        .run(&[
+            "--json",
+            "--now",
+            T0,
+            "fail",
+            "g1",
+            "--reason",
+            "model-failure",
+        ])
+        .ok()
+        .json();
+    let refund_id = r["refund_txn"]
+        .as_u64()
+        .or_else(|| r["txn_id"].as_u64())
+        .unwrap_or_else(|| panic!("a refund receipt: {r}"));
+    let row = ws
+        .run(&["--json", "show", &refund_id.to_string()])
+        .ok()
+        .json();
+    assert_eq!(row["type"], "refund", "{row}");
+    assert_eq!(row["balance_after"], 100, "{row}");
+    assert_eq!(row["untrusted_clock_ms"], 1_772_355_600_000u64, "{row}");
+    assert_eq!(row["at"], "2026-03-01T12:00:00Z", "{row}");
+    let text = ws.run(&["show", &refund_id.to_string()]).ok().stdout;
+    assert!(
+        text.contains("Clock") && text.contains("did not trust"),
+        "{text}"
+    );
+    // Other writes at that clock are still refused, with the typed error.
+    ws.run(&["--now", T0, "credit", "acme", "1", "--key", "k2"])
+        .failed(2);
+}

@@ -310,6 +310,19 @@ pub fn show(ctx: &Context, a: &ShowArgs, out: &mut Out) -> Result<(), CliError> 
             crate::grants::allocation_words(&t.allocations, &labels, verb, until),
         ));
     }
+    if let Some(read_ms) = t.untrusted_clock_ms {
+        summary.push((
+            "Clock",
+            format!(
+                "read {}, which the ledger did not trust; the refund went ahead, stamped with \
+                 the log's time",
+                format_human_zoned(read_ms)
+            ),
+        ));
+    }
+    if let Some(threshold) = t.alert_threshold_credits {
+        summary.push(("Alert", format!("balance fell below {threshold} credits")));
+    }
     summary.push(("New Balance", t.balance_after_credits.to_string()));
     pairs(out, "  ", &summary)?;
     if let Some((relation, l)) = &link {

@@ -34,6 +34,8 @@ pub fn txn_json(t: &TransactionView) -> Value {
         "refunded_by": t.refunded_by,
         "memo": t.memo,
         "key": t.idempotency_key,
+        "untrusted_clock_ms": t.untrusted_clock_ms,
+        "alert_threshold": t.alert_threshold_credits,
     })
 }
 
