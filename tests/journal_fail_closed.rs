@@ -454,3 +454,43 @@ fn item6_a_damaged_journal_keeps_its_proven_prefix_and_is_moved_aside() {
     );
     assert_healthy(&l);
 }
+
+/// `recover` opens the file the way every other command does: it waits for a file another
+/// process has open (`--wait`, the hint when it gives up) and refuses a `--now` far ahead of
+/// the system clock, instead of a bare "open in another process".
+#[test]
+fn item6_recover_waits_and_guards_the_clock_like_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let path = dir.path().join("busy.redb");
+    let app = open(&path, &clock);
+    app.credit(Credit::purchase("ws", 10, "fund")).unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_credit-ledger"))
+            .arg("--db")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["recover", "--discard-journal", "--wait", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains("--wait"), "{stderr}");
+    drop(app);
+    let out = cli(&[
+        "recover",
+        "--discard-journal",
+        "--now",
+        "18446744073709551615",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--allow-future-now"),
+        "{out:?}"
+    );
+    // Nothing was discarded or written by either refusal.
+    let l = open(&path, &clock);
+    assert!(l.journal_discard().is_none());
+    assert_eq!(l.balance("ws").unwrap().balance_credits, 10);
+}

@@ -73,6 +73,12 @@ impl Context {
 
     /// Open the ledger file, waiting up to `--wait` while another process has it open.
     pub fn open(&self, mode: Mode) -> Result<Ledger, CliError> {
+        self.open_with(mode, self.options())
+    }
+
+    /// [`Context::open`] with other options (`recover` adds `discard_journal`): the same
+    /// path checks, `--now` guard and `--wait` loop.
+    pub fn open_with(&self, mode: Mode, options: Options) -> Result<Ledger, CliError> {
         check_path(&self.db, mode)?;
         if mode != Mode::Read {
             self.check_future_now()?;
@@ -82,7 +88,7 @@ impl Context {
         let mut pause_ms = LOCK_RETRY_FIRST_MS;
         let mut jitter = Jitter::new();
         loop {
-            match self.open_once(mode) {
+            match self.open_once(mode, &options) {
                 Err(e @ Error::AlreadyOpen { .. }) => {
                     let waited = started.elapsed();
                     if waited >= wait {
@@ -111,13 +117,13 @@ impl Context {
     /// that reads work on read-only files, filesystems and backups. A crashed ledger's journal
     /// must be replayed into the file before it can be read whole: the read then opens it to
     /// write, which replays, or says exactly why that cannot be done.
-    fn open_once(&self, mode: Mode) -> Result<Ledger, Error> {
+    fn open_once(&self, mode: Mode, options: &Options) -> Result<Ledger, Error> {
         if mode != Mode::Read {
-            return Ledger::open_with(&self.db, self.options());
+            return Ledger::open_with(&self.db, options.clone());
         }
-        match Ledger::open_read_only_with(&self.db, self.options()) {
+        match Ledger::open_read_only_with(&self.db, options.clone()) {
             Err(Error::NeedsWrite { path, detail }) => {
-                match Ledger::open_with(&self.db, self.options()) {
+                match Ledger::open_with(&self.db, options.clone()) {
                     Err(Error::Storage { message }) => Err(Error::NeedsWrite {
                         path,
                         detail: format!("{detail}; opening it with write access failed: {message}"),

@@ -3,11 +3,9 @@
 
 use serde_json::json;
 
-use credit_ledger::Ledger;
-
 use crate::args::RecoverArgs;
 use crate::fail::CliError;
-use crate::open::Context;
+use crate::open::{Context, Mode};
 use crate::output::Out;
 
 pub fn run(ctx: &Context, a: &RecoverArgs, out: &mut Out) -> Result<(), CliError> {
@@ -17,13 +15,8 @@ pub fn run(ctx: &Context, a: &RecoverArgs, out: &mut Out) -> Result<(), CliError
              without the journal entries that cannot be replayed (their writes are lost)",
         ));
     }
-    if !ctx.db.is_file() {
-        return Err(CliError::usage(format!(
-            "`{}` is not a ledger file; recover opens an existing ledger",
-            ctx.db.display()
-        )));
-    }
-    let ledger = Ledger::open_with(&ctx.db, ctx.options().discard_journal(true))?;
+    // The same path checks, `--now` guard and `--wait` as every other command.
+    let ledger = ctx.open_with(Mode::Existing, ctx.options().discard_journal(true))?;
     let report = ledger.verify()?;
     let discard = ledger.journal_discard();
     if ctx.json {
