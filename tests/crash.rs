@@ -41,7 +41,7 @@ use credit_ledger::Ledger;
 use credit_ledger::{
     Adjust, Credit, Durability, Error, GenerationState, GrantState, GrantView, HistoryFilter,
     LedgerTotals, ManualClock, Op, Options, Outcome, PageRequest, RefundReason, StartGeneration,
-    TxnKind, VoidGrant, WorkspaceSummary,
+    Status, TxnKind, VoidGrant, WorkspaceSummary,
 };
 use faulty::{CrashImages, CrashMode, FaultyBackend, IoLog, Plan, SplitMix64};
 
@@ -269,6 +269,9 @@ struct Snapshot {
     last_txn_id: u64,
     /// The `BalanceLow` notifications in the workspaces' histories.
     balance_low: usize,
+    /// Each workspace's generations as its history's status filters list them (sorted):
+    /// Pending, Completed and Failed Usages.
+    usage_statuses: Vec<[Vec<String>; 3]>,
 }
 
 fn snapshot(ledger: &Ledger, gen_ids: &[String]) -> Snapshot {
@@ -337,6 +340,29 @@ fn snapshot(ledger: &Ledger, gen_ids: &[String]) -> Snapshot {
                 }
             })
             .sum(),
+        usage_statuses: WORKSPACES
+            .iter()
+            .map(|w| {
+                [Status::Pending, Status::Completed, Status::Failed].map(|status| {
+                    let filter = HistoryFilter::all()
+                        .kinds([TxnKind::Usage])
+                        .statuses([status]);
+                    let mut ids: Vec<String> =
+                        match ledger.history(w, &filter, &PageRequest::first(1000)) {
+                            Ok(page) => page
+                                .entries
+                                .into_iter()
+                                .inspect(|t| assert_eq!(t.status, status, "{w} #{}", t.id))
+                                .filter_map(|t| t.generation_id)
+                                .collect(),
+                            Err(Error::UnknownWorkspace { .. }) => Vec::new(),
+                            Err(e) => panic!("history of {w}: {e}"),
+                        };
+                    ids.sort();
+                    ids
+                })
+            })
+            .collect(),
     }
 }
 

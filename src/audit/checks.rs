@@ -9,7 +9,7 @@ use super::{AuditReport, Invariant};
 use crate::error::Error;
 use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceRecord};
 use crate::model::TxnKind;
-use crate::storage::tables::{self, usage_category, Category};
+use crate::storage::tables::{self, Category};
 
 /// Links proved from the log's side, to be matched against counts of the other side.
 #[derive(Default)]
@@ -20,6 +20,16 @@ pub(super) struct Links {
     pub refunds: u64,
     /// Transactions carrying an idempotency key that points back at them.
     pub keyed: u64,
+    /// History entries the log's transactions must have: one each, plus a `UsageFailed`
+    /// marker for each Usage of a refunded generation (schema 4 on).
+    pub history_entries: u64,
+}
+
+/// The history index and the schema whose layout it must have (see
+/// [`tables::history_entries`]).
+pub(super) struct HistoryIndex<'a, T> {
+    pub table: &'a T,
+    pub schema: u8,
 }
 
 /// A workspace's sums, recomputed from its transactions. The sums are `u128`, so that a
@@ -123,7 +133,7 @@ pub(super) fn check_txn(
     rec: &TxnRecord,
     gens: &impl ReadableTable<&'static str, &'static [u8]>,
     idem: &impl ReadableTable<&'static str, u64>,
-    history: &impl ReadableTable<(&'static str, u8, u64), ()>,
+    history: &HistoryIndex<'_, impl ReadableTable<(&'static str, u8, u64), ()>>,
 ) -> Result<(), Error> {
     let id = rec.id;
     let ws = rec.workspace.as_str();
@@ -208,16 +218,23 @@ pub(super) fn check_txn(
         }
     }
 
-    let category = match rec.kind {
-        TxnKind::Usage => check_generation_link(report, links, rec, gens)?.map(usage_category),
-        TxnKind::Refund => {
-            check_generation_link(report, links, rec, gens)?;
-            Some(Category::Refund)
-        }
-        kind => Some(Category::of(kind, crate::model::Status::Completed)),
+    let state = match rec.kind {
+        TxnKind::Usage | TxnKind::Refund => check_generation_link(report, links, rec, gens)?,
+        _ => None,
     };
-    if let Some(cat) = category {
-        if history.get((ws, cat as u8, id))?.is_none() {
+    // Only a Usage's entries depend on its generation's state: its marker, and before
+    // schema 4 its one entry, which an unreadable generation leaves unknown.
+    let usage_state = state.filter(|_| rec.kind == TxnKind::Usage);
+    if rec.kind == TxnKind::Usage
+        && usage_state.is_none()
+        && history.schema < tables::HISTORY_MARKERS_SCHEMA
+    {
+        return Ok(());
+    }
+    let (cat, marker) = tables::history_entries(history.schema, rec.kind, usage_state);
+    for cat in std::iter::once(cat).chain(marker) {
+        links.history_entries += 1;
+        if history.table.get((ws, cat as u8, id))?.is_none() {
             report.add(
                 Invariant::HistoryIndex,
                 format!("#{id} has no history entry ({ws}, {}, #{id})", cat as u8),
@@ -393,14 +410,16 @@ pub(super) fn check_deadlines(
 }
 
 /// Name the history entries that do not file an existing transaction of that workspace under
-/// its right category. Run only when the entry count differs from the transaction count.
+/// a category it belongs in. Run only when the entry count differs from the count the log
+/// needs (`expected`).
 pub(super) fn check_history(
     report: &mut AuditReport,
-    index: &impl ReadableTable<(&'static str, u8, u64), ()>,
+    index: &HistoryIndex<'_, impl ReadableTable<(&'static str, u8, u64), ()>>,
     txns: &impl ReadableTable<u64, &'static [u8]>,
     gens: &impl ReadableTable<&'static str, &'static [u8]>,
+    expected: u64,
 ) -> Result<(), Error> {
-    for entry in index.iter()? {
+    for entry in index.table.iter()? {
         let (k, _) = entry?;
         let (ws, cat, id) = k.value();
         let Ok(Some(rec)) = tables::get_txn(txns, id) else {
@@ -413,16 +432,18 @@ pub(super) fn check_history(
             );
             continue;
         };
-        let expected = match rec.kind {
+        let state = match rec.kind {
             TxnKind::Usage => {
                 match tables::get_generation(gens, rec.generation_id.as_deref().unwrap_or("")) {
-                    Ok(Some(g)) => usage_category(g.state),
+                    Ok(Some(g)) => Some(g.state),
                     _ => continue, // the missing generation is reported elsewhere
                 }
             }
-            kind => Category::of(kind, crate::model::Status::Completed),
+            _ => None,
         };
-        if rec.workspace != ws || Some(expected) != Category::from_u8(cat) {
+        let (expected, marker) = tables::history_entries(index.schema, rec.kind, state);
+        let found = Category::from_u8(cat);
+        if rec.workspace != ws || (found != Some(expected) && found != marker) {
             report.add(
                 Invariant::HistoryIndex,
                 format!(
@@ -435,11 +456,13 @@ pub(super) fn check_history(
             );
         }
     }
-    let (entries, logged) = (index.len()?, txns.len()?);
-    if entries != logged {
+    let entries = index.table.len()?;
+    if entries != expected {
         report.add(
             Invariant::HistoryIndex,
-            format!("{entries} history entries for {logged} transactions"),
+            format!(
+                "{entries} history entries where the transactions and refunded generations need {expected}"
+            ),
             vec![],
             None,
             None,

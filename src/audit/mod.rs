@@ -27,7 +27,8 @@ mod grants;
 use grants::GrantAudit;
 
 use checks::{
-    check_deadlines, check_generation, check_history, check_txn, totals_differences, Acc, Links,
+    check_deadlines, check_generation, check_history, check_txn, totals_differences, Acc,
+    HistoryIndex, Links,
 };
 
 /// Which invariant a [`Violation`] breaks.
@@ -328,6 +329,17 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
             return Ok(report);
         }
     };
+    let schema = match guarded(|| tables::get_schema(&rtx.open_table(tables::META)?)) {
+        Ok(schema) => schema?,
+        Err(detail) => {
+            report.unreadable("meta", None, detail);
+            return Ok(report);
+        }
+    };
+    let history = HistoryIndex {
+        table: &history,
+        schema,
+    };
     let mut accs: HashMap<String, Acc> = HashMap::new();
     let mut links = Links::default();
     // The grant lots, replayed against the log below (see `grants`).
@@ -567,9 +579,9 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
             if report.checked.deadlines != report.checked.running {
                 check_deadlines(&mut report, &deadlines, &gens)?;
             }
-            report.checked.history_entries = history.len()?;
-            if report.checked.history_entries != report.checked.transactions {
-                check_history(&mut report, &history, &txns, &gens)?;
+            report.checked.history_entries = history.table.len()?;
+            if report.checked.history_entries != links.history_entries {
+                check_history(&mut report, &history, &txns, &gens, links.history_entries)?;
             }
             report.checked.idempotency_keys = idem.len()?;
             if report.checked.idempotency_keys != links.keyed {

@@ -20,7 +20,7 @@ use crate::model::records::{
 use crate::model::{
     validate, Allocation, Charge, Completion, RefundReason, RefundReceipt, StartGeneration, TxnKind,
 };
-use crate::storage::tables::{self, usage_category, Category};
+use crate::storage::tables::{self, Category};
 
 fn load(ctx: &Ctx<'_>, generation_id: &str) -> Result<GenerationRecord, Error> {
     validate::id("generation id", generation_id)?;
@@ -194,7 +194,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
             memo: None,
             prev_crc: 0,
         },
-        Category::UsagePending,
+        Category::Usage,
     )?;
     let gen = GenerationRecord {
         id: req.generation_id.clone(),
@@ -435,6 +435,7 @@ pub(super) fn refund(
     );
     let allocations = entries.iter().map(AllocationEntry::public).collect();
     ctx.put_allocations(rec.id, &AllocationRecord { entries })?;
+    ctx.mark_usage_failed(&gen.workspace, gen.usage_txn)?;
     let state = GenState::Refunded {
         at_ms: ctx.now_ms,
         reason,
@@ -461,8 +462,16 @@ fn release(ctx: &mut Ctx<'_>, gen: &GenerationRecord) -> Result<WorkspaceRecord,
     Ok(ws)
 }
 
-/// Write the end of a running generation: its new `state`, its workspace `ws`, its deadline
-/// entry gone, and its Usage filed under the status the new state shows.
+/// Write the end of a running generation: its new `state`, its workspace `ws` and its
+/// deadline entry gone. Its Usage's history entry stays where it is (a refund adds the
+/// `UsageFailed` marker).
+///
+/// The workspace record is rewritten because its running count and held credits change:
+/// the held credits are what keeps every refund from overflowing a balance (a credit is
+/// refused when `balance + held` would pass `u64::MAX`), and the running count is what
+/// `balance` shows and what lets a Pending history page stop once it has found them all. In
+/// a batch it is written once per workspace ([`Ctx::flush`]), and the workspaces table is
+/// small next to the generations and the history.
 fn finish(
     ctx: &mut Ctx<'_>,
     gen: &mut GenerationRecord,
@@ -472,11 +481,5 @@ fn finish(
     gen.state = state;
     ctx.put_workspace(&gen.workspace, ws)?;
     ctx.put_generation(gen)?;
-    ctx.remove_deadline(gen.deadline_ms, &gen.id)?;
-    ctx.move_usage(
-        &gen.workspace,
-        gen.usage_txn,
-        Category::UsagePending,
-        usage_category(gen.state),
-    )
+    ctx.remove_deadline(gen.deadline_ms, &gen.id)
 }

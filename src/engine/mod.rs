@@ -252,9 +252,19 @@ impl<'txn> FeedTables<'txn> {
     /// Create the tables in a version 1 file and record version 2, which says that records
     /// of that version (a `BalanceLow` notification) may follow, so an older build refuses
     /// the file with a clear error instead of failing to decode them.
-    fn create(txn: &'txn WriteTransaction) -> Result<Self, Error> {
-        txn.open_table(tables::META)?
-            .insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+    ///
+    /// A file from before schema 4 also gets its history index moved to the current layout
+    /// here, in `history` (the write transaction's open history table), since the version
+    /// recorded promises it.
+    fn create(
+        txn: &'txn WriteTransaction,
+        history: &mut Table<'txn, (&'static str, u8, u64), ()>,
+    ) -> Result<Self, Error> {
+        let mut meta = txn.open_table(tables::META)?;
+        let from_schema = tables::get_schema(&meta)?;
+        meta.insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+        drop(meta);
+        tables::migrate_history(history, from_schema)?;
         // The version recorded promises every table of it, the grant tables included.
         GrantTables::open(txn)?;
         Self::open(txn)
@@ -335,11 +345,12 @@ impl<'txn> Ctx<'txn> {
         config: EngineConfig,
         grants: bool,
     ) -> Result<Self, Error> {
+        let mut history = txn.open_table(tables::HISTORY)?;
         let mut feed = FeedTables::open_existing(txn)?;
         let grant_tables = if feed.is_some() {
             Some(GrantTables::open(txn)?)
         } else if grants {
-            feed = Some(FeedTables::create(txn)?);
+            feed = Some(FeedTables::create(txn, &mut history)?);
             Some(GrantTables::open(txn)?)
         } else {
             None
@@ -347,7 +358,7 @@ impl<'txn> Ctx<'txn> {
         Ok(Ctx {
             workspaces: txn.open_table(tables::WORKSPACES)?,
             txns: txn.open_table(tables::TRANSACTIONS)?,
-            history: txn.open_table(tables::HISTORY)?,
+            history,
             generations: txn.open_table(tables::GENERATIONS)?,
             deadlines: txn.open_table(tables::DEADLINES)?,
             idempotency: txn.open_table(tables::IDEMPOTENCY)?,
@@ -414,7 +425,10 @@ impl<'txn> Ctx<'txn> {
     pub fn feed_tables(&mut self) -> Result<&mut FeedTables<'txn>, Error> {
         if self.feed.is_none() {
             self.dirty = true;
-            self.feed = Some(FeedTables::create(self.txn).inspect_err(|_| self.broken = true)?);
+            self.feed = Some(
+                FeedTables::create(self.txn, &mut self.history)
+                    .inspect_err(|_| self.broken = true)?,
+            );
         }
         Ok(self.feed.as_mut().expect("invariant: just opened"))
     }
@@ -617,22 +631,12 @@ impl<'txn> Ctx<'txn> {
         self.write(r)
     }
 
-    /// File a Usage under its new status.
-    pub fn move_usage(
-        &mut self,
-        workspace: &str,
-        usage_txn: u64,
-        from: Category,
-        to: Category,
-    ) -> Result<(), Error> {
+    /// File the `UsageFailed` marker of a refunded generation's Usage (its Usage entry stays
+    /// where its start filed it).
+    pub fn mark_usage_failed(&mut self, workspace: &str, usage_txn: u64) -> Result<(), Error> {
         let r = self
             .history
-            .remove((workspace, from as u8, usage_txn))
-            .map(drop);
-        self.write(r)?;
-        let r = self
-            .history
-            .insert((workspace, to as u8, usage_txn), ())
+            .insert((workspace, Category::UsageFailed as u8, usage_txn), ())
             .map(drop);
         self.write(r)
     }

@@ -26,7 +26,8 @@ pub const MAX_AMOUNT_CREDITS: u64 = i64::MAX as u64;
 pub const MAX_PAGE_LIMIT: u32 = 1000;
 
 /// How many index entries one history page may examine before it returns what it has, with a
-/// cursor to go on. This keeps a page with a rare `feature` filter bounded in cost.
+/// cursor to go on. This keeps a page with a rare `feature` filter, or a status filter whose
+/// matches are spread far (Pending Usages behind an old running generation), bounded in cost.
 pub const HISTORY_SCAN_BUDGET: u32 = 20_000;
 
 /// Shortest generation timeout: one second.

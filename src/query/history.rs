@@ -1,19 +1,31 @@
 //! History pages: filtered, newest first, keyset-paged.
 //!
-//! The `workspace_history` index files each transaction under (workspace, category, id), where
-//! the category folds kind and status together. A filter picks the categories it needs; a page
-//! merges their ranges by id, starting where the cursor left off, and reads the records from
-//! the log (see [`LogWalker`]). So a page's cost follows the entries it returns (plus those a
-//! `feature` filter skips, bounded by [`HISTORY_SCAN_BUDGET`]), at entry 10 and at entry
-//! 10 million alike.
+//! The `workspace_history` index files each transaction once, under (workspace, kind, id),
+//! and a finished generation moves no key (see [`Category`]). A filter picks the kind ranges
+//! it needs; a page merges them by id, starting where the cursor left off, and reads the
+//! records from the log (see [`LogWalker`]). A status filter is answered without keys that
+//! move:
+//!
+//! - every kind but Usage is always Completed;
+//! - **Failed** Usages are the `UsageFailed` markers a refund files: a range of their own;
+//! - **Pending** and **Completed** Usages are the Usage range minus those markers (stepped
+//!   over in the merge, without reading the log), told apart by their generation's state,
+//!   which the page reads for every Usage it shows anyway. Pending ones are few (the running
+//!   generations) and the newest: a newest-first page from the top stops as soon as it has
+//!   seen as many as the workspace's running count, so it reads about as many Usages as it
+//!   returns.
+//!
+//! So a page's cost follows the entries it returns, plus those a `feature` filter or a
+//! status skips, which [`HISTORY_SCAN_BUDGET`] bounds, at entry 10 and at entry 10 million
+//! alike.
 
-use redb::{ReadOnlyTable, ReadTransaction};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 use serde::Serialize;
 
-use super::{id_range, view_of, TransactionView};
+use super::{id_range, view_with, TransactionView};
 use crate::error::{Error, InvalidInput};
 use crate::model::limits::{HISTORY_SCAN_BUDGET, MAX_FEATURE_BYTES, MAX_PAGE_LIMIT};
-use crate::model::records::TxnRecord;
+use crate::model::records::{GenState, TxnRecord};
 use crate::model::{validate, Status, TxnKind};
 use crate::storage::codec;
 use crate::storage::tables::{self, Category};
@@ -64,12 +76,57 @@ impl HistoryFilter {
         self
     }
 
-    fn categories(&self) -> Vec<Category> {
-        Category::ALL
-            .into_iter()
-            .filter(|c| self.kinds.is_empty() || self.kinds.contains(&c.kind()))
-            .filter(|c| self.statuses.is_empty() || self.statuses.contains(&c.status()))
-            .collect()
+    fn wants_kind(&self, kind: TxnKind) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&kind)
+    }
+
+    fn wants_status(&self, status: Status) -> bool {
+        self.statuses.is_empty() || self.statuses.contains(&status)
+    }
+
+    /// The index ranges a page reads: the categories whose ids it merges, and those whose ids
+    /// it steps over (the failed Usages, when the filter wants Usages but not failed ones).
+    /// Each range holds a superset of what it is read for; the page checks every entry's
+    /// status before it shows it.
+    fn ranges(&self) -> (Vec<Category>, Vec<Category>) {
+        let (mut merged, mut skipped) = (Vec::new(), Vec::new());
+        for kind in TxnKind::ALL {
+            if !self.wants_kind(kind) {
+                continue;
+            }
+            if kind != TxnKind::Usage {
+                if self.wants_status(Status::Completed) {
+                    merged.push(Category::of(kind));
+                }
+                continue;
+            }
+            let pending = self.wants_status(Status::Pending);
+            let completed = self.wants_status(Status::Completed);
+            let failed = self.wants_status(Status::Failed);
+            if pending || completed {
+                merged.push(Category::Usage);
+            }
+            // A file from before schema 4, until its first write, files succeeded Usages
+            // here and failed ones only under their marker; a current one has neither.
+            if completed {
+                merged.push(Category::LegacyUsageCompleted);
+            }
+            if failed {
+                merged.push(Category::UsageFailed);
+            } else if pending || completed {
+                skipped.push(Category::UsageFailed);
+            }
+        }
+        merged.sort();
+        (merged, skipped)
+    }
+
+    /// Only Pending Usages: the filter whose page can stop at the workspace's running count.
+    fn pending_only(&self) -> bool {
+        self.wants_kind(TxnKind::Usage)
+            && self.wants_status(Status::Pending)
+            && !self.wants_status(Status::Completed)
+            && !self.wants_status(Status::Failed)
     }
 }
 
@@ -119,13 +176,45 @@ pub struct HistoryPage {
     /// The entries, in the requested order.
     pub entries: Vec<TransactionView>,
     /// Pass this in the next [`PageRequest`] to continue; `None` at the end. A page can be
-    /// shorter than the limit and still have a cursor, when a `feature` filter made it skip
-    /// more than [`HISTORY_SCAN_BUDGET`] entries.
+    /// shorter than the limit and still have a cursor, when a `feature` or status filter made
+    /// it skip more than [`HISTORY_SCAN_BUDGET`] entries.
     pub next_cursor: Option<String>,
 }
 
 /// Transaction ids from one category's range, in page order.
 type IdIter<'a> = Box<dyn Iterator<Item = Result<u64, Error>> + 'a>;
+
+/// One category's range of a page, with the id it yields next.
+struct Stream<'a> {
+    head: Option<u64>,
+    rest: IdIter<'a>,
+}
+
+impl<'a> Stream<'a> {
+    fn open(
+        index: &'a ReadOnlyTable<(&'static str, u8, u64), ()>,
+        workspace: &'a str,
+        cat: Category,
+        (lo, hi): (u64, u64),
+        oldest_first: bool,
+    ) -> Result<Self, Error> {
+        let c = cat as u8;
+        let range = index.range((workspace, c, lo)..=(workspace, c, hi))?;
+        let ids = range.map(|e| e.map(|(k, _)| k.value().2).map_err(Error::from));
+        let mut rest: IdIter<'a> = if oldest_first {
+            Box::new(ids)
+        } else {
+            Box::new(ids.rev())
+        };
+        let head = rest.next().transpose()?;
+        Ok(Stream { head, rest })
+    }
+
+    fn advance(&mut self) -> Result<(), Error> {
+        self.head = self.rest.next().transpose()?;
+        Ok(())
+    }
+}
 
 /// Log entries in page order, as a range of the `transactions` table.
 type LogIter<'a> = Box<
@@ -253,11 +342,11 @@ pub(crate) fn history(
     let allocs = tables::open_optional(rtx, tables::ALLOCATIONS)?;
     let index = rtx.open_table(tables::HISTORY)?;
     let mut log = LogWalker::new(&txns, !page.oldest_first);
-    if tables::get_workspace(&rtx.open_table(tables::WORKSPACES)?, workspace)?.is_none() {
-        return Err(Error::UnknownWorkspace {
+    let ws = tables::get_workspace(&rtx.open_table(tables::WORKSPACES)?, workspace)?.ok_or_else(
+        || Error::UnknownWorkspace {
             workspace: workspace.to_string(),
-        });
-    }
+        },
+    )?;
 
     let (mut lo, mut hi) = id_range(&txns, filter.since_ms, filter.until_ms)?;
     if let Some(c) = &page.cursor {
@@ -276,42 +365,32 @@ pub(crate) fn history(
         return Ok(empty);
     }
 
-    // One range per category, each yielding ids in page order; merged by id.
-    let mut heads: Vec<(Option<u64>, IdIter<'_>)> = Vec::new();
-    for cat in filter.categories() {
-        let c = cat as u8;
-        let range = index.range((workspace, c, lo)..=(workspace, c, hi))?;
-        let ids = range.map(|e| e.map(|(k, _)| k.value().2).map_err(Error::from));
-        let mut it: IdIter<'_> = if page.oldest_first {
-            Box::new(ids)
-        } else {
-            Box::new(ids.rev())
-        };
-        let first = it.next().transpose()?;
-        heads.push((first, it));
+    let (merged, skipped) = filter.ranges();
+    let open = |cats: Vec<Category>| -> Result<Vec<Stream<'_>>, Error> {
+        cats.into_iter()
+            .map(|c| Stream::open(&index, workspace, c, (lo, hi), page.oldest_first))
+            .collect()
+    };
+    let (mut merged, mut skipped) = (open(merged)?, open(skipped)?);
+    // `a` comes before `b` in page order.
+    let before = |a: u64, b: u64| if page.oldest_first { a < b } else { a > b };
+    // A newest-first Pending page from the top sees every running generation of the
+    // workspace, newest first, and can stop at the last one.
+    let mut running_left = None;
+    if filter.pending_only() && !page.oldest_first {
+        let top = txns.last()?.is_none_or(|(k, _)| hi >= k.value());
+        running_left = top.then_some(ws.running_generations);
     }
 
     let mut entries = Vec::with_capacity(page.limit as usize);
     let mut examined = 0u32;
     let mut last_examined = None;
     loop {
-        let pick = heads
+        let next = merged
             .iter()
-            .enumerate()
-            .filter_map(|(i, (h, _))| h.map(|id| (i, id)))
-            .reduce(|a, b| {
-                let b_first = if page.oldest_first {
-                    b.1 < a.1
-                } else {
-                    b.1 > a.1
-                };
-                if b_first {
-                    b
-                } else {
-                    a
-                }
-            });
-        let Some((i, id)) = pick else {
+            .filter_map(|s| s.head)
+            .reduce(|a, b| if before(b, a) { b } else { a });
+        let (Some(id), false) = (next, running_left == Some(0)) else {
             return Ok(HistoryPage {
                 entries,
                 next_cursor: None,
@@ -320,18 +399,46 @@ pub(crate) fn history(
         if entries.len() >= page.limit as usize || examined >= HISTORY_SCAN_BUDGET {
             break;
         }
-        heads[i].0 = heads[i].1.next().transpose()?;
+        // The same id in two ranges (a failed Usage, under Usage and its marker) is one entry.
+        for s in merged.iter_mut().filter(|s| s.head == Some(id)) {
+            s.advance()?;
+        }
         examined += 1;
         last_examined = Some(id);
+        let mut excluded = false;
+        for s in skipped.iter_mut() {
+            while let Some(h) = s.head.filter(|h| !before(id, *h)) {
+                excluded |= h == id;
+                s.advance()?;
+            }
+        }
+        if excluded {
+            continue;
+        }
         let rec = log.read(id)?.ok_or_else(|| Error::Corruption {
             table: "workspace_history",
             key: format!("({workspace}, {id})"),
             detail: "points at a missing transaction".into(),
         })?;
-        if filter.feature.as_deref().is_some_and(|f| f != rec.title) {
+        let gen = match (&rec.generation_id, rec.kind) {
+            (Some(g), TxnKind::Usage) => tables::get_generation(&gens, g)?,
+            _ => None,
+        };
+        let status = match (rec.kind, gen.as_ref().map(|g| g.state)) {
+            (TxnKind::Usage, Some(state)) => state.usage_status(),
+            (TxnKind::Usage, None) => Status::Pending,
+            _ => Status::Completed,
+        };
+        if let (Some(left), Some(GenState::Running)) =
+            (&mut running_left, gen.as_ref().map(|g| g.state))
+        {
+            *left = left.saturating_sub(1);
+        }
+        if !filter.wants_status(status) || filter.feature.as_deref().is_some_and(|f| f != rec.title)
+        {
             continue;
         }
-        entries.push(view_of(&gens, allocs.as_ref(), rec)?);
+        entries.push(view_with(gen.as_ref(), allocs.as_ref(), rec)?);
     }
     Ok(HistoryPage {
         entries,
@@ -421,22 +528,36 @@ mod tests {
     }
 
     #[test]
-    fn filters_pick_categories() {
+    fn filters_pick_ranges() {
+        use Category::*;
+        let ranges = |f: HistoryFilter| f.ranges();
         let refunds = HistoryFilter::all().kinds([TxnKind::Refund]);
-        assert_eq!(refunds.categories(), vec![Category::Refund]);
+        assert_eq!(ranges(refunds), (vec![Refund], vec![]));
+        // Failed: the markers alone.
         let failed = HistoryFilter::all().statuses([Status::Failed]);
-        assert_eq!(failed.categories(), vec![Category::UsageFailed]);
+        assert_eq!(ranges(failed), (vec![UsageFailed], vec![]));
+        // Pending: the Usages, stepping over the failed ones, and nothing else can be Pending.
+        let pending = HistoryFilter::all().statuses([Status::Pending]);
+        assert!(pending.pending_only());
+        assert_eq!(ranges(pending), (vec![Usage], vec![UsageFailed]));
         let usage_done = HistoryFilter::all()
             .kinds([TxnKind::Usage])
             .statuses([Status::Completed, Status::Failed]);
+        assert!(!usage_done.pending_only());
         assert_eq!(
-            usage_done.categories(),
-            vec![Category::UsageCompleted, Category::UsageFailed]
+            ranges(usage_done),
+            (vec![Usage, LegacyUsageCompleted, UsageFailed], vec![])
         );
-        assert_eq!(HistoryFilter::all().categories().len(), Category::ALL.len());
+        let completed = HistoryFilter::all().statuses([Status::Completed]);
+        let (merged, skipped) = ranges(completed);
+        assert_eq!(skipped, vec![UsageFailed]);
+        assert_eq!(merged.len(), TxnKind::ALL.len() + 1);
+        assert!(!merged.contains(&UsageFailed));
+        let (merged, skipped) = ranges(HistoryFilter::all());
+        assert_eq!((merged.len(), skipped.len()), (TxnKind::ALL.len() + 2, 0));
         let none = HistoryFilter::all()
             .kinds([TxnKind::Refund])
             .statuses([Status::Pending]);
-        assert!(none.categories().is_empty());
+        assert_eq!(ranges(none), (vec![], vec![]));
     }
 }

@@ -19,7 +19,7 @@ pub use views::{
 };
 
 use crate::error::Error;
-use crate::model::records::{TxnRecord, WorkspaceRecord};
+use crate::model::records::{GenerationRecord, TxnRecord, WorkspaceRecord};
 use crate::model::TxnKind;
 use crate::storage::codec;
 use crate::storage::tables;
@@ -128,6 +128,15 @@ pub(crate) fn view_of(
         (Some(g), TxnKind::Usage) => tables::get_generation(gens, g)?,
         _ => None,
     };
+    view_with(gen.as_ref(), allocs, rec)
+}
+
+/// [`view_of`] with the Usage's generation already read (`None` for other kinds).
+pub(crate) fn view_with(
+    gen: Option<&GenerationRecord>,
+    allocs: Option<&impl ReadableTable<u64, &'static [u8]>>,
+    rec: TxnRecord,
+) -> Result<TransactionView, Error> {
     let allocations = match allocs {
         Some(allocs) if rec.debit || rec.kind == TxnKind::Refund => {
             tables::get_allocations(allocs, rec.id)?
@@ -136,7 +145,7 @@ pub(crate) fn view_of(
         }
         _ => Vec::new(),
     };
-    let mut view = TransactionView::new(rec, gen.as_ref());
+    let mut view = TransactionView::new(rec, gen);
     view.allocations = allocations;
     Ok(view)
 }

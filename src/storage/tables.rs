@@ -22,9 +22,11 @@
 //! the first entry of one short range read; `grant_expiries` makes the sweep of expired grants
 //! O(expired), like `deadlines` for generations.
 //!
-//! `workspace_history` files each transaction under a category that folds kind and status
-//! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
-//! matching entries, and unfiltered history is a merge of the category ranges.
+//! `workspace_history` files each transaction once, under its kind, so a filter such as
+//! "Refunds" is a range scan of exactly the matching entries, and unfiltered history is a merge
+//! of the category ranges. A finished generation moves no key: the Usage of a refunded one
+//! gets a `UsageFailed` marker, and the other statuses come from the generations (see
+//! [`Category`]).
 
 use redb::{ReadableTable, TableDefinition};
 
@@ -33,7 +35,7 @@ use crate::model::records::{
     AllocationRecord, GenState, GenerationRecord, GrantBook, GrantRecord, TxnRecord,
     WorkspaceRecord,
 };
-use crate::model::{Status, TxnKind};
+use crate::model::TxnKind;
 use crate::storage::codec;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -69,7 +71,11 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
-/// The schema version this build writes. Version 3 added the grant tables (`grants`,
+/// The schema version this build writes. Version 4 changed the `workspace_history` layout:
+/// every Usage is filed once under `Usage` and never moves, and the Usage of a refunded
+/// generation gets a `UsageFailed` marker beside it (see [`Category`]); the first write to an
+/// older file moves its entries to this layout ([`migrate_history`]) and records version 4,
+/// and until then reads take both layouts. Version 3 added the grant tables (`grants`,
 /// `grant_order`, `grant_expiries`, `allocations`, `grant_books`) and the Expiration and Void
 /// records; the first write of money to an older file adds them (and the tables of version
 /// 2) and records version 3, and each workspace's balance moves into a carried-over grant on
@@ -79,16 +85,27 @@ pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
 /// records version 2. A version 1 file gets epoch records without that upgrade: no build that
 /// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
 /// then panicked on twice.
-pub(crate) const SCHEMA_VERSION: u8 = 3;
+pub(crate) const SCHEMA_VERSION: u8 = 4;
 
-/// A history category: a transaction kind, and for Usage its status.
+/// A history category. Every transaction is filed once, under its kind, when it is written,
+/// and that entry never moves: a generation that finishes changes no key of its Usage (before
+/// schema 4 a Usage moved between a Pending, a Completed and a Failed category, one removal
+/// and one insertion in a leaf of the workspace's range at every finish). The status of a
+/// Usage is its generation's state; history answers a status filter from the markers below
+/// and the generations (see `query::history`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub(crate) enum Category {
     Purchase = 0,
     Grant = 1,
-    UsagePending = 2,
-    UsageCompleted = 3,
+    /// Every Usage, whatever its status (before schema 4: the Pending ones).
+    Usage = 2,
+    /// Before schema 4: the succeeded Usages. Never written since; read so that an older
+    /// file's history is right until its first write moves these entries to `Usage`.
+    LegacyUsageCompleted = 3,
+    /// A marker, not a transaction: the Usage of a refunded generation, filed by its refund.
+    /// "Failed" is a sparse status, so it has this index of its own; the Usage's own entry
+    /// stays under `Usage` (before schema 4 this was its only entry).
     UsageFailed = 4,
     Refund = 5,
     Adjustment = 6,
@@ -98,66 +115,95 @@ pub(crate) enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 10] = [
-        Category::Purchase,
-        Category::Grant,
-        Category::UsagePending,
-        Category::UsageCompleted,
-        Category::UsageFailed,
-        Category::Refund,
-        Category::Adjustment,
-        Category::BalanceLow,
-        Category::Expiration,
-        Category::Void,
-    ];
-
-    pub fn kind(self) -> TxnKind {
-        match self {
-            Category::Purchase => TxnKind::Purchase,
-            Category::Grant => TxnKind::Grant,
-            Category::UsagePending | Category::UsageCompleted | Category::UsageFailed => {
-                TxnKind::Usage
-            }
-            Category::Refund => TxnKind::Refund,
-            Category::Adjustment => TxnKind::Adjustment,
-            Category::BalanceLow => TxnKind::BalanceLow,
-            Category::Expiration => TxnKind::Expiration,
-            Category::Void => TxnKind::Void,
-        }
-    }
-
-    pub fn status(self) -> Status {
-        match self {
-            Category::UsagePending => Status::Pending,
-            Category::UsageFailed => Status::Failed,
-            _ => Status::Completed,
-        }
-    }
-
-    /// The category of a transaction of `kind` whose status is `status`.
-    pub fn of(kind: TxnKind, status: Status) -> Category {
-        match (kind, status) {
-            (TxnKind::Purchase, _) => Category::Purchase,
-            (TxnKind::Grant, _) => Category::Grant,
-            (TxnKind::Usage, Status::Pending) => Category::UsagePending,
-            (TxnKind::Usage, Status::Completed) => Category::UsageCompleted,
-            (TxnKind::Usage, Status::Failed) => Category::UsageFailed,
-            (TxnKind::Refund, _) => Category::Refund,
-            (TxnKind::Adjustment, _) => Category::Adjustment,
-            (TxnKind::BalanceLow, _) => Category::BalanceLow,
-            (TxnKind::Expiration, _) => Category::Expiration,
-            (TxnKind::Void, _) => Category::Void,
+    /// The category transactions of `kind` are filed under.
+    pub fn of(kind: TxnKind) -> Category {
+        match kind {
+            TxnKind::Purchase => Category::Purchase,
+            TxnKind::Grant => Category::Grant,
+            TxnKind::Usage => Category::Usage,
+            TxnKind::Refund => Category::Refund,
+            TxnKind::Adjustment => Category::Adjustment,
+            TxnKind::BalanceLow => Category::BalanceLow,
+            TxnKind::Expiration => Category::Expiration,
+            TxnKind::Void => Category::Void,
         }
     }
 
     pub fn from_u8(v: u8) -> Option<Category> {
-        Category::ALL.get(usize::from(v)).copied()
+        [
+            Category::Purchase,
+            Category::Grant,
+            Category::Usage,
+            Category::LegacyUsageCompleted,
+            Category::UsageFailed,
+            Category::Refund,
+            Category::Adjustment,
+            Category::BalanceLow,
+            Category::Expiration,
+            Category::Void,
+        ]
+        .get(usize::from(v))
+        .copied()
     }
 }
 
-/// The category a Usage belongs in, given its generation's state.
-pub(crate) fn usage_category(state: GenState) -> Category {
-    Category::of(TxnKind::Usage, state.usage_status())
+/// The history entries a transaction has in a file of `schema`: its kind's category, and for
+/// the Usage of a refunded generation (`state`: the Usage's generation) the `UsageFailed`
+/// marker. Before schema 4 a Usage had one entry, under its status.
+pub(crate) fn history_entries(
+    schema: u8,
+    kind: TxnKind,
+    state: Option<GenState>,
+) -> (Category, Option<Category>) {
+    if kind != TxnKind::Usage {
+        return (Category::of(kind), None);
+    }
+    let refunded = matches!(state, Some(GenState::Refunded { .. }));
+    if schema < HISTORY_MARKERS_SCHEMA {
+        let legacy = match state {
+            Some(GenState::Succeeded { .. }) => Category::LegacyUsageCompleted,
+            _ if refunded => Category::UsageFailed,
+            _ => Category::Usage,
+        };
+        return (legacy, None);
+    }
+    (Category::Usage, refunded.then_some(Category::UsageFailed))
+}
+
+/// The first schema whose history files every Usage once under `Usage`, with the
+/// `UsageFailed` marker beside it for a refunded one.
+pub(crate) const HISTORY_MARKERS_SCHEMA: u8 = 4;
+
+/// Bring the history index of a file from before schema 4 to the current layout, in the
+/// write that records the new schema: a succeeded Usage's entry moves from
+/// `LegacyUsageCompleted` to `Usage`, and a failed Usage gets a `Usage` entry beside its
+/// `UsageFailed` one (which stays, as the marker). One pass over the index, once per file.
+pub(crate) fn migrate_history(
+    index: &mut redb::Table<'_, (&'static str, u8, u64), ()>,
+    from_schema: u8,
+) -> Result<(), Error> {
+    if from_schema >= HISTORY_MARKERS_SCHEMA {
+        return Ok(());
+    }
+    let (completed, failed) = (
+        Category::LegacyUsageCompleted as u8,
+        Category::UsageFailed as u8,
+    );
+    let mut moved: Vec<(String, u8, u64)> = Vec::new();
+    for entry in index.iter()? {
+        let (k, _) = entry?;
+        let (ws, cat, id) = k.value();
+        if cat == completed || cat == failed {
+            moved.push((ws.to_string(), cat, id));
+        }
+    }
+    for (ws, cat, id) in moved {
+        if cat == completed {
+            index.remove((ws.as_str(), cat, id))?;
+        }
+        index.insert((ws.as_str(), Category::Usage as u8, id), ())?;
+    }
+    Ok(())
 }
 
 /// A table that a version 1 file lacks until its first write: `None` when it is not there.
@@ -238,6 +284,16 @@ pub(crate) fn get_book(
     }
 }
 
+/// The schema version a file records (0 when it records none, which the open refuses).
+pub(crate) fn get_schema(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u8, Error> {
+    Ok(meta
+        .get(META_SCHEMA_KEY)?
+        .and_then(|v| v.value().first().copied())
+        .unwrap_or(0))
+}
+
 /// A `u64` kept in `meta`, or `None` when it was never written.
 pub(crate) fn get_meta_u64(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -311,11 +367,17 @@ mod tests {
 
     #[test]
     fn categories_round_trip() {
-        for (i, c) in Category::ALL.into_iter().enumerate() {
-            assert_eq!(c as u8 as usize, i);
-            assert_eq!(Category::from_u8(c as u8), Some(c));
-            assert_eq!(Category::of(c.kind(), c.status()), c);
+        for v in 0..10u8 {
+            assert_eq!(Category::from_u8(v).map(|c| c as u8), Some(v));
         }
-        assert_eq!(Category::from_u8(Category::ALL.len() as u8), None);
+        assert_eq!(Category::from_u8(10), None);
+        for kind in TxnKind::ALL {
+            let c = Category::of(kind);
+            assert!(!matches!(
+                c,
+                Category::LegacyUsageCompleted | Category::UsageFailed
+            ));
+            assert_eq!(history_entries(SCHEMA_VERSION, kind, None), (c, None));
+        }
     }
 }
