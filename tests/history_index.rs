@@ -67,14 +67,13 @@ fn round(r: usize) -> Vec<Vec<Op>> {
         for i in 0..12 {
             let generation_id = format!("g{}-{i}", r - 1);
             finishes.push(match i % 6 {
-                0 | 1 | 2 => Op::Complete { generation_id },
+                // 5: past its one-minute deadline, so refunded as a timeout.
+                0..=2 | 5 => Op::Complete { generation_id },
                 3 => Op::Fail {
                     generation_id,
                     reason: RefundReason::ModelFailure,
                     message: "no frames".into(),
                 },
-                // Past its one-minute deadline: refunded as a timeout.
-                5 => Op::Complete { generation_id },
                 _ => continue, // stays running
             });
         }
