@@ -300,3 +300,20 @@ fn write_grant_notice(
         at_ms: rec.at_ms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::notice_due_ms;
+
+    #[test]
+    fn a_notice_is_due_the_window_before_expiry_but_not_before_the_start() {
+        assert_eq!(notice_due_ms(1_000, None, 300), 700);
+        assert_eq!(notice_due_ms(1_000, Some(800), 300), 800);
+        // A window longer than the time since the epoch: due at once (0), not a wrap.
+        assert_eq!(notice_due_ms(1_000, None, u64::MAX), 0);
+        // Always before the expiry, which is after the start.
+        for (exp, start, w) in [(5, Some(4), 1), (5, Some(4), 100), (u64::MAX, None, 1)] {
+            assert!(notice_due_ms(exp, start, w) < exp);
+        }
+    }
+}
