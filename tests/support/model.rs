@@ -2586,17 +2586,10 @@ fn run_on(data: &[u8], mut h: Harness) -> RunStats {
     h.reopen(true, steps.len());
     h.compare(steps.len());
     h.audit(steps.len());
-    h.stats.notifications = h
-        .model
-        .txns
-        .iter()
-        .filter(|t| t.kind == TxnKind::BalanceLow)
-        .count() as u64;
-    h.stats.grant_notices = h
-        .model
-        .txns
-        .iter()
-        .filter(|t| t.kind == TxnKind::GrantExpiring)
-        .count() as u64;
+    let logged = |kind| h.model.txns.iter().filter(|t| t.kind == kind).count() as u64;
+    let (balance_low, grant_expiring) =
+        (logged(TxnKind::BalanceLow), logged(TxnKind::GrantExpiring));
+    h.stats.notifications = balance_low;
+    h.stats.grant_notices = grant_expiring;
     h.stats.clone()
 }
