@@ -427,23 +427,27 @@ fn a_clock_far_ahead_or_behind_writes_no_notice_until_it_is_trusted() {
     l.credit(Credit::purchase("acme", 10, "p")).unwrap();
     l.start_generation(StartGeneration::new("late", "acme", "HD Video", 3).timeout_ms(60_000))
         .unwrap();
-    // The wall clock says the notice is not due yet; a clock 2 h ahead of it says it is. The
-    // sweep still refunds (refunds never wait for the clock), but writes no notice.
-    wall.set_ms(due - 60 * 60 * 1000);
-    clock.set_ms(due + 60 * 60 * 1000);
+    // The notice is due by the wall clock, and a clock 2 h ahead of it is not trusted: the
+    // sweep runs at the wall clock's time and refunds (refunds never wait for the clock), but
+    // writes no notice.
+    let hour = 60 * 60 * 1000;
+    wall.set_ms(due + hour);
+    clock.set_ms(due + 3 * hour);
     let r = sweep(&l);
     assert_eq!((r.refunds.len(), r.notices.len()), (1, 0), "{r:?}");
-    // A clock far behind the log: the same.
-    wall.set_ms(due + 60 * 60 * 1000);
+    assert_eq!(r.refunds[0].at_ms, due + hour);
+    // A clock far behind the log: the sweep runs at the log's time, past the notice's, and
+    // writes none either.
     clock.set_ms(T0_MS);
     let r = sweep(&l);
     assert!(r.notices.is_empty(), "{r:?}");
     assert!(notices(&l, "acme").is_empty());
     // Trusted again: the notice, stamped with the good clock.
-    clock.set_ms(due + 60 * 60 * 1000);
+    clock.set_ms(due + 2 * hour);
+    wall.set_ms(due + 2 * hour);
     let r = sweep(&l);
     assert_eq!(r.notices.len(), 1);
-    assert_eq!(r.notices[0].at_ms, due + 60 * 60 * 1000);
+    assert_eq!(r.notices[0].at_ms, due + 2 * hour);
     assert_healthy(&l);
 }
 
