@@ -312,11 +312,11 @@ fn commit_journaled(
     // commits without a sync, and only after the entry is durable, so no reader ever sees a
     // write that a crash could take back.
     journal.append(seq, &payload)?;
-    if journal.is_unlinked()? {
+    if journal.lost_name()? {
         tracing::warn!(
             journal = %journal.path().display(),
-            "the journal was deleted while the ledger is open; committing to the ledger file \
-             and starting a new journal"
+            "the journal was deleted, moved or replaced while the ledger is open; committing \
+             to the ledger file and starting a new journal"
         );
         tables::put_journal_epoch(&mut txn.open_table(tables::META)?, None)?;
         txn.set_quick_repair(true);
