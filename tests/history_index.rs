@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_healthy, options, paged_history, T0_MS};
 use credit_ledger::{
-    Credit, GenerationState, HistoryFilter, Invariant, Ledger, ManualClock, Op, PageRequest,
+    Clock, Credit, GenerationState, HistoryFilter, Invariant, Ledger, ManualClock, Op, PageRequest,
     RefundReason, StartGeneration, Status, TxnKind,
 };
 
@@ -334,10 +334,11 @@ fn last_entry_start(journal: &[u8]) -> usize {
 }
 
 /// A file written with the schema 3 layout (a Usage filed under its status, and moved when
-/// its generation finished) reads right as it is, audits clean, and its first write moves it
-/// to the current layout.
+/// its generation finished) reads right as it is and audits clean; its finishes keep that
+/// layout while it records version 3 (so a version 3 build still reads it right), and the
+/// write that records version 4 moves it to the current layout.
 #[test]
-fn a_file_with_the_older_layout_reads_and_moves_to_the_new_one_on_its_first_write() {
+fn a_file_with_the_older_layout_reads_keeps_it_and_moves_when_it_records_schema_4() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.redb");
     let clock = ManualClock::new(T0_MS);
@@ -358,20 +359,40 @@ fn a_file_with_the_older_layout_reads_and_moves_to_the_new_one_on_its_first_writ
             .collect()
     };
     let new_layout = keys(&path);
-    // Rewrite the index as schema 3 had it.
+    // The succeeded and failed Usages, as the generations say.
+    type Usages = Vec<(String, u64)>;
+    let (succeeded, failed): (Usages, Usages) = {
+        let l = open(&path, &clock);
+        let mut v = (Vec::new(), Vec::new());
+        for ws in WORKSPACES {
+            for t in truth(&l, ws) {
+                match (t.1, t.2) {
+                    (TxnKind::Usage, Status::Completed) => v.0.push((ws.to_string(), t.0)),
+                    (TxnKind::Usage, Status::Failed) => v.1.push((ws.to_string(), t.0)),
+                    _ => {}
+                }
+            }
+        }
+        v
+    };
+    assert!(!succeeded.is_empty() && !failed.is_empty());
+    // Rewrite the index as schema 3 had it, and drop the table schema 4 added.
     {
         let db = redb::Database::open(&path).unwrap();
         let w = db.begin_write().unwrap();
         {
             let mut t = w.open_table(HISTORY).unwrap();
-            let failed: Vec<(String, u64)> = new_layout
-                .iter()
-                .filter(|k| k.1 == USAGE_FAILED)
-                .map(|k| (k.0.clone(), k.2))
-                .collect();
             for (ws, id) in &failed {
                 t.remove((ws.as_str(), USAGE, *id)).unwrap();
             }
+            for (ws, id) in &succeeded {
+                t.remove((ws.as_str(), USAGE, *id)).unwrap();
+                t.insert((ws.as_str(), LEGACY_USAGE_COMPLETED, *id), ())
+                    .unwrap();
+            }
+            let notices: redb::TableDefinition<(u64, &str, &str), u64> =
+                redb::TableDefinition::new("grant_notices");
+            w.delete_table(notices).unwrap();
             w.open_table(META)
                 .unwrap()
                 .insert("schema", [3u8].as_slice())
@@ -379,33 +400,6 @@ fn a_file_with_the_older_layout_reads_and_moves_to_the_new_one_on_its_first_writ
         }
         w.commit().unwrap();
     }
-    // The succeeded Usages go under their old category: find them through the ledger.
-    let succeeded: Vec<(String, u64)> = {
-        let l = open(&path, &clock);
-        let mut v = Vec::new();
-        for ws in WORKSPACES {
-            for t in truth(&l, ws) {
-                if t.1 == TxnKind::Usage && t.2 == Status::Completed {
-                    v.push((ws.to_string(), t.0));
-                }
-            }
-        }
-        v
-    };
-    {
-        let db = redb::Database::open(&path).unwrap();
-        let w = db.begin_write().unwrap();
-        {
-            let mut t = w.open_table(HISTORY).unwrap();
-            for (ws, id) in &succeeded {
-                t.remove((ws.as_str(), USAGE, *id)).unwrap();
-                t.insert((ws.as_str(), LEGACY_USAGE_COMPLETED, *id), ())
-                    .unwrap();
-            }
-        }
-        w.commit().unwrap();
-    }
-    assert!(!succeeded.is_empty());
     let old_layout = keys(&path);
     assert_ne!(old_layout, new_layout);
 
@@ -425,15 +419,65 @@ fn a_file_with_the_older_layout_reads_and_moves_to_the_new_one_on_its_first_writ
     drop(l);
     assert_eq!(keys(&path), old_layout, "opening and reading never write");
 
-    // The first write moves the index to the current layout.
+    // Finishes in a file that stays at version 3 move their Usage, as a version 3 build did.
     let l = open(&path, &clock);
-    l.credit(Credit::grant("acme", 1, "after")).unwrap();
+    run(&l, &clock, &round(3)[1..]);
+    assert_filters_agree(&l, "older layout, after finishes");
+    assert_healthy(&l);
+    drop(l);
+    let finished = keys(&path);
+    assert_eq!(schema_of(&path), 3);
+    assert!(
+        finished
+            .iter()
+            .all(|k| k.1 != USAGE
+                || !old_layout.contains(&(k.0.clone(), LEGACY_USAGE_COMPLETED, k.2))),
+        "a Usage is filed once"
+    );
+    assert_eq!(
+        finished.iter().filter(|k| k.1 == USAGE).count(),
+        old_layout.iter().filter(|k| k.1 == USAGE).count() - 10,
+        "the ten finished Usages left the Pending range"
+    );
+
+    // The write that records version 4 (a grant's first expiry notice) moves the index.
+    let l = Ledger::open_with(
+        &path,
+        options(&clock)
+            .sweep_on_open(false)
+            .grant_expiring_notice_ms(Some(3_600_000)),
+    )
+    .unwrap();
+    l.credit(Credit::grant("acme", 1, "after").expires_at_ms(clock.now_ms() + 86_400_000))
+        .unwrap();
     assert_filters_agree(&l, "moved");
     assert_healthy(&l);
     drop(l);
+    assert_eq!(schema_of(&path), 4);
     let moved = keys(&path);
-    assert!(moved.is_superset(&new_layout));
-    assert_eq!(moved.len(), new_layout.len() + 1, "the new grant's entry");
+    assert!(moved.iter().all(|k| k.1 != LEGACY_USAGE_COMPLETED));
+    let usages = |k: &BTreeSet<(String, u8, u64)>| k.iter().filter(|k| k.1 == USAGE).count();
+    let markers =
+        |k: &BTreeSet<(String, u8, u64)>| k.iter().filter(|k| k.1 == USAGE_FAILED).count();
+    assert_eq!(
+        usages(&moved),
+        usages(&new_layout),
+        "every Usage under Usage"
+    );
+    assert_eq!(markers(&moved), markers(&finished), "the markers stay");
+}
+
+fn schema_of(path: &Path) -> u8 {
+    let db = redb::Database::open(path).unwrap();
+    let rtx = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let v = rtx
+        .open_table(META)
+        .unwrap()
+        .get("schema")
+        .unwrap()
+        .unwrap()
+        .value()[0];
+    v
 }
 
 /// The audit checks the markers against the generations: a missing one, one for a Usage

@@ -435,7 +435,6 @@ pub(super) fn refund(
     );
     let allocations = entries.iter().map(AllocationEntry::public).collect();
     ctx.put_allocations(rec.id, &AllocationRecord { entries })?;
-    ctx.mark_usage_failed(&gen.workspace, gen.usage_txn)?;
     let state = GenState::Refunded {
         at_ms: ctx.now_ms,
         reason,
@@ -464,7 +463,7 @@ fn release(ctx: &mut Ctx<'_>, gen: &GenerationRecord) -> Result<WorkspaceRecord,
 
 /// Write the end of a running generation: its new `state`, its workspace `ws` and its
 /// deadline entry gone. Its Usage's history entry stays where it is (a refund adds the
-/// `UsageFailed` marker).
+/// `UsageFailed` marker; see [`Ctx::file_finished_usage`]).
 ///
 /// The workspace record is rewritten because its running count and held credits change:
 /// the held credits are what keeps every refund from overflowing a balance (a credit is
@@ -481,5 +480,6 @@ fn finish(
     gen.state = state;
     ctx.put_workspace(&gen.workspace, ws)?;
     ctx.put_generation(gen)?;
-    ctx.remove_deadline(gen.deadline_ms, &gen.id)
+    ctx.remove_deadline(gen.deadline_ms, &gen.id)?;
+    ctx.file_finished_usage(&gen.workspace, gen.usage_txn, gen.state)
 }

@@ -17,7 +17,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::error::Error;
 use crate::model::records::{
-    AllocationRecord, GenerationRecord, GrantBook, GrantRecord, TxnRecord, WorkspaceRecord,
+    AllocationRecord, GenState, GenerationRecord, GrantBook, GrantRecord, TxnRecord,
+    WorkspaceRecord,
 };
 use crate::model::{Op, Outcome};
 use crate::storage::codec;
@@ -68,6 +69,9 @@ pub(crate) struct EngineConfig {
     /// How long credits a refund gives back to an expired (or soon expiring) grant stay
     /// spendable: [`Options::refund_grace_ms`](crate::Options::refund_grace_ms).
     pub refund_grace_ms: u64,
+    /// How long before its expiry a grant gets its `GrantExpiring` notice (`None`: never):
+    /// [`Options::grant_expiring_notice_ms`](crate::Options::grant_expiring_notice_ms).
+    pub grant_expiring_notice_ms: Option<u64>,
     /// Whether the batch's time came from a clock the write path trusts.
     pub clock: ClockCheck,
 }
@@ -230,12 +234,11 @@ impl<'txn> FeedTables<'txn> {
     /// Open the tables if the file has them (schema 2 and later); a version 1 file has none,
     /// and opening them in a write transaction would create them, changing every write of a
     /// file that never uses them.
-    fn open_existing(txn: &'txn WriteTransaction) -> Result<Option<Self>, Error> {
-        let version = txn
-            .open_table(tables::META)?
-            .get(tables::META_SCHEMA_KEY)?
-            .and_then(|v| v.value().first().copied());
-        if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+    fn open_existing(
+        txn: &'txn WriteTransaction,
+        version: Option<u8>,
+    ) -> Result<Option<Self>, Error> {
+        if version.is_some_and(|v| v >= tables::GRANTS_SCHEMA_VERSION) {
             Self::open(txn).map(Some)
         } else {
             Ok(None)
@@ -254,21 +257,33 @@ impl<'txn> FeedTables<'txn> {
     /// the file with a clear error instead of failing to decode them.
     ///
     /// A file from before schema 4 also gets its history index moved to the current layout
-    /// here, in `history` (the write transaction's open history table), since the version
-    /// recorded promises it.
+    /// here, in `history` (the write transaction's open history table): see
+    /// [`record_current_schema`].
     fn create(
         txn: &'txn WriteTransaction,
         history: &mut Table<'txn, (&'static str, u8, u64), ()>,
     ) -> Result<Self, Error> {
-        let mut meta = txn.open_table(tables::META)?;
-        let from_schema = tables::get_schema(&meta)?;
-        meta.insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
-        drop(meta);
-        tables::migrate_history(history, from_schema)?;
-        // The version recorded promises every table of it, the grant tables included.
+        record_current_schema(txn, history)?;
+        // The version recorded promises every table of it, the grant and notice tables
+        // included.
         GrantTables::open(txn)?;
+        txn.open_table(tables::GRANT_NOTICES)?;
         Self::open(txn)
     }
+}
+
+/// Record [`tables::SCHEMA_VERSION`] in `meta`, and bring the history index of an older file
+/// to the layout that version promises ([`tables::migrate_history`]). Every write that
+/// upgrades a file comes through here.
+fn record_current_schema(
+    txn: &WriteTransaction,
+    history: &mut Table<'_, (&'static str, u8, u64), ()>,
+) -> Result<(), Error> {
+    let mut meta = txn.open_table(tables::META)?;
+    let from_schema = tables::get_schema(&meta)?;
+    meta.insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+    drop(meta);
+    tables::migrate_history(history, from_schema)
 }
 
 /// The grant tables, which a file from before schema 3 lacks until its first write of money.
@@ -310,6 +325,12 @@ pub(crate) struct Ctx<'txn> {
     feed: Option<FeedTables<'txn>>,
     /// `None` only in a file from before schema 3 and a batch of acks and alerts alone.
     grant_tables: Option<GrantTables<'txn>>,
+    /// `None` in a file from before schema 4 until a grant gets a notice entry: see
+    /// [`Ctx::notices_mut`].
+    notices: Option<Table<'txn, tables::NoticeKey<'static>, u64>>,
+    /// The file is before schema 4 and keeps the older history layout, where a finish moves
+    /// its Usage (see [`Ctx::file_finished_usage`]), until this transaction records version 4.
+    legacy_history: bool,
     txn: &'txn WriteTransaction,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.
@@ -345,13 +366,26 @@ impl<'txn> Ctx<'txn> {
         config: EngineConfig,
         grants: bool,
     ) -> Result<Self, Error> {
+        let version = txn
+            .open_table(tables::META)?
+            .get(tables::META_SCHEMA_KEY)?
+            .and_then(|v| v.value().first().copied());
         let mut history = txn.open_table(tables::HISTORY)?;
-        let mut feed = FeedTables::open_existing(txn)?;
+        let mut legacy_history = version.is_none_or(|v| v < tables::HISTORY_MARKERS_SCHEMA);
+        let mut feed = FeedTables::open_existing(txn, version)?;
+        let mut has_notices = version.is_some_and(|v| v >= tables::SCHEMA_VERSION);
         let grant_tables = if feed.is_some() {
             Some(GrantTables::open(txn)?)
         } else if grants {
             feed = Some(FeedTables::create(txn, &mut history)?);
+            has_notices = true;
+            legacy_history = false;
             Some(GrantTables::open(txn)?)
+        } else {
+            None
+        };
+        let notices = if has_notices {
+            Some(txn.open_table(tables::GRANT_NOTICES)?)
         } else {
             None
         };
@@ -364,6 +398,8 @@ impl<'txn> Ctx<'txn> {
             idempotency: txn.open_table(tables::IDEMPOTENCY)?,
             feed,
             grant_tables,
+            notices,
+            legacy_history,
             txn,
             state,
             now_ms,
@@ -415,6 +451,29 @@ impl<'txn> Ctx<'txn> {
             .expect("invariant: a batch that moves credits opens the grant tables")
     }
 
+    /// The pending-notice index, if the file has it yet.
+    pub fn notices(&self) -> Option<&Table<'txn, tables::NoticeKey<'static>, u64>> {
+        self.notices.as_ref()
+    }
+
+    /// The pending-notice index, created in a file from before schema 4 (which then records
+    /// version 4, so that a build that cannot read `GrantExpiring` records refuses the file
+    /// with a clear error instead of failing to decode them). Call only to write to it.
+    pub fn notices_mut(
+        &mut self,
+    ) -> Result<&mut Table<'txn, tables::NoticeKey<'static>, u64>, Error> {
+        if self.notices.is_none() {
+            self.dirty = true;
+            let created = (|| -> Result<_, Error> {
+                record_current_schema(self.txn, &mut self.history)?;
+                Ok(self.txn.open_table(tables::GRANT_NOTICES)?)
+            })();
+            self.notices = Some(created.inspect_err(|_| self.broken = true)?);
+            self.legacy_history = false;
+        }
+        Ok(self.notices.as_mut().expect("invariant: just opened"))
+    }
+
     /// The consumers and alerts tables, if the file has them yet.
     pub fn existing_feed_tables(&self) -> Option<&FeedTables<'txn>> {
         self.feed.as_ref()
@@ -429,22 +488,24 @@ impl<'txn> Ctx<'txn> {
                 FeedTables::create(self.txn, &mut self.history)
                     .inspect_err(|_| self.broken = true)?,
             );
+            self.legacy_history = false;
         }
         Ok(self.feed.as_mut().expect("invariant: just opened"))
     }
 
-    /// The earliest running deadline or pending grant expiry, read from the two indexes: the
-    /// time the sweeper next has work.
+    /// The earliest running deadline, pending grant expiry or due grant notice, read from the
+    /// three indexes: the time the sweeper next has work.
     pub fn earliest_deadline(&self) -> Result<Option<u64>, Error> {
         let deadline = self.deadlines.first()?.map(|(k, _)| k.value().0);
         let expiry = match &self.grant_tables {
             Some(g) => g.expiries.first()?.map(|(k, _)| k.value().0),
             None => None,
         };
-        Ok(match (deadline, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        let notice = match &self.notices {
+            Some(t) => t.first()?.map(|(k, _)| k.value().0),
+            None => None,
+        };
+        Ok([deadline, expiry, notice].into_iter().flatten().min())
     }
 
     /// A workspace's grant book as this transaction sees it; `None` for a workspace written
@@ -631,14 +692,41 @@ impl<'txn> Ctx<'txn> {
         self.write(r)
     }
 
-    /// File the `UsageFailed` marker of a refunded generation's Usage (its Usage entry stays
-    /// where its start filed it).
-    pub fn mark_usage_failed(&mut self, workspace: &str, usage_txn: u64) -> Result<(), Error> {
-        let r = self
-            .history
-            .insert((workspace, Category::UsageFailed as u8, usage_txn), ())
-            .map(drop);
-        self.write(r)
+    /// File a finished generation's Usage in the history index. Since schema 4 its entry
+    /// stays where its start filed it, and a refunded one gets its `UsageFailed` marker; a
+    /// file that keeps the older layout moves the entry to the category of its new `state`.
+    pub fn file_finished_usage(
+        &mut self,
+        workspace: &str,
+        usage_txn: u64,
+        state: GenState,
+    ) -> Result<(), Error> {
+        let refunded = matches!(state, GenState::Refunded { .. });
+        if self.legacy_history {
+            let r = self
+                .history
+                .remove((workspace, Category::Usage as u8, usage_txn))
+                .map(drop);
+            self.write(r)?;
+            let to = if refunded {
+                Category::UsageFailed
+            } else {
+                Category::LegacyUsageCompleted
+            };
+            let r = self
+                .history
+                .insert((workspace, to as u8, usage_txn), ())
+                .map(drop);
+            return self.write(r);
+        }
+        if refunded {
+            let r = self
+                .history
+                .insert((workspace, Category::UsageFailed as u8, usage_txn), ())
+                .map(drop);
+            self.write(r)?;
+        }
+        Ok(())
     }
 
     /// Refuse a write that is not a refund when the batch's clock is not trusted (see
