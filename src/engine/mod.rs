@@ -320,6 +320,65 @@ pub(crate) struct Ctx<'txn> {
     notifications: HashMap<String, u64>,
     /// The same for grant books.
     book_cache: HashMap<String, (Option<GrantBook>, bool)>,
+    /// The same for grant lots: a batch of charges to one lot writes its record once.
+    lots: LotCache,
+}
+
+/// Grant lots read or changed in one write transaction, per workspace, and whether each
+/// changed: [`Ctx::put_grant`] keeps the two grant indexes in step at once (a charge's plan
+/// reads them) and leaves the record here, for [`Ctx::flush`] to write once. A workspace
+/// holds a handful of lots, so a short list per workspace is searched.
+#[derive(Default)]
+struct LotCache {
+    by_workspace: HashMap<String, Vec<(GrantRecord, bool)>>,
+}
+
+impl LotCache {
+    /// Lot `lot` of grant `id` as this transaction sees it.
+    fn get(
+        &mut self,
+        table: &impl ReadableTable<(&'static str, &'static str, u32), &'static [u8]>,
+        workspace: &str,
+        id: &str,
+        lot: u32,
+    ) -> Result<Option<GrantRecord>, Error> {
+        if let Some(lots) = self.by_workspace.get(workspace) {
+            if let Some((rec, _)) = lots.iter().find(|(g, _)| g.lot == lot && g.id == id) {
+                return Ok(Some(rec.clone()));
+            }
+        }
+        let rec = tables::get_grant(table, workspace, id, lot)?;
+        if let Some(r) = &rec {
+            self.by_workspace
+                .entry(workspace.to_string())
+                .or_default()
+                .push((r.clone(), false));
+        }
+        Ok(rec)
+    }
+
+    fn put(&mut self, rec: &GrantRecord) {
+        let lots = match self.by_workspace.get_mut(rec.workspace.as_str()) {
+            Some(l) => l,
+            None => self.by_workspace.entry(rec.workspace.clone()).or_default(),
+        };
+        match lots
+            .iter_mut()
+            .find(|(g, _)| g.lot == rec.lot && g.id == rec.id)
+        {
+            Some(slot) => *slot = (rec.clone(), true),
+            None => lots.push((rec.clone(), true)),
+        }
+    }
+
+    /// The changed lots, emptying the cache.
+    fn take_changed(&mut self) -> Vec<GrantRecord> {
+        self.by_workspace
+            .drain()
+            .flat_map(|(_, lots)| lots)
+            .filter_map(|(rec, changed)| changed.then_some(rec))
+            .collect()
+    }
 }
 
 impl<'txn> Ctx<'txn> {
@@ -363,6 +422,7 @@ impl<'txn> Ctx<'txn> {
             workspace_cache: HashMap::new(),
             notifications: HashMap::new(),
             book_cache: HashMap::new(),
+            lots: LotCache::default(),
         })
     }
 
@@ -490,16 +550,25 @@ impl<'txn> Ctx<'txn> {
                 self.write(r)?;
             }
         }
-        let bytes = codec::encode(rec);
-        let r = self
-            .gt_mut()
-            .grants
-            .insert(
-                (rec.workspace.as_str(), rec.id.as_str(), rec.lot),
-                bytes.as_slice(),
-            )
-            .map(drop);
-        self.write(r)
+        self.dirty = true;
+        self.lots.put(rec);
+        Ok(())
+    }
+
+    /// Lot `lot` of grant `id` of `workspace`, as this transaction sees it. Every read of a
+    /// grant lot in a write goes through here: the table is behind until [`Ctx::flush`].
+    pub fn grant(
+        &mut self,
+        workspace: &str,
+        id: &str,
+        lot: u32,
+    ) -> Result<Option<GrantRecord>, Error> {
+        let table = &self
+            .grant_tables
+            .as_ref()
+            .expect("invariant: a batch that moves credits opens the grant tables")
+            .grants;
+        self.lots.get(table, workspace, id, lot)
     }
 
     /// Record the grant lots transaction `txn_id` moved.
@@ -543,8 +612,8 @@ impl<'txn> Ctx<'txn> {
         Ok(())
     }
 
-    /// Write the changed workspace records. Call once, after the last operation and before
-    /// the commit.
+    /// Write the changed workspace records, grant books and grant lots. Call once, after the
+    /// last operation and before the commit.
     pub fn flush(&mut self) -> Result<(), Error> {
         for (id, n) in std::mem::take(&mut self.notifications) {
             // Every notification follows a movement of the same workspace, which read its
@@ -587,6 +656,18 @@ impl<'txn> Ctx<'txn> {
                 .gt_mut()
                 .books
                 .insert(id.as_str(), bytes.as_slice())
+                .map(drop);
+            self.write(r)?;
+        }
+        for rec in self.lots.take_changed() {
+            let bytes = codec::encode(&rec);
+            let r = self
+                .gt_mut()
+                .grants
+                .insert(
+                    (rec.workspace.as_str(), rec.id.as_str(), rec.lot),
+                    bytes.as_slice(),
+                )
                 .map(drop);
             self.write(r)?;
         }
