@@ -680,7 +680,8 @@ macro_rules! schema_source {
 }
 schema_source!(redb::ReadTransaction, redb::WriteTransaction);
 
-/// Whether the schema check also opens the grant tables of a file at the current version.
+/// Whether the schema check also opens the grant tables (and the grant notice index) of a
+/// file whose version has them.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum GrantCheck {
     /// The writable open checks them.
@@ -724,10 +725,14 @@ fn check_tables(
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
-    // A version 1 file lacks the consumers and alerts tables, and a file before version 3
-    // the grant tables: opening never writes, so its first write creates them and records
-    // the current version (see `engine::Ctx::open`), and reads take a missing table as empty.
-    if grant_tables == GrantCheck::Checked && version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+    // A version 1 file lacks the consumers and alerts tables, a file before version 3 the
+    // grant tables, and one before version 4 the notice index: opening never writes, so its
+    // first write creates them and records the current version (see `engine::Ctx::open`), and
+    // reads take a missing table as empty.
+    if grant_tables == GrantCheck::Skipped {
+        return Ok(());
+    }
+    if version.is_some_and(|v| v >= tables::GRANTS_SCHEMA_VERSION) {
         check!(
             tables::GRANTS,
             tables::GRANT_ORDER,
@@ -735,6 +740,9 @@ fn check_tables(
             tables::ALLOCATIONS,
             tables::GRANT_BOOKS
         );
+    }
+    if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+        check!(tables::GRANT_NOTICES);
     }
     Ok(())
 }
@@ -771,6 +779,7 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             txn.open_table(tables::IDEMPOTENCY)?;
             txn.open_table(tables::CONSUMERS)?;
             crate::engine::GrantTables::open(&txn)?;
+            txn.open_table(tables::GRANT_NOTICES)?;
             txn.open_table(tables::ALERTS)?;
         }
         txn.commit()?;
