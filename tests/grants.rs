@@ -867,3 +867,63 @@ fn the_journal_replays_one_lot_charges_across_a_second_grant_and_a_void() {
     // that grace lot's 4 credits (priority 10) and 1 from the pack.
     assert_eq!(allocation_rows(&image), vec![7, 8, 9]);
 }
+
+/// A generation record has schema 4's layout: the first one written to a schema 3 file
+/// records version 4, so that an older build refuses the file instead of failing to decode
+/// it; writes that put no generation record leave the file at 3.
+#[test]
+fn the_first_generation_written_to_a_schema_3_file_records_schema_4() {
+    use redb::ReadableDatabase;
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let schema = |path: &std::path::Path| {
+        let db = redb::Database::open(path).unwrap();
+        let r = db.begin_read().unwrap();
+        let v = r
+            .open_table(META)
+            .unwrap()
+            .get("schema")
+            .unwrap()
+            .unwrap()
+            .value()[0];
+        v
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.redb");
+    let clock = ManualClock::new(T0_MS);
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::purchase("acme", 100, "pack")).unwrap();
+    }
+    // What a version 3 build wrote: no notice index, schema byte 3.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let notices: redb::TableDefinition<(u64, &str, &str), u64> =
+            redb::TableDefinition::new("grant_notices");
+        assert!(txn.delete_table(notices).unwrap());
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema", [3u8].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::purchase("acme", 5, "more")).unwrap();
+    }
+    assert_eq!(schema(&path), 3, "a credit writes no generation record");
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        assert_eq!(start(&l, "g1", "acme", 4), owned(&[("more", 4)]));
+        assert_clean(&l);
+    }
+    assert_eq!(schema(&path), 4);
+    let l = Ledger::open_with(&path, options(&clock)).unwrap();
+    l.fail_generation("g1", RefundReason::ModelFailure, "x")
+        .unwrap();
+    assert_eq!(
+        remaining(&l, "acme"),
+        vec![("more".into(), 0, 5), ("pack".into(), 0, 100)]
+    );
+    assert_clean(&l);
+}

@@ -118,7 +118,8 @@ pub(crate) fn generation_view(
 }
 
 /// Build the view of a stored transaction, looking up its generation for a Usage and the
-/// grant lots it moved for a Usage, Refund, Expiration, Void or negative Adjustment.
+/// grant lots it moved for a Usage, Refund, Expiration, Void or negative Adjustment (and the
+/// grant a `GrantExpiring` notice is about).
 pub(crate) fn view_of(
     gens: &impl ReadableTable<&'static str, &'static [u8]>,
     allocs: Option<&impl ReadableTable<u64, &'static [u8]>>,
@@ -144,15 +145,23 @@ pub(crate) fn view_of(
                 None => None,
             },
         }
-    } else if rec.debit {
+    } else if rec.debit || rec.kind == TxnKind::GrantExpiring {
         tables::get_allocations_of(allocs, gen.as_ref(), rec.id)?
     } else {
         None
     };
-    let allocations = entries
+    let allocations: Vec<crate::model::Allocation> = entries
         .map(|a| a.iter().map(|e| e.public()).collect())
         .unwrap_or_default();
     let mut view = TransactionView::new(rec, gen.as_ref());
+    if let (TxnKind::GrantExpiring, [a]) = (view.kind, allocations.as_slice()) {
+        let n = a.credits;
+        view.action = format!(
+            "{n} {} of {} expire unless spent",
+            if n == 1 { "credit" } else { "credits" },
+            view.title
+        );
+    }
     view.allocations = allocations;
     Ok(view)
 }
