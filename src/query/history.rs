@@ -456,7 +456,7 @@ pub(crate) fn history(
         {
             continue;
         }
-        entries.push(view_with(gen.as_ref(), allocs.as_ref(), rec)?);
+        entries.push(view_with(&gens, gen.as_ref(), allocs.as_ref(), rec)?);
     }
     Ok(HistoryPage {
         entries,
