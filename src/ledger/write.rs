@@ -254,10 +254,10 @@ impl Ledger {
 ///   the epoch record. The batch needs no entry: redb holds it. This is the one durable redb
 ///   commit an epoch costs.
 /// - In an epoch, when the entry fits: append it and sync it (the commit point), then commit to
-///   redb without a sync. If the journal file turns out to have been deleted meanwhile (its
-///   link count is 0), the entry is durable nowhere a reopen would look: the batch is committed
-///   durably to redb instead, closing the epoch, before it is acknowledged; the next write
-///   starts a new epoch in a new file.
+///   redb without a sync. If the journal file turns out to have lost its name meanwhile
+///   (deleted, moved or replaced: `Journal::lost_name`), the entry is durable nowhere a
+///   reopen would look: the batch is committed durably to redb instead, closing the epoch,
+///   before it is acknowledged; the next write starts a new epoch in a new file.
 ///
 /// redb records the last entry it holds (`journal_seq`) in the batch's own transaction.
 fn commit_journaled(
@@ -312,11 +312,11 @@ fn commit_journaled(
     // commits without a sync, and only after the entry is durable, so no reader ever sees a
     // write that a crash could take back.
     journal.append(seq, &payload)?;
-    if journal.is_unlinked()? {
+    if journal.lost_name()? {
         tracing::warn!(
             journal = %journal.path().display(),
-            "the journal was deleted while the ledger is open; committing to the ledger file \
-             and starting a new journal"
+            "the journal was deleted, moved or replaced while the ledger is open; committing \
+             to the ledger file and starting a new journal"
         );
         tables::put_journal_epoch(&mut txn.open_table(tables::META)?, None)?;
         txn.set_quick_repair(true);
