@@ -7,10 +7,10 @@
 //!
 //! Two modes:
 //!
-//! - **Table** (`SCALE_TABLE=1`): the whole workload once per store, in one process, phase by
-//!   phase (each phase runs on the three stores one after the other, so each ratio compares
-//!   measurements taken seconds apart), then 6,000 single starts per thread count; prints
-//!   the tables (markdown, operations per second, ratio = ours / SQLite):
+//! - **Table** (`SCALE_TABLE=1`): 6,000 single starts per thread count, then the whole
+//!   workload once per store, in one process, phase by phase (each phase runs on the three
+//!   stores one after the other, so each ratio compares measurements taken seconds apart);
+//!   prints the tables (markdown, operations per second, ratio = ours / SQLite):
 //!   `SCALE_TABLE=1 SCALE_N=200000,1000000 cargo bench --bench scale`
 //! - **Criterion** (the default): steady-state batches on cached fixtures (see
 //!   `scale/fixtures.rs`): `scale/start/<store>/<N>` starts 1,000 more generations on the
@@ -328,39 +328,12 @@ fn ratio(ours: &Measured, sqlite: &Measured) -> String {
     format!("{:.2}×", ours.per_second() / sqlite.per_second())
 }
 
+/// The single-start table first (it is short), then the workload table after each N, with
+/// the columns so far: the last one printed is the whole table, and a run stopped early
+/// still leaves what it measured.
 fn table(ns: &[u64]) {
     let started = Instant::now();
-    let columns: Vec<(u64, [[Measured; 3]; 4])> =
-        ns.iter().map(|&n| (n, workload_once(n))).collect();
     let single = single_once();
-    println!("\nOperations per second; ratio = ours / SQLite, in the same run.\n");
-    let mut head = String::from("| phase |");
-    let mut rule = String::from("|---|");
-    for (n, _) in &columns {
-        head += &format!(" N = {}: SQLite | bare redb | ours | ratio |", n_label(*n));
-        rule += "---|---|---|---|";
-    }
-    println!("{head}\n{rule}");
-    let names = [
-        "start",
-        "finish (complete + fail)",
-        "sweep",
-        "first page of 50 refunds",
-    ];
-    for (p, name) in names.iter().enumerate() {
-        let mut line = format!("| {name} |");
-        for (_, phases) in &columns {
-            let [sq, bare, ours] = &phases[p];
-            line += &format!(
-                " {} | {} | {} | {} |",
-                rate(sq),
-                rate(bare),
-                rate(ours),
-                ratio(ours, sq)
-            );
-        }
-        println!("{line}");
-    }
     println!(
         "\n{} single starts, each its own durable call, on a fresh store of 1,000 workspaces:\n",
         single::TABLE_STARTS
@@ -374,7 +347,43 @@ fn table(ns: &[u64]) {
             ratio(ours, sq)
         );
     }
+    let mut columns: Vec<(u64, [[Measured; 3]; 4])> = Vec::new();
+    for &n in ns {
+        columns.push((n, workload_once(n)));
+        print_workload(&columns);
+    }
     eprintln!("table run took {:.1?}", started.elapsed());
+}
+
+fn print_workload(columns: &[(u64, [[Measured; 3]; 4])]) {
+    println!("\nOperations per second; ratio = ours / SQLite, in the same run.\n");
+    let mut head = String::from("| phase |");
+    let mut rule = String::from("|---|");
+    for (n, _) in columns {
+        head += &format!(" N = {}: SQLite | bare redb | ours | ratio |", n_label(*n));
+        rule += "---|---|---|---|";
+    }
+    println!("{head}\n{rule}");
+    let names = [
+        "start",
+        "finish (complete + fail)",
+        "sweep",
+        "first page of 50 refunds",
+    ];
+    for (p, name) in names.iter().enumerate() {
+        let mut line = format!("| {name} |");
+        for (_, phases) in columns {
+            let [sq, bare, ours] = &phases[p];
+            line += &format!(
+                " {} | {} | {} | {} |",
+                rate(sq),
+                rate(bare),
+                rate(ours),
+                ratio(ours, sq)
+            );
+        }
+        println!("{line}");
+    }
 }
 
 fn main() {
