@@ -5,7 +5,7 @@
 //! lots must equal the stored ones, each workspace's balance the sum of its lots, and the two
 //! grant indexes the set of open lots. Memory: one entry per grant lot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
@@ -71,6 +71,11 @@ pub(super) struct GrantAudit {
     /// Expired and voided credits per workspace, from the log.
     lost: HashMap<String, (u128, u128)>,
     allocations: Option<redb::ReadOnlyTable<u64, &'static [u8]>>,
+    /// A charge paid by one lot, and its refund to that lot, keep the allocation in the
+    /// generation record instead of `allocations`.
+    generations: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    /// The grants (workspace, grant id) a `GrantExpiring` notice was written for.
+    noticed: HashSet<(String, String)>,
     pub lots: u64,
 }
 
@@ -128,14 +133,29 @@ impl GrantAudit {
             carried,
             sim: HashMap::new(),
             lost: HashMap::new(),
+            noticed: HashSet::new(),
             allocations: tables::open_optional(rtx, tables::ALLOCATIONS)?,
+            generations: rtx.open_table(tables::GENERATIONS)?,
         })
     }
 
-    fn entries(&self, report: &mut AuditReport, rec: &TxnRecord) -> Option<Vec<AllocationEntry>> {
-        let t = self.allocations.as_ref()?;
-        match tables::get_allocations(t, rec.id) {
-            Ok(a) => a.map(|a| a.entries),
+    /// The allocations of transaction `txn_id` of `rec`'s generation (if it has one), wherever
+    /// they are stored; a damaged record is reported.
+    fn entries_of(
+        &self,
+        report: &mut AuditReport,
+        rec: &TxnRecord,
+        txn_id: u64,
+    ) -> Option<Vec<AllocationEntry>> {
+        let found = match rec.generation_id.as_deref() {
+            Some(g) => tables::get_generation(&self.generations, g),
+            None => Ok(None),
+        }
+        .and_then(|gen| {
+            tables::get_allocations_of(self.allocations.as_ref(), gen.as_ref(), txn_id)
+        });
+        match found {
+            Ok(a) => a,
             Err(e) => {
                 report.add(
                     Invariant::Corruption,
@@ -197,7 +217,52 @@ impl GrantAudit {
             (TxnKind::Usage | TxnKind::Adjustment, _) => self.on_debit(report, rec),
             (TxnKind::Refund, _) => self.on_refund(report, rec),
             (TxnKind::Expiration | TxnKind::Void, _) => self.on_close(report, rec),
+            (TxnKind::GrantExpiring, _) => self.on_notice(report, rec),
             _ => {}
+        }
+    }
+
+    /// A `GrantExpiring` notice: the first for its grant, which was spendable then, with
+    /// exactly the credits and the expiry it names.
+    fn on_notice(&mut self, report: &mut AuditReport, rec: &TxnRecord) {
+        let ws = rec.workspace.as_str();
+        let mut bad = |detail: String| {
+            report.add(Invariant::GrantNotice, detail, vec![rec.id], None, Some(ws));
+        };
+        let entries = match &self.allocations {
+            Some(t) => tables::get_allocations(t, rec.id).ok().flatten(),
+            None => None,
+        };
+        let Some(e) = entries.and_then(|a| match a.entries.as_slice() {
+            [e] if e.lot == 0 => Some(e.clone()),
+            _ => None,
+        }) else {
+            bad(format!("#{}: a grant notice that names no grant", rec.id));
+            return;
+        };
+        if !self.noticed.insert((ws.to_string(), e.grant_id.clone())) {
+            bad(format!(
+                "#{}: a second notice for grant `{}`",
+                rec.id, e.grant_id
+            ));
+        }
+        match self.sim.get(&key_of(ws, &e)) {
+            Some(s)
+                if s.spendable(rec.at_ms)
+                    && s.remaining > 0
+                    && s.remaining == i128::from(e.credits)
+                    && s.expires.is_some()
+                    && s.expires == e.expires_at_ms => {}
+            s => bad(format!(
+                "#{}: says grant `{}` holds {} credits expiring at {:?}, but it held {:?}, expiring at {:?}, spendable then: {:?}",
+                rec.id,
+                e.grant_id,
+                e.credits,
+                e.expires_at_ms,
+                s.map(|s| s.remaining),
+                s.and_then(|s| s.expires),
+                s.map(|s| s.spendable(rec.at_ms)),
+            )),
         }
     }
 
@@ -212,7 +277,7 @@ impl GrantAudit {
                 Some(ws),
             );
         };
-        let Some(entries) = self.entries(report, rec) else {
+        let Some(entries) = self.entries_of(report, rec, rec.id) else {
             bad(
                 report,
                 Invariant::AllocationSum,
@@ -301,18 +366,12 @@ impl GrantAudit {
                 Some(ws),
             );
         };
-        let Some(entries) = self.entries(report, rec) else {
+        let Some(entries) = self.entries_of(report, rec, rec.id) else {
             bad(report, format!("#{}: a refund with no allocations", rec.id));
             return;
         };
         let usage_txn = rec.refund.as_ref().map_or(0, |d| d.usage_txn);
-        let drawn = match &self.allocations {
-            Some(t) => tables::get_allocations(t, usage_txn)
-                .ok()
-                .flatten()
-                .map(|a| a.entries),
-            None => None,
-        };
+        let drawn = self.entries_of(report, rec, usage_txn);
         let expected: Vec<(String, u32, u64)> = match drawn {
             Some(d) => d
                 .into_iter()
@@ -386,7 +445,7 @@ impl GrantAudit {
         } else {
             lost.1 += u128::from(rec.amount_credits);
         }
-        let Some(entries) = self.entries(report, rec) else {
+        let Some(entries) = self.entries_of(report, rec, rec.id) else {
             bad(report, format!("#{}: names no grant", rec.id));
             return;
         };
@@ -539,6 +598,28 @@ impl GrantAudit {
                     None,
                     Some(ws),
                 );
+            }
+        }
+        if let Some(t) = tables::open_optional(rtx, tables::GRANT_NOTICES)? {
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let (due_ms, ws, id) = k.value();
+                let expires_ms = v.value();
+                let lot0 = self.stored.get(&(ws.to_string(), id.to_string(), 0));
+                let fits = lot0.is_some_and(|g| g.expires_at_ms == Some(expires_ms))
+                    && due_ms < expires_ms
+                    && !self.noticed.contains(&(ws.to_string(), id.to_string()));
+                if !fits {
+                    report.add(
+                        Invariant::GrantNotice,
+                        format!(
+                            "grant_notices entry ({due_ms}, {ws}, {id}) -> {expires_ms} names no grant expiring then, is not due before it, or its grant already has its notice"
+                        ),
+                        lot0.map(|g| vec![g.source_txn]).unwrap_or_default(),
+                        None,
+                        Some(ws),
+                    );
+                }
             }
         }
         let order = match &order_t {

@@ -85,6 +85,11 @@ pub enum Invariant {
     ExpirationAmount,
     /// The grant indexes (`grant_order`, `grant_expiries`) and the open grant lots differ.
     GrantIndex,
+    /// A `GrantExpiring` notice is a second one for its grant, or not for a grant that was
+    /// spendable with credits left when it was written, or not for exactly what it held and
+    /// when it expires; or the notice index (`grant_notices`) names a grant that does not
+    /// expire when it says, is due at or after that expiry, or already has its notice.
+    GrantNotice,
 }
 
 /// A part of the file the audit could not check, because the storage engine (redb) failed on
@@ -437,7 +442,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
             report.checked.generations += 1;
             let id = k.value();
             last_gen = Some(id.to_string());
-            let g: GenerationRecord = match codec::decode("generations", &id, v.value()) {
+            let g: GenerationRecord = match tables::decode_generation(id, v.value()) {
                 Ok(g) => g,
                 Err(e) => {
                     report.add(Invariant::Corruption, damaged(&e), vec![], Some(id), None);
@@ -481,7 +486,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
         // Some generation lacks its Usage or its Refund: find which.
         for entry in gens.iter()? {
             let (k, v) = entry?;
-            if let Ok(g) = codec::decode::<GenerationRecord>("generations", &k.value(), v.value()) {
+            if let Ok(g) = tables::decode_generation(k.value(), v.value()) {
                 check_generation(&mut report, &g, &txns);
             }
         }

@@ -35,12 +35,17 @@ impl Ledger {
                 .open_table(tables::DEADLINES)?
                 .first()?
                 .map_or(NO_DEADLINE, |(k, _)| k.value().0);
-            // The sweep also expires grants: wake it for the first pending expiry too.
+            // The sweep also expires grants and writes their notices: wake it for the first
+            // pending expiry or due notice too.
             let expiry = match tables::open_optional(&rtx, tables::GRANT_EXPIRIES)? {
                 Some(t) => t.first()?.map_or(NO_DEADLINE, |(k, _)| k.value().0),
                 None => NO_DEADLINE,
             };
-            Ok((state, deadline.min(expiry)))
+            let notice = match tables::open_optional(&rtx, tables::GRANT_NOTICES)? {
+                Some(t) => t.first()?.map_or(NO_DEADLINE, |(k, _)| k.value().0),
+                None => NO_DEADLINE,
+            };
+            Ok((state, deadline.min(expiry).min(notice)))
         })?;
         self.earliest_deadline_ms.store(earliest, Ordering::SeqCst);
         self.last_at_ms.store(state.last_at_ms, Ordering::SeqCst);
@@ -175,6 +180,7 @@ impl Ledger {
         let config = EngineConfig {
             default_timeout_ms: self.options.default_timeout_ms,
             refund_grace_ms: self.options.refund_grace_ms,
+            grant_expiring_notice_ms: self.options.grant_expiring_notice_ms,
             clock,
         };
         let applied = engine::run(&txn, state, now_ms, config, ops)?;
@@ -270,7 +276,11 @@ fn commit_journaled(
 ) -> Result<()> {
     let payload = journal::encode_batch(
         now_ms,
-        (config.default_timeout_ms, config.refund_grace_ms),
+        (
+            config.default_timeout_ms,
+            config.refund_grace_ms,
+            config.grant_expiring_notice_ms,
+        ),
         ops,
         proof,
     );

@@ -100,6 +100,8 @@ pub(crate) struct Batch {
     pub default_timeout_ms: u64,
     /// The ledger's refund grace when it ran.
     pub refund_grace_ms: u64,
+    /// The ledger's grant notice window when it ran (`None`: off).
+    pub grant_expiring_notice_ms: Option<u64>,
     pub ops: Vec<Op>,
     pub proof: Proof,
 }
@@ -109,6 +111,7 @@ struct BatchRef<'a> {
     now_ms: u64,
     default_timeout_ms: u64,
     refund_grace_ms: u64,
+    grant_expiring_notice_ms: Option<u64>,
     ops: &'a [Op],
     proof: &'a Proof,
 }
@@ -116,7 +119,7 @@ struct BatchRef<'a> {
 /// Encode a batch as a journal payload.
 pub(crate) fn encode_batch(
     now_ms: u64,
-    (default_timeout_ms, refund_grace_ms): (u64, u64),
+    (default_timeout_ms, refund_grace_ms, grant_expiring_notice_ms): (u64, u64, Option<u64>),
     ops: &[Op],
     proof: &Proof,
 ) -> Vec<u8> {
@@ -124,6 +127,7 @@ pub(crate) fn encode_batch(
         now_ms,
         default_timeout_ms,
         refund_grace_ms,
+        grant_expiring_notice_ms,
         ops,
         proof,
     })
@@ -727,7 +731,12 @@ mod tests {
         let epoch = j.write_epoch_header().unwrap();
         j.open_epoch(epoch);
         for seq in first..=last {
-            let payload = encode_batch(seq * 10, (5, 5), &ops(seq as usize % 3 + 1), &proof(seq));
+            let payload = encode_batch(
+                seq * 10,
+                (5, 5, None),
+                &ops(seq as usize % 3 + 1),
+                &proof(seq),
+            );
             j.append(seq, &payload).unwrap();
         }
         let expect = Expected {
@@ -854,7 +863,7 @@ mod tests {
         j.close_epoch();
         let epoch = j.write_epoch_header().unwrap();
         j.open_epoch(epoch);
-        j.append(5, &encode_batch(50, (5, 5), &ops(1), &proof(5)))
+        j.append(5, &encode_batch(50, (5, 5, None), &ops(1), &proof(5)))
             .unwrap();
         let expect = Expected {
             ledger_id: 7,

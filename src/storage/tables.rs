@@ -15,12 +15,14 @@
 //! | `grants` | (workspace, grant id, lot) | [`GrantRecord`] (schema 3) |
 //! | `grant_order` | (workspace, priority, expires or MAX, effective or 0, grant id, lot) | `()`, open lots with credits left |
 //! | `grant_expiries` | (expires ms, workspace, grant id, lot) | `()`, open lots with an expiry |
-//! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord) |
+//! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord), for a transaction whose generation record does not hold it (schema 4) |
 //! | `grant_books` | workspace id | [`GrantBook`](crate::model::records::GrantBook) |
+//! | `grant_notices` | (notice ms, workspace, grant id) | the grant's expiry ms: a `GrantExpiring` notice not yet written (schema 4) |
 //!
 //! `grant_order` is sorted in drawdown order, so the first spendable grant of a workspace is
 //! the first entry of one short range read; `grant_expiries` makes the sweep of expired grants
-//! O(expired), like `deadlines` for generations.
+//! O(expired), like `deadlines` for generations; `grant_notices` does the same for the
+//! `GrantExpiring` notices, keyed by the time each is due.
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
@@ -30,8 +32,8 @@ use redb::{ReadableTable, TableDefinition};
 
 use crate::error::Error;
 use crate::model::records::{
-    AllocationRecord, GenState, GenerationRecord, GrantBook, GrantRecord, TxnRecord,
-    WorkspaceRecord,
+    AllocationEntry, AllocationRecord, GenState, GenerationRecord, GenerationRecordV3, GrantBook,
+    GrantRecord, TxnRecord, WorkspaceRecord,
 };
 use crate::model::{Status, TxnKind};
 use crate::storage::codec;
@@ -58,6 +60,12 @@ pub(crate) const GRANT_EXPIRIES: TableDefinition<(u64, &str, &str, u32), ()> =
     TableDefinition::new("grant_expiries");
 pub(crate) const ALLOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("allocations");
 pub(crate) const GRANT_BOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("grant_books");
+/// (notice ms, workspace, grant id) -> the grant's expiry ms: the `GrantExpiring` notices
+/// still to write, in the order they are due (see `engine::notify`). Created by the first
+/// grant that gets an entry; its creation records schema 4.
+pub(crate) type NoticeKey<'a> = (u64, &'a str, &'a str);
+pub(crate) const GRANT_NOTICES: TableDefinition<NoticeKey<'static>, u64> =
+    TableDefinition::new("grant_notices");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
@@ -69,7 +77,15 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
-/// The schema version this build writes. Version 3 added the grant tables (`grants`,
+/// The schema version this build writes. Version 4 added the `grant_notices` table and the
+/// `GrantExpiring` notification records; a file gets them, and records version 4, with the
+/// first grant that has a notice to write (so a file that never uses notices stays readable
+/// by a version 3 build). Version 4 also stores a charge paid by one grant lot (the common
+/// case) in its generation record (`GenerationRecord::single_allocation`) instead of an
+/// `allocations` row, and writes no row for a refund that gives those credits back to the
+/// same lot, so such a charge and its refund write no more tables than before grants: the
+/// first generation record a write puts in an older file upgrades it the same way (older
+/// generation records decode as they are). Version 3 added the grant tables (`grants`,
 /// `grant_order`, `grant_expiries`, `allocations`, `grant_books`) and the Expiration and Void
 /// records; the first write of money to an older file adds them (and the tables of version
 /// 2) and records version 3, and each workspace's balance moves into a carried-over grant on
@@ -79,7 +95,11 @@ pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
 /// records version 2. A version 1 file gets epoch records without that upgrade: no build that
 /// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
 /// then panicked on twice.
-pub(crate) const SCHEMA_VERSION: u8 = 3;
+pub(crate) const SCHEMA_VERSION: u8 = 4;
+
+/// The first schema version with the grant tables (and the `consumers` and `alerts` tables
+/// of version 2): a file at this version or later has all of them.
+pub(crate) const GRANTS_SCHEMA_VERSION: u8 = 3;
 
 /// A history category: a transaction kind, and for Usage its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,10 +115,11 @@ pub(crate) enum Category {
     BalanceLow = 7,
     Expiration = 8,
     Void = 9,
+    GrantExpiring = 10,
 }
 
 impl Category {
-    pub const ALL: [Category; 10] = [
+    pub const ALL: [Category; 11] = [
         Category::Purchase,
         Category::Grant,
         Category::UsagePending,
@@ -109,6 +130,7 @@ impl Category {
         Category::BalanceLow,
         Category::Expiration,
         Category::Void,
+        Category::GrantExpiring,
     ];
 
     pub fn kind(self) -> TxnKind {
@@ -123,6 +145,7 @@ impl Category {
             Category::BalanceLow => TxnKind::BalanceLow,
             Category::Expiration => TxnKind::Expiration,
             Category::Void => TxnKind::Void,
+            Category::GrantExpiring => TxnKind::GrantExpiring,
         }
     }
 
@@ -147,6 +170,7 @@ impl Category {
             (TxnKind::BalanceLow, _) => Category::BalanceLow,
             (TxnKind::Expiration, _) => Category::Expiration,
             (TxnKind::Void, _) => Category::Void,
+            (TxnKind::GrantExpiring, _) => Category::GrantExpiring,
         }
     }
 
@@ -187,9 +211,14 @@ pub(crate) fn get_generation(
     id: &str,
 ) -> Result<Option<GenerationRecord>, Error> {
     match table.get(id)? {
-        Some(v) => Ok(Some(codec::decode("generations", &id, v.value())?)),
+        Some(v) => Ok(Some(decode_generation(id, v.value())?)),
         None => Ok(None),
     }
+}
+
+/// Decode a `generations` record of any schema (a schema 3 one has no single allocation).
+pub(crate) fn decode_generation(id: &str, bytes: &[u8]) -> Result<GenerationRecord, Error> {
+    codec::decode_or_older::<GenerationRecord, GenerationRecordV3>("generations", &id, bytes)
 }
 
 pub(crate) fn get_workspace(
@@ -226,6 +255,32 @@ pub(crate) fn get_allocations(
         Some(v) => Ok(Some(codec::decode("allocations", &txn_id, v.value())?)),
         None => Ok(None),
     }
+}
+
+/// The grant lots transaction `txn_id` moved, wherever they are stored: the `allocations`
+/// row, or for a Usage paid by one lot and a Refund that gave it back to that lot, the
+/// generation record `gen` (the transaction's generation, if it has one). `None` when
+/// neither holds any (a Usage from before grants, a transaction that moved no grant).
+pub(crate) fn get_allocations_of(
+    table: Option<&impl ReadableTable<u64, &'static [u8]>>,
+    gen: Option<&GenerationRecord>,
+    txn_id: u64,
+) -> Result<Option<Vec<AllocationEntry>>, Error> {
+    if let Some(g) = gen.filter(|g| g.usage_txn == txn_id) {
+        if let Some(entries) = g.usage_allocations() {
+            return Ok(Some(entries));
+        }
+    }
+    if let Some(a) = table
+        .map(|t| get_allocations(t, txn_id))
+        .transpose()?
+        .flatten()
+    {
+        return Ok(Some(a.entries));
+    }
+    Ok(gen
+        .filter(|g| g.is_refund(txn_id))
+        .and_then(GenerationRecord::usage_allocations))
 }
 
 pub(crate) fn get_book(
@@ -317,5 +372,49 @@ mod tests {
             assert_eq!(Category::of(c.kind(), c.status()), c);
         }
         assert_eq!(Category::from_u8(Category::ALL.len() as u8), None);
+    }
+
+    /// A generation record of schema 3 (no single allocation) reads as one without it; a
+    /// schema 4 record round-trips; damage to either is still Corruption.
+    #[test]
+    fn generation_records_of_both_layouts_decode() {
+        let old = GenerationRecordV3 {
+            id: "g1".into(),
+            workspace: "ws".into(),
+            feature: "Quick Video".into(),
+            cost_credits: 12,
+            timeout_ms: 9_000_000,
+            started_at_ms: 1,
+            deadline_ms: 9_000_001,
+            usage_txn: 2,
+            state: GenState::Running,
+        };
+        let old_bytes = codec::encode(&old);
+        let read = decode_generation("g1", &old_bytes).unwrap();
+        assert_eq!(read, GenerationRecord::from(old.clone()));
+        assert_eq!(read.single_allocation, None);
+        let new = GenerationRecord {
+            single_allocation: Some(AllocationEntry {
+                grant_id: "pack".into(),
+                lot: 0,
+                from_lot: 0,
+                credits: 12,
+                expires_at_ms: Some(5),
+            }),
+            ..GenerationRecord::from(old)
+        };
+        let new_bytes = codec::encode(&new);
+        assert_eq!(decode_generation("g1", &new_bytes).unwrap(), new);
+        for bytes in [old_bytes, new_bytes] {
+            let mut damaged = bytes.clone();
+            damaged[3] ^= 0x40;
+            assert!(matches!(
+                decode_generation("g1", &damaged),
+                Err(Error::Corruption {
+                    table: "generations",
+                    ..
+                })
+            ));
+        }
     }
 }
