@@ -311,27 +311,28 @@ impl SqlLedger {
             .expect("usage");
     }
 
+    /// Generation `id`'s (workspace, cost, state, deadline, usage txn), if it exists.
+    fn generation_row(
+        tx: &rusqlite::Transaction<'_>,
+        id: &str,
+    ) -> Option<(String, i64, i64, i64, i64)> {
+        tx.prepare_cached(
+            "SELECT workspace, cost, state, deadline_ms, usage_txn FROM generations WHERE id = ?1",
+        )
+        .expect("prepare")
+        .query_row([id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()
+        .expect("get")
+    }
+
     /// Fail (refund) each running generation in one transaction. Returns how many refunded.
     pub fn fail_batch(&mut self, ids: &[String], now_ms: i64) -> usize {
         let tx = self.begin();
         let mut done = 0;
         for id in ids {
-            let row = tx
-                .prepare_cached(
-                    "SELECT workspace, cost, state, deadline_ms, usage_txn FROM generations WHERE id = ?1",
-                )
-                .expect("prepare")
-                .query_row([id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
-                .optional()
-                .expect("get");
+            let row = Self::generation_row(&tx, id);
             let Some((ws, cost, state, deadline, usage_txn)) = row else {
                 continue;
             };
@@ -366,22 +367,7 @@ impl SqlLedger {
         let tx = self.begin();
         let mut done = 0;
         for (id, reason) in items {
-            let row = tx
-                .prepare_cached(
-                    "SELECT workspace, cost, state, deadline_ms, usage_txn FROM generations WHERE id = ?1",
-                )
-                .expect("prepare")
-                .query_row([id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
-                .optional()
-                .expect("get");
+            let row = Self::generation_row(&tx, id);
             let Some((ws, cost, state, deadline, usage_txn)) = row else {
                 continue;
             };

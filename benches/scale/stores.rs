@@ -157,13 +157,7 @@ impl Store for Sqlite {
     fn finish(&mut self, gens: &[&Gen]) -> usize {
         let items: Vec<(String, Option<&str>)> = gens
             .iter()
-            .map(|g| {
-                let reason = match g.fate {
-                    Fate::Fail(reason) => Some(reason.as_str()),
-                    Fate::Complete | Fate::Expire => None,
-                };
-                (g.id.clone(), reason)
-            })
+            .map(|g| (g.id.clone(), g.failure_label()))
             .collect();
         self.db.finish_batch(&items, self.now_ms)
     }
@@ -218,13 +212,7 @@ impl Store for Bare {
     fn finish(&mut self, gens: &[&Gen]) -> usize {
         let items: Vec<(&str, Option<&str>)> = gens
             .iter()
-            .map(|g| {
-                let reason = match g.fate {
-                    Fate::Fail(reason) => Some(reason.as_str()),
-                    Fate::Complete | Fate::Expire => None,
-                };
-                (g.id.as_str(), reason)
-            })
+            .map(|g| (g.id.as_str(), g.failure_label()))
             .collect();
         self.db.finish_batch(&items, self.now_ms)
     }

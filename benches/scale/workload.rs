@@ -49,6 +49,16 @@ pub struct Gen {
     pub fate: Fate,
 }
 
+impl Gen {
+    /// The failure's reason as SQLite and bare redb store it, `None` for a completion.
+    pub fn failure_label(&self) -> Option<&'static str> {
+        match self.fate {
+            Fate::Fail(reason) => Some(reason.as_str()),
+            Fate::Complete | Fate::Expire => None,
+        }
+    }
+}
+
 /// The whole workload for one N, from a fixed seed.
 pub struct Plan {
     pub n: u64,
