@@ -185,7 +185,7 @@ pub(super) fn check_txn(
             report.add(
                 Invariant::BalanceArithmetic,
                 format!(
-                    "#{id}: a {} notification must move 0 credits and show a balance below its threshold (amount {a}, balance {}, threshold {:?})",
+                    "#{id}: a {} notification must move 0 credits (and a balance alert show a balance below its threshold): amount {a}, balance {}, threshold {:?}",
                     rec.kind,
                     rec.balance_after_credits,
                     rec.memo
