@@ -442,7 +442,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
             report.checked.generations += 1;
             let id = k.value();
             last_gen = Some(id.to_string());
-            let g: GenerationRecord = match codec::decode("generations", &id, v.value()) {
+            let g: GenerationRecord = match tables::decode_generation(id, v.value()) {
                 Ok(g) => g,
                 Err(e) => {
                     report.add(Invariant::Corruption, damaged(&e), vec![], Some(id), None);
@@ -486,7 +486,7 @@ pub(crate) fn verify(rtx: &ReadTransaction) -> Result<AuditReport, Error> {
         // Some generation lacks its Usage or its Refund: find which.
         for entry in gens.iter()? {
             let (k, v) = entry?;
-            if let Ok(g) = codec::decode::<GenerationRecord>("generations", &k.value(), v.value()) {
+            if let Ok(g) = tables::decode_generation(k.value(), v.value()) {
                 check_generation(&mut report, &g, &txns);
             }
         }
