@@ -527,12 +527,13 @@ fn check_page(
         for entry in t.txns.iter()? {
             let (k, v) = entry?;
             let id = k.value();
-            let this_crc = codec::record_crc(v.value());
-            let decoded = codec::decode::<TxnRecord>("transactions", &id, v.value());
             if !first {
                 // Everything but the page's own sums was checked (and reported) in the first
-                // pass.
-                if let Ok(mut rec) = decoded {
+                // pass; a record of another page is skipped on its workspace alone.
+                if !codec::txn_workspace(v.value()).is_some_and(|ws| page.contains(ws)) {
+                    continue;
+                }
+                if let Ok(mut rec) = codec::decode::<TxnRecord>("transactions", &id, v.value()) {
                     if page.contains(&rec.workspace) {
                         rec.id = id;
                         accumulate(report, &mut accs, &rec);
@@ -544,6 +545,8 @@ fn check_page(
                 continue;
             }
             report.checked.transactions += 1;
+            let this_crc = codec::record_crc(v.value());
+            let decoded = codec::decode::<TxnRecord>("transactions", &id, v.value());
             if id != prev_id + 1 {
                 report.add(
                     Invariant::IdsNotDense,
@@ -868,7 +871,7 @@ mod tests {
         }
         assert_eq!(
             (AUDIT_PAGE_WORKSPACES, audit(&path, AUDIT_PAGE_WORKSPACES).1),
-            (16_384, 1)
+            (8_192, 1)
         );
     }
 
