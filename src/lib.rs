@@ -82,8 +82,8 @@ pub use ledger::{
 pub use model::limits;
 pub use model::{
     AckReceipt, Adjust, AlertReceipt, Allocation, Charge, Completion, Credit, CreditKind,
-    GrantClosure, MessageCategory, Op, Outcome, Receipt, RefundReason, RefundReceipt,
-    StartGeneration, Status, SweepReport, TxnKind, VoidGrant,
+    GrantClosure, GrantExpiringNotice, MessageCategory, Op, Outcome, Receipt, RefundReason,
+    RefundReceipt, StartGeneration, Status, SweepReport, TxnKind, VoidGrant,
 };
 pub use query::{
     format_duration_ms, BalanceSplit, ChangePage, ExpiryNotice, FeatureStats, GenerationState,

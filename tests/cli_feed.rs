@@ -208,3 +208,100 @@ fn changes_follow_prints_entries_as_other_processes_commit_them() {
     let bad = run(&db, &["changes", "--max-entries", "3"]);
     assert_eq!(bad.code, 2, "--max-entries needs --follow: {}", bad.stderr);
 }
+
+#[test]
+fn grant_expiring_notices_from_the_shell_sweep_history_show_and_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.redb");
+    let at = |t: &str| vec!["--now".to_string(), t.to_string()];
+    let run_at = |t: &str, args: &[&str]| {
+        let mut all = at(t);
+        all.extend(args.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        run(&db, &all)
+    };
+    ok(run_at(
+        "2026-03-01T09:00:00Z",
+        &[
+            "credit",
+            "acme",
+            "500",
+            "--key",
+            "monthly",
+            "--memo",
+            "Monthly credits",
+            "--expires-at",
+            "2026-03-31T00:00:00Z",
+            "--grant-notice",
+            "3d",
+        ],
+    ));
+    let history = |args: &[&str]| -> Value {
+        let mut all = vec!["history", "acme", "--type", "grant-expiring", "--json"];
+        all.extend(args);
+        serde_json::from_str(&ok(run(&db, &all))).unwrap()
+    };
+    assert_eq!(history(&[])["entries"].as_array().unwrap().len(), 0);
+    // Not due yet; then due: the sweep writes it and lists it.
+    let r: Value =
+        serde_json::from_str(&ok(run_at("2026-03-27T23:59:00Z", &["sweep", "--json"]))).unwrap();
+    assert_eq!(r["notices"].as_array().unwrap().len(), 0, "{r}");
+    let r: Value =
+        serde_json::from_str(&ok(run_at("2026-03-28T00:00:00Z", &["sweep", "--json"]))).unwrap();
+    let n = &r["notices"][0];
+    assert_eq!(
+        (
+            n["grant"].as_str(),
+            n["expiring"].as_u64(),
+            n["expires_at"].as_str()
+        ),
+        (Some("monthly"), Some(500), Some("2026-03-31T00:00:00Z")),
+        "{r}"
+    );
+    let text = ok(run_at("2026-03-28T00:01:00Z", &["sweep"]));
+    assert!(!text.contains("expires soon"), "a second notice: {text}");
+    let h = history(&[]);
+    let rows = h["entries"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{h}");
+    let row = &rows[0];
+    assert_eq!(row["type"], "grant-expiring");
+    assert_eq!(row["amount"], 0);
+    assert_eq!(row["title"], "Monthly credits");
+    assert_eq!(row["balance_before"], row["balance_after"]);
+    assert_eq!(row["expiring"]["grant"], "monthly");
+    assert_eq!(row["expiring"]["credits"], 500);
+    assert_eq!(row["expiring"]["expires_at"], "2026-03-31T00:00:00Z");
+    let id = row["id"].as_u64().unwrap().to_string();
+    let show = ok(run(&db, &["show", &id]));
+    assert!(show.contains("Grant Expiring"), "{show}");
+    assert!(
+        show.contains("500 of Monthly credits (spendable until 2026-03-31 00:00:00 UTC)"),
+        "{show}"
+    );
+    let feed = lines_json(&ok(run(&db, &["changes", "--json"])));
+    assert_eq!(
+        feed.iter()
+            .filter(|e| e["type"] == "grant-expiring" && e["expiring"]["credits"] == 500)
+            .count(),
+        1
+    );
+    // The window is checked like every option: a usage error, nothing written.
+    let r = run_at(
+        "2026-03-28T00:02:00Z",
+        &[
+            "credit",
+            "acme",
+            "1",
+            "--key",
+            "k2",
+            "--grant-notice",
+            "10s",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("grant_expiring_notice_ms"),
+        "{}",
+        r.stderr
+    );
+}

@@ -269,6 +269,8 @@ struct Snapshot {
     last_txn_id: u64,
     /// The `BalanceLow` notifications in the workspaces' histories.
     balance_low: usize,
+    /// The `GrantExpiring` notices in the workspaces' histories.
+    grant_expiring: usize,
 }
 
 fn snapshot(ledger: &Ledger, gen_ids: &[String]) -> Snapshot {
@@ -323,21 +325,27 @@ fn snapshot(ledger: &Ledger, gen_ids: &[String]) -> Snapshot {
             .map(|w| ledger.alert(w).expect("alert"))
             .collect(),
         last_txn_id: ledger.changes(0, 1).expect("changes").last_txn_id,
-        balance_low: WORKSPACES
-            .iter()
-            .map(|w| {
-                match ledger.history(
-                    w,
-                    &HistoryFilter::all().kinds([TxnKind::BalanceLow]),
-                    &PageRequest::first(1000),
-                ) {
-                    Ok(page) => page.entries.len(),
-                    Err(Error::UnknownWorkspace { .. }) => 0,
-                    Err(e) => panic!("history of {w}: {e}"),
-                }
-            })
-            .sum(),
+        balance_low: count_kind(ledger, TxnKind::BalanceLow),
+        grant_expiring: count_kind(ledger, TxnKind::GrantExpiring),
     }
+}
+
+/// How many transactions of `kind` the workspaces' histories hold.
+fn count_kind(ledger: &Ledger, kind: TxnKind) -> usize {
+    WORKSPACES
+        .iter()
+        .map(|w| {
+            match ledger.history(
+                w,
+                &HistoryFilter::all().kinds([kind]),
+                &PageRequest::first(1000),
+            ) {
+                Ok(page) => page.entries.len(),
+                Err(Error::UnknownWorkspace { .. }) => 0,
+                Err(e) => panic!("history of {w}: {e}"),
+            }
+        })
+        .sum()
 }
 
 /// The outcome of a generation with the refund's transaction id left out, for comparing runs
@@ -356,6 +364,9 @@ fn options(clock: &ManualClock) -> Options {
         .durability(Durability::Immediate)
         // The script jumps the clock backwards on retries of an earlier operation.
         .max_clock_regression_ms(credit_ledger::limits::MAX_CLOCK_REGRESSION_MS)
+        // Grants expire 10 to 130 minutes after they are credited: some get their notice at
+        // once, the others from a sweep, and each must survive every crash exactly once.
+        .grant_expiring_notice_ms(Some(30 * MINUTE_MS))
 }
 
 fn assert_healthy(ledger: &Ledger, ctx: &str) {
@@ -814,6 +825,12 @@ fn every_crash_point_recovers_acknowledged_work_exactly_once() {
         "the script crosses too few alerts: {notifications}"
     );
     println!("balance-low notifications written: {notifications}");
+    let notices = reference.snaps.last().unwrap().grant_expiring;
+    assert!(
+        notices >= 2,
+        "the script writes too few grant notices: {notices}"
+    );
+    println!("grant-expiring notices written: {notices}");
     assert_eq!(
         count(&|_, r| matches!(r, Err(Error::InsufficientCredits { .. }))),
         0,

@@ -328,6 +328,134 @@ fn row8_a_journal_deleted_while_the_ledger_runs_loses_no_acknowledged_write() {
     drop(ledger);
 }
 
+/// The journal's inode and the epoch id in its header: a new epoch in a new file changes both.
+fn journal_identity(ledger: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let journal = journal_of(ledger);
+    let header = std::fs::read(&journal).unwrap();
+    let epoch = u64::from_le_bytes(header[12..20].try_into().unwrap());
+    (std::fs::metadata(&journal).unwrap().ino(), epoch)
+}
+
+/// A ledger at `dir/a.redb`, funded and with ten writes in its journal's epoch.
+fn running(dir: &Path, clock: &ManualClock) -> (PathBuf, Ledger) {
+    let a = dir.join("a.redb");
+    let ledger = open(&a, clock);
+    ledger
+        .credit(Credit::purchase("ws", 1_000, "fund"))
+        .unwrap();
+    write_n(&ledger, clock, 0, 10);
+    (a, ledger)
+}
+
+/// A crash of the ledger at `a` now keeps every acknowledged write: its last snapshot.
+#[track_caller]
+fn a_crash_keeps(dir: &Path, a: &Path, expected: &str, clock: &ManualClock) {
+    let img = dir.join("img.redb");
+    crash_copy(a, &img);
+    let l = open(&img, clock);
+    assert_eq!(snapshot(&l), expected);
+    assert_healthy(&l);
+}
+
+#[test]
+fn row8_a_journal_renamed_away_while_the_ledger_runs_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let (a, ledger) = running(dir.path(), &clock);
+    // A sync tool "moves the stray file aside" while the app runs: the entries now go nowhere
+    // a reopen looks, although the file still has a link.
+    let aside = dir.path().join("moved-aside.journal");
+    std::fs::rename(journal_of(&a), &aside).unwrap();
+    write_n(&ledger, &clock, 10, 1);
+    let moved = std::fs::read(&aside).unwrap();
+    let snapshots = write_n(&ledger, &clock, 11, 20);
+    assert!(
+        journal_of(&a).exists(),
+        "a new journal at the journal's path"
+    );
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        moved,
+        "nothing is written into the moved file after the write that noticed"
+    );
+    a_crash_keeps(dir.path(), &a, snapshots.last().unwrap(), &clock);
+}
+
+#[test]
+fn row8_the_journal_name_removed_while_a_hard_link_keeps_the_file_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let (a, ledger) = running(dir.path(), &clock);
+    // The file keeps a link (so its link count is 1), but not at the journal's path.
+    std::fs::hard_link(journal_of(&a), dir.path().join("kept.journal")).unwrap();
+    std::fs::remove_file(journal_of(&a)).unwrap();
+    let snapshots = write_n(&ledger, &clock, 10, 20);
+    assert!(
+        journal_of(&a).exists(),
+        "a new journal at the journal's path"
+    );
+    a_crash_keeps(dir.path(), &a, snapshots.last().unwrap(), &clock);
+}
+
+#[test]
+fn a_chmod_touch_or_second_name_of_the_journal_starts_no_new_epoch() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let (a, ledger) = running(dir.path(), &clock);
+    let before = journal_identity(&a);
+    // Each of these changes the journal's attributes (an inotify IN_ATTRIB) and keeps its
+    // name: the ledger goes on in the same epoch and the same file.
+    let other = dir.path().join("second-name");
+    std::fs::hard_link(journal_of(&a), &other).unwrap();
+    write_n(&ledger, &clock, 10, 3);
+    std::fs::remove_file(&other).unwrap();
+    write_n(&ledger, &clock, 13, 3);
+    std::fs::set_permissions(journal_of(&a), std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_n(&ledger, &clock, 16, 3);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(journal_of(&a))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    drop(file);
+    let snapshots = write_n(&ledger, &clock, 19, 3);
+    assert_eq!(journal_identity(&a), before);
+    a_crash_keeps(dir.path(), &a, snapshots.last().unwrap(), &clock);
+}
+
+#[test]
+fn row8_another_file_renamed_over_the_journal_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let (a, ledger) = running(dir.path(), &clock);
+    let theirs = b"another program's notes, not a journal".to_vec();
+    let tmp = dir.path().join("notes.tmp");
+    std::fs::write(&tmp, &theirs).unwrap();
+    std::fs::rename(&tmp, journal_of(&a)).unwrap();
+    // The write that notices is committed to the ledger file itself.
+    let noticed = write_n(&ledger, &clock, 10, 1).pop().unwrap();
+    let img = dir.path().join("img.redb");
+    std::fs::copy(&a, &img).unwrap();
+    assert_eq!(snapshot(&open(&img, &clock)), noticed);
+    // The next one would start a journal in that file: refused, the file untouched.
+    clock.advance_ms(1_000);
+    match ledger.credit(Credit::purchase("ws", 10, "after")) {
+        Err(Error::ForeignFile { path, .. }) => {
+            assert_eq!(path, journal_of(&a).display().to_string())
+        }
+        other => panic!("expected a foreign file error, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(journal_of(&a)).unwrap(), theirs);
+    // Once the operator moves it away, the ledger writes again, into a journal of its own.
+    std::fs::rename(journal_of(&a), dir.path().join("notes")).unwrap();
+    let snapshots = write_n(&ledger, &clock, 11, 5);
+    assert_eq!(std::fs::read(dir.path().join("notes")).unwrap(), theirs);
+    a_crash_keeps(dir.path(), &a, snapshots.last().unwrap(), &clock);
+}
+
 #[test]
 fn a_crash_right_after_an_epoch_starts_opens_with_its_first_write() {
     let dir = tempfile::tempdir().unwrap();

@@ -53,6 +53,9 @@ fn options(clock: &ManualClock) -> Options {
         .clock(clock.clone())
         // A replay runs an earlier operation at its own, earlier time.
         .max_clock_regression_ms(credit_ledger::limits::MAX_CLOCK_REGRESSION_MS)
+        // Grants expire 5 to 45 minutes after they are credited: some get their notice at
+        // once, the others from a sweep.
+        .grant_expiring_notice_ms(Some(20 * MINUTE_MS))
 }
 
 /// The operations of round `round`, each with the clock time it runs at.
@@ -282,6 +285,28 @@ impl Seen {
 }
 
 /// Every refund in the ledger, by generation.
+/// The `GrantExpiring` notices of every workspace, by (workspace, grant).
+fn notices_by_grant(ledger: &Ledger) -> BTreeMap<(String, String), Vec<u64>> {
+    let mut out: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for ws in WORKSPACES {
+        let page = match ledger.history(
+            ws,
+            &HistoryFilter::all().kinds([TxnKind::GrantExpiring]),
+            &PageRequest::first(1000),
+        ) {
+            Ok(p) => p,
+            Err(Error::UnknownWorkspace { .. }) => continue,
+            Err(e) => panic!("history of {ws}: {e}"),
+        };
+        assert!(page.next_cursor.is_none(), "more than a page of notices");
+        for t in page.entries {
+            let grant = t.allocations[0].grant_id.clone();
+            out.entry((ws.to_string(), grant)).or_default().push(t.id);
+        }
+    }
+    out
+}
+
 fn refunds_by_generation(ledger: &Ledger) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for ws in WORKSPACES {
@@ -586,6 +611,16 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             );
         }
 
+        // No grant told twice that it expires.
+        for (g, ids) in notices_by_grant(&ledger) {
+            assert_eq!(
+                ids.len(),
+                1,
+                "{ctx}: grant {g:?} noticed {} times: {ids:?}",
+                ids.len()
+            );
+        }
+
         // The reference runs the round whole.
         for (at_ms, op) in &ops {
             ref_clock.set_ms(*at_ms);
@@ -612,6 +647,9 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         round += 1;
     }
     assert!(path.exists() && Path::new(&path).metadata().unwrap().len() > 0);
+    let notices = notices_by_grant(&reference).len();
+    assert!(notices > 0, "the rounds wrote no grant-expiring notice");
+    println!("grant-expiring notices in the never-killed run: {notices}");
     reopen_ms.sort_by(f64::total_cmp);
     println!(
         "kill -9 rounds: {} killed ({killed_mid_op} mid-workload, {killed_before_open} while opening) in {round} rounds after one whole calibration round ({finished_before_kill} children finished before their kill; kill window now {round_us} us); {acked_total} acknowledged operations checked; file {} KiB",

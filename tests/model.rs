@@ -96,7 +96,7 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     }
     println!(
         "model ({mode}): seed {seed:#x}: {cases} executions, {} steps, {} operations ({} ok, {} errors \
-         matched), {} refunds, {} expirations and voids, {} balance-low notifications, {} acks, \
+         matched), {} refunds, {} expirations and voids, {} balance-low notifications, {} grant-expiring notices ({} by the sweep), {} acks, \
          {} reopens ({} crashes), {} clean verify() runs, {} separations ({} refused, the others \
          lost nothing), in {:.1} s; \
          errors by kind: {:?}",
@@ -107,6 +107,8 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
         total.refunds,
         total.closures,
         total.notifications,
+        total.grant_notices,
+        total.swept_grant_notices,
         total.acks,
         total.reopens,
         total.crashes,
@@ -126,6 +128,10 @@ fn seeded(run: fn(&[u8]) -> model::RunStats, mode: &str, default_secs: u64) {
     assert!(
         total.notifications > 0 && total.acks > 0,
         "alerts and acks unreached"
+    );
+    assert!(
+        total.swept_grant_notices > 0 && total.grant_notices > total.swept_grant_notices,
+        "grant notices unreached (from the sweep, or at once): {total:?}"
     );
 }
 

@@ -166,16 +166,20 @@ pub(super) fn accumulate(
         (TxnKind::Adjustment, true) => Some(&mut r.adjusted_out_credits),
         // A notification moves nothing; what expired or was voided is kept in the grant
         // book, beside the workspace record, and checked with the grants.
-        (TxnKind::BalanceLow | TxnKind::Expiration | TxnKind::Void, _) => None,
+        (TxnKind::BalanceLow | TxnKind::GrantExpiring | TxnKind::Expiration | TxnKind::Void, _) => {
+            None
+        }
     };
     if let Some(total) = total {
         *total += u128::from(a);
     }
     if rec.kind.is_notification() {
-        // A notification moves nothing, and says a balance was below its threshold.
-        let below = rec
-            .alert_threshold()
-            .is_some_and(|t| rec.balance_after_credits < t);
+        // A notification moves nothing; a balance alert says a balance was below its
+        // threshold (a grant notice is checked against its grant with the grants).
+        let below = rec.kind == TxnKind::GrantExpiring
+            || rec
+                .alert_threshold()
+                .is_some_and(|t| rec.balance_after_credits < t);
         if a != 0 || rec.debit || !below {
             report.add(
                 Invariant::BalanceArithmetic,

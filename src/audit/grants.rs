@@ -6,10 +6,10 @@
 //! grant indexes the set of open lots. Memory: one entry per grant lot of the page of
 //! workspaces the pass checks (see [`Page`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
-use redb::{ReadTransaction, ReadableTableMetadata};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::{AuditReport, Invariant, Page};
 use crate::engine::grants::carried_over_id;
@@ -75,6 +75,10 @@ pub(super) struct GrantAudit {
     /// Expired and voided credits per workspace, from the log.
     lost: HashMap<String, (u128, u128)>,
     allocations: Option<redb::ReadOnlyTable<u64, &'static [u8]>>,
+    /// The grants (workspace, grant id) a `GrantExpiring` notice was written for.
+    noticed: HashSet<(String, String)>,
+    /// The workspaces this audit of the grants checks.
+    page: Page,
     pub lots: u64,
 }
 
@@ -159,6 +163,8 @@ impl GrantAudit {
             carried,
             sim: BTreeMap::new(),
             lost: HashMap::new(),
+            noticed: HashSet::new(),
+            page: page.clone(),
             allocations: tables::open_optional(rtx, tables::ALLOCATIONS)?,
         })
     }
@@ -228,7 +234,52 @@ impl GrantAudit {
             (TxnKind::Usage | TxnKind::Adjustment, _) => self.on_debit(report, rec),
             (TxnKind::Refund, _) => self.on_refund(report, rec),
             (TxnKind::Expiration | TxnKind::Void, _) => self.on_close(report, rec),
+            (TxnKind::GrantExpiring, _) => self.on_notice(report, rec),
             _ => {}
+        }
+    }
+
+    /// A `GrantExpiring` notice: the first for its grant, which was spendable then, with
+    /// exactly the credits and the expiry it names.
+    fn on_notice(&mut self, report: &mut AuditReport, rec: &TxnRecord) {
+        let ws = rec.workspace.as_str();
+        let mut bad = |detail: String| {
+            report.add(Invariant::GrantNotice, detail, vec![rec.id], None, Some(ws));
+        };
+        let entries = match &self.allocations {
+            Some(t) => tables::get_allocations(t, rec.id).ok().flatten(),
+            None => None,
+        };
+        let Some(e) = entries.and_then(|a| match a.entries.as_slice() {
+            [e] if e.lot == 0 => Some(e.clone()),
+            _ => None,
+        }) else {
+            bad(format!("#{}: a grant notice that names no grant", rec.id));
+            return;
+        };
+        if !self.noticed.insert((ws.to_string(), e.grant_id.clone())) {
+            bad(format!(
+                "#{}: a second notice for grant `{}`",
+                rec.id, e.grant_id
+            ));
+        }
+        match self.sim.get(&key_of(ws, &e)) {
+            Some(s)
+                if s.spendable(rec.at_ms)
+                    && s.remaining > 0
+                    && s.remaining == i128::from(e.credits)
+                    && s.expires.is_some()
+                    && s.expires == e.expires_at_ms => {}
+            s => bad(format!(
+                "#{}: says grant `{}` holds {} credits expiring at {:?}, but it held {:?}, expiring at {:?}, spendable then: {:?}",
+                rec.id,
+                e.grant_id,
+                e.credits,
+                e.expires_at_ms,
+                s.map(|s| s.remaining),
+                s.and_then(|s| s.expires),
+                s.map(|s| s.spendable(rec.at_ms)),
+            )),
         }
     }
 
@@ -574,6 +625,31 @@ impl GrantAudit {
                     None,
                     Some(ws),
                 );
+            }
+        }
+        if let Some(t) = tables::open_optional(rtx, tables::GRANT_NOTICES)? {
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let (due_ms, ws, id) = k.value();
+                if !self.page.contains(ws) {
+                    continue;
+                }
+                let expires_ms = v.value();
+                let lot0 = self.stored.get(&(ws.to_string(), id.to_string(), 0));
+                let fits = lot0.is_some_and(|g| g.expires_at_ms == Some(expires_ms))
+                    && due_ms < expires_ms
+                    && !self.noticed.contains(&(ws.to_string(), id.to_string()));
+                if !fits {
+                    report.add(
+                        Invariant::GrantNotice,
+                        format!(
+                            "grant_notices entry ({due_ms}, {ws}, {id}) -> {expires_ms} names no grant expiring then, is not due before it, or its grant already has its notice"
+                        ),
+                        lot0.map(|g| vec![g.source_txn]).unwrap_or_default(),
+                        None,
+                        Some(ws),
+                    );
+                }
             }
         }
         Ok(())

@@ -88,6 +88,11 @@ pub enum Invariant {
     ExpirationAmount,
     /// The grant indexes (`grant_order`, `grant_expiries`) and the open grant lots differ.
     GrantIndex,
+    /// A `GrantExpiring` notice is a second one for its grant, or not for a grant that was
+    /// spendable with credits left when it was written, or not for exactly what it held and
+    /// when it expires; or the notice index (`grant_notices`) names a grant that does not
+    /// expire when it says, is due at or after that expiry, or already has its notice.
+    GrantNotice,
 }
 
 /// A part of the file the audit could not check, because the storage engine (redb) failed on
@@ -315,6 +320,7 @@ fn pass(
 /// The workspaces one pass of the audit checks: those after `after`, up to and including
 /// `upto`, in key order (`None`: unbounded on that side). The pages of one audit cover every
 /// string, so a transaction of a workspace that has no record still falls in one of them.
+#[derive(Clone)]
 pub(crate) struct Page {
     after: Option<String>,
     upto: Option<String>,

@@ -2,7 +2,7 @@
 
 use redb::ReadableTable;
 
-use super::{grants, Ctx};
+use super::{grants, notify, Ctx};
 use crate::error::{Error, InvalidInput};
 use crate::model::limits::MAX_MEMO_BYTES;
 use crate::model::records::{AllocationRecord, GrantRecord, TxnRecord, WorkspaceRecord};
@@ -318,7 +318,7 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
             } else {
                 m.memo.to_string()
             };
-            grants::create(
+            let grant = grants::create(
                 ctx,
                 m.workspace,
                 m.key,
@@ -329,6 +329,7 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
                 effective,
                 expires,
             )?;
+            notify::schedule_grant_notice(ctx, &grant)?;
         }
     }
     let r = ctx.idempotency.insert(m.key, rec.id).map(drop);

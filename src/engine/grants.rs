@@ -86,6 +86,7 @@ pub(super) fn ensure_book(
 }
 
 /// Create lot 0 of a new grant of `amount_credits`, credited by transaction `source_txn`.
+/// Returns the lot written.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn create(
     ctx: &mut Ctx<'_>,
@@ -97,7 +98,7 @@ pub(super) fn create(
     priority: u32,
     effective_at_ms: Option<u64>,
     expires_at_ms: Option<u64>,
-) -> Result<(), Error> {
+) -> Result<GrantRecord, Error> {
     let rec = GrantRecord {
         id: id.to_string(),
         lot: 0,
@@ -114,7 +115,8 @@ pub(super) fn create(
         grace_lots: 0,
         closed: None,
     };
-    ctx.put_grant(None, &rec)
+    ctx.put_grant(None, &rec)?;
+    Ok(rec)
 }
 
 /// Lot 0 of grant `id`, as this transaction sees it.

@@ -68,6 +68,9 @@ pub(crate) struct EngineConfig {
     /// How long credits a refund gives back to an expired (or soon expiring) grant stay
     /// spendable: [`Options::refund_grace_ms`](crate::Options::refund_grace_ms).
     pub refund_grace_ms: u64,
+    /// How long before its expiry a grant gets its `GrantExpiring` notice (`None`: never):
+    /// [`Options::grant_expiring_notice_ms`](crate::Options::grant_expiring_notice_ms).
+    pub grant_expiring_notice_ms: Option<u64>,
     /// Whether the batch's time came from a clock the write path trusts.
     pub clock: ClockCheck,
 }
@@ -230,12 +233,11 @@ impl<'txn> FeedTables<'txn> {
     /// Open the tables if the file has them (schema 2 and later); a version 1 file has none,
     /// and opening them in a write transaction would create them, changing every write of a
     /// file that never uses them.
-    fn open_existing(txn: &'txn WriteTransaction) -> Result<Option<Self>, Error> {
-        let version = txn
-            .open_table(tables::META)?
-            .get(tables::META_SCHEMA_KEY)?
-            .and_then(|v| v.value().first().copied());
-        if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+    fn open_existing(
+        txn: &'txn WriteTransaction,
+        version: Option<u8>,
+    ) -> Result<Option<Self>, Error> {
+        if version.is_some_and(|v| v >= tables::GRANTS_SCHEMA_VERSION) {
             Self::open(txn).map(Some)
         } else {
             Ok(None)
@@ -255,8 +257,10 @@ impl<'txn> FeedTables<'txn> {
     fn create(txn: &'txn WriteTransaction) -> Result<Self, Error> {
         txn.open_table(tables::META)?
             .insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
-        // The version recorded promises every table of it, the grant tables included.
+        // The version recorded promises every table of it, the grant and notice tables
+        // included.
         GrantTables::open(txn)?;
+        txn.open_table(tables::GRANT_NOTICES)?;
         Self::open(txn)
     }
 }
@@ -300,6 +304,9 @@ pub(crate) struct Ctx<'txn> {
     feed: Option<FeedTables<'txn>>,
     /// `None` only in a file from before schema 3 and a batch of acks and alerts alone.
     grant_tables: Option<GrantTables<'txn>>,
+    /// `None` in a file from before schema 4 until a grant gets a notice entry: see
+    /// [`Ctx::notices_mut`].
+    notices: Option<Table<'txn, tables::NoticeKey<'static>, u64>>,
     txn: &'txn WriteTransaction,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.
@@ -335,12 +342,23 @@ impl<'txn> Ctx<'txn> {
         config: EngineConfig,
         grants: bool,
     ) -> Result<Self, Error> {
-        let mut feed = FeedTables::open_existing(txn)?;
+        let version = txn
+            .open_table(tables::META)?
+            .get(tables::META_SCHEMA_KEY)?
+            .and_then(|v| v.value().first().copied());
+        let mut feed = FeedTables::open_existing(txn, version)?;
+        let mut has_notices = version.is_some_and(|v| v >= tables::SCHEMA_VERSION);
         let grant_tables = if feed.is_some() {
             Some(GrantTables::open(txn)?)
         } else if grants {
             feed = Some(FeedTables::create(txn)?);
+            has_notices = true;
             Some(GrantTables::open(txn)?)
+        } else {
+            None
+        };
+        let notices = if has_notices {
+            Some(txn.open_table(tables::GRANT_NOTICES)?)
         } else {
             None
         };
@@ -353,6 +371,7 @@ impl<'txn> Ctx<'txn> {
             idempotency: txn.open_table(tables::IDEMPOTENCY)?,
             feed,
             grant_tables,
+            notices,
             txn,
             state,
             now_ms,
@@ -404,6 +423,30 @@ impl<'txn> Ctx<'txn> {
             .expect("invariant: a batch that moves credits opens the grant tables")
     }
 
+    /// The pending-notice index, if the file has it yet.
+    pub fn notices(&self) -> Option<&Table<'txn, tables::NoticeKey<'static>, u64>> {
+        self.notices.as_ref()
+    }
+
+    /// The pending-notice index, created in a file from before schema 4 (which then records
+    /// version 4, so that a build that cannot read `GrantExpiring` records refuses the file
+    /// with a clear error instead of failing to decode them). Call only to write to it.
+    pub fn notices_mut(
+        &mut self,
+    ) -> Result<&mut Table<'txn, tables::NoticeKey<'static>, u64>, Error> {
+        if self.notices.is_none() {
+            self.dirty = true;
+            let created = (|| -> Result<_, Error> {
+                self.txn
+                    .open_table(tables::META)?
+                    .insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+                Ok(self.txn.open_table(tables::GRANT_NOTICES)?)
+            })();
+            self.notices = Some(created.inspect_err(|_| self.broken = true)?);
+        }
+        Ok(self.notices.as_mut().expect("invariant: just opened"))
+    }
+
     /// The consumers and alerts tables, if the file has them yet.
     pub fn existing_feed_tables(&self) -> Option<&FeedTables<'txn>> {
         self.feed.as_ref()
@@ -419,18 +462,19 @@ impl<'txn> Ctx<'txn> {
         Ok(self.feed.as_mut().expect("invariant: just opened"))
     }
 
-    /// The earliest running deadline or pending grant expiry, read from the two indexes: the
-    /// time the sweeper next has work.
+    /// The earliest running deadline, pending grant expiry or due grant notice, read from the
+    /// three indexes: the time the sweeper next has work.
     pub fn earliest_deadline(&self) -> Result<Option<u64>, Error> {
         let deadline = self.deadlines.first()?.map(|(k, _)| k.value().0);
         let expiry = match &self.grant_tables {
             Some(g) => g.expiries.first()?.map(|(k, _)| k.value().0),
             None => None,
         };
-        Ok(match (deadline, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        let notice = match &self.notices {
+            Some(t) => t.first()?.map(|(k, _)| k.value().0),
+            None => None,
+        };
+        Ok([deadline, expiry, notice].into_iter().flatten().min())
     }
 
     /// A workspace's grant book as this transaction sees it; `None` for a workspace written

@@ -1,15 +1,17 @@
-//! The sweep: refund every running generation whose deadline has passed, then write an
-//! Expiration for every grant lot whose expiry has passed.
+//! The sweep: refund every running generation whose deadline has passed, then write the
+//! `GrantExpiring` notices that are due, then an Expiration for every grant lot whose expiry
+//! has passed.
 //!
-//! It reads the `deadlines` and `grant_expiries` indexes from their start up to `now`, so its
-//! cost is O(expired · log n) however many generations are running or grants are held.
+//! It reads the `deadlines`, `grant_notices` and `grant_expiries` indexes from their start up
+//! to `now`, so its cost is O(due · log n) however many generations are running or grants are
+//! held.
 //! Neither is needed for correctness: a deadline or an expiry takes effect at its time whether
 //! or not a sweep ran (lazy expiry); the sweep only writes the transactions that show it.
 
 use redb::ReadableTable;
 
 use super::generation::refund;
-use super::{grants, Ctx};
+use super::{grants, notify, Ctx};
 use crate::error::Error;
 use crate::model::limits::MAX_SWEEP_LIMIT;
 use crate::model::records::GenState;
@@ -58,11 +60,27 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>, limit: u32) -> Result<SweepReport, Error>
             .refunds
             .push(refund(ctx, gen, RefundReason::Timeout, &message)?);
     }
-    let budget = limit as usize - report.refunds.len();
-    let mut lapsed: Vec<(u64, String, String, u32)> = Vec::new();
-    // With a clock the write path does not trust only refunds go ahead. Expirations can wait
-    // for a sweep with a good clock: a lapsed grant is not spendable either way.
+    let mut budget = limit as usize - report.refunds.len();
+    // With a clock the write path does not trust only refunds go ahead. Notices and
+    // expirations can wait for a sweep with a good clock: a lapsed grant is not spendable
+    // either way, and a notice due under a wrong clock could be early or late.
     let trusted = ctx.trust_clock().is_ok();
+    // Notices before expiries: a notice is due before its grant's expiry, so once every due
+    // notice is handled, no grant about to be expired here still has an entry.
+    if trusted && (budget > 0 || !report.more_expired) {
+        let mut due = notify::due_notices(ctx, budget)?;
+        if due.len() > budget {
+            report.more_expired = true;
+            due.truncate(budget);
+        }
+        budget -= due.len();
+        for entry in due {
+            if let Some(n) = notify::send_due_notice(ctx, entry)? {
+                report.notices.push(n);
+            }
+        }
+    }
+    let mut lapsed: Vec<(u64, String, String, u32)> = Vec::new();
     if trusted && (budget > 0 || !report.more_expired) {
         for entry in ctx.gt().expiries.range::<(u64, &str, &str, u32)>(..)? {
             let (key, _) = entry?;

@@ -73,6 +73,7 @@ fn replay(
         let config = EngineConfig {
             default_timeout_ms: batch.default_timeout_ms,
             refund_grace_ms: batch.refund_grace_ms,
+            grant_expiring_notice_ms: batch.grant_expiring_notice_ms,
             clock: ClockCheck::Trusted,
         };
         let applied = engine::run(txn, state, batch.now_ms, config, &batch.ops)?;
@@ -221,6 +222,7 @@ fn replay_pending(
         let config = EngineConfig {
             default_timeout_ms: 0,
             refund_grace_ms: 0,
+            grant_expiring_notice_ms: None,
             clock: ClockCheck::Trusted,
         };
         engine::note_every_workspace(&txn, state, at_ms, config, JOURNAL_DISCARDED_TITLE, &memo)?;

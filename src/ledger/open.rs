@@ -706,6 +706,7 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             txn.open_table(tables::IDEMPOTENCY)?;
             txn.open_table(tables::CONSUMERS)?;
             crate::engine::GrantTables::open(&txn)?;
+            txn.open_table(tables::GRANT_NOTICES)?;
             txn.open_table(tables::ALERTS)?;
         }
         txn.commit()?;
@@ -741,10 +742,10 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
-    // A version 1 file lacks the consumers and alerts tables, and a file before version 3
-    // the grant tables: opening never writes, so its first write creates them and records
+    // A version 1 file lacks the consumers and alerts tables, a file before version 3 the
+    // grant tables, and one before version 4 the notice index: opening never writes, so its first write creates them and records
     // the current version (see `engine::Ctx::open`), and reads take a missing table as empty.
-    if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+    if version.is_some_and(|v| v >= tables::GRANTS_SCHEMA_VERSION) {
         check!(
             tables::GRANTS,
             tables::GRANT_ORDER,
@@ -752,6 +753,9 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             tables::ALLOCATIONS,
             tables::GRANT_BOOKS
         );
+    }
+    if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+        check!(tables::GRANT_NOTICES);
     }
     txn.abort()?;
     Ok(())

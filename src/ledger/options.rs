@@ -7,7 +7,8 @@ use crate::error::InvalidInput;
 use crate::model::limits::{
     DEFAULT_MAX_CLOCK_AHEAD_MS, DEFAULT_MAX_CLOCK_REGRESSION_MS, DEFAULT_REFUND_GRACE_MS,
     DEFAULT_TIMEOUT_MS, MAX_CACHE_SIZE_BYTES, MAX_CLOCK_AHEAD_MS, MAX_CLOCK_REGRESSION_MS,
-    MAX_REFUND_GRACE_MS, MAX_TIMEOUT_MS, MIN_CACHE_SIZE_BYTES, MIN_CLOCK_AHEAD_MS, MIN_TIMEOUT_MS,
+    MAX_GRANT_EXPIRING_NOTICE_MS, MAX_REFUND_GRACE_MS, MAX_TIMEOUT_MS, MIN_CACHE_SIZE_BYTES,
+    MIN_CLOCK_AHEAD_MS, MIN_GRANT_EXPIRING_NOTICE_MS, MIN_TIMEOUT_MS,
 };
 
 /// When a write is acknowledged.
@@ -112,6 +113,25 @@ pub struct Options {
     /// that has expired, or expires before the refund's time plus this grace, they go into a
     /// *grace lot* of that grant, spendable until then, and expire on their own after it.
     pub refund_grace_ms: u64,
+    /// How long before a grant expires its workspace is told, by one `GrantExpiring`
+    /// notification in the log ([`TxnKind::GrantExpiring`](crate::TxnKind::GrantExpiring)),
+    /// [`MIN_GRANT_EXPIRING_NOTICE_MS`] (1 min) to [`MAX_GRANT_EXPIRING_NOTICE_MS`] (400 days);
+    /// `None`, the default, writes no notices.
+    ///
+    /// A grant's notice time is fixed when it is credited, with the window in force then
+    /// (like a generation's deadline with the default timeout): reopening with another
+    /// window moves the notices of grants credited afterwards, never of those already held,
+    /// so a journal replay or a restart never writes a notice twice or drops one. It is
+    /// ledger-wide, not a term of each credit, because it is a policy of how users are told,
+    /// not of how credits are spent: a credit's terms are part of its idempotency check.
+    ///
+    /// The notice is written once per grant, at its expiry minus this window (or when the
+    /// grant starts, if that is later) by the sweep, or at once by the credit itself when
+    /// that time has already come. It is written only if the grant is spendable with credits
+    /// left then, and says how many: a grant spent to 0, voided or already expired at that
+    /// moment gets none, and a grace part of a refund gets none of its own. See README,
+    /// "Grant expiry notices".
+    pub grant_expiring_notice_ms: Option<u64>,
     /// The operator's explicit recovery: open a ledger whose journal cannot be replayed
     /// (missing, another copy's, damaged, or failing its proof) by discarding what cannot be
     /// replayed. Default: off, and then nothing is ever discarded: such an open fails with
@@ -143,6 +163,7 @@ impl Default for Options {
             sweep_on_open: true,
             journal: true,
             refund_grace_ms: DEFAULT_REFUND_GRACE_MS,
+            grant_expiring_notice_ms: None,
             discard_journal: false,
         }
     }
@@ -158,6 +179,13 @@ impl Options {
     /// Use this refund grace (see [`Options::refund_grace_ms`]).
     pub fn refund_grace_ms(mut self, grace_ms: u64) -> Self {
         self.refund_grace_ms = grace_ms;
+        self
+    }
+
+    /// Write a `GrantExpiring` notice this long before each grant's expiry (`None`: none);
+    /// see [`Options::grant_expiring_notice_ms`].
+    pub fn grant_expiring_notice_ms(mut self, notice_ms: Option<u64>) -> Self {
+        self.grant_expiring_notice_ms = notice_ms;
         self
     }
 
@@ -241,6 +269,15 @@ impl Options {
             MAX_REFUND_GRACE_MS,
             "ms",
         )?;
+        if let Some(notice_ms) = self.grant_expiring_notice_ms {
+            range(
+                "grant_expiring_notice_ms",
+                notice_ms,
+                MIN_GRANT_EXPIRING_NOTICE_MS,
+                MAX_GRANT_EXPIRING_NOTICE_MS,
+                "ms",
+            )?;
+        }
         if let Some(ahead_ms) = self.max_clock_ahead_ms {
             range(
                 "max_clock_ahead_ms",

@@ -35,12 +35,17 @@ impl Ledger {
                 .open_table(tables::DEADLINES)?
                 .first()?
                 .map_or(NO_DEADLINE, |(k, _)| k.value().0);
-            // The sweep also expires grants: wake it for the first pending expiry too.
+            // The sweep also expires grants and writes their notices: wake it for the first
+            // pending expiry or due notice too.
             let expiry = match tables::open_optional(&rtx, tables::GRANT_EXPIRIES)? {
                 Some(t) => t.first()?.map_or(NO_DEADLINE, |(k, _)| k.value().0),
                 None => NO_DEADLINE,
             };
-            Ok((state, deadline.min(expiry)))
+            let notice = match tables::open_optional(&rtx, tables::GRANT_NOTICES)? {
+                Some(t) => t.first()?.map_or(NO_DEADLINE, |(k, _)| k.value().0),
+                None => NO_DEADLINE,
+            };
+            Ok((state, deadline.min(expiry).min(notice)))
         })?;
         self.earliest_deadline_ms.store(earliest, Ordering::SeqCst);
         self.last_at_ms.store(state.last_at_ms, Ordering::SeqCst);
@@ -175,6 +180,7 @@ impl Ledger {
         let config = EngineConfig {
             default_timeout_ms: self.options.default_timeout_ms,
             refund_grace_ms: self.options.refund_grace_ms,
+            grant_expiring_notice_ms: self.options.grant_expiring_notice_ms,
             clock,
         };
         let applied = engine::run(&txn, state, now_ms, config, ops)?;
@@ -254,10 +260,10 @@ impl Ledger {
 ///   the epoch record. The batch needs no entry: redb holds it. This is the one durable redb
 ///   commit an epoch costs.
 /// - In an epoch, when the entry fits: append it and sync it (the commit point), then commit to
-///   redb without a sync. If the journal file turns out to have been deleted meanwhile (its
-///   link count is 0), the entry is durable nowhere a reopen would look: the batch is committed
-///   durably to redb instead, closing the epoch, before it is acknowledged; the next write
-///   starts a new epoch in a new file.
+///   redb without a sync. If the journal file turns out to have lost its name meanwhile
+///   (deleted, moved or replaced: `Journal::lost_name`), the entry is durable nowhere a
+///   reopen would look: the batch is committed durably to redb instead, closing the epoch,
+///   before it is acknowledged; the next write starts a new epoch in a new file.
 ///
 /// redb records the last entry it holds (`journal_seq`) in the batch's own transaction.
 fn commit_journaled(
@@ -270,7 +276,11 @@ fn commit_journaled(
 ) -> Result<()> {
     let payload = journal::encode_batch(
         now_ms,
-        (config.default_timeout_ms, config.refund_grace_ms),
+        (
+            config.default_timeout_ms,
+            config.refund_grace_ms,
+            config.grant_expiring_notice_ms,
+        ),
         ops,
         proof,
     );
@@ -312,11 +322,11 @@ fn commit_journaled(
     // commits without a sync, and only after the entry is durable, so no reader ever sees a
     // write that a crash could take back.
     journal.append(seq, &payload)?;
-    if journal.is_unlinked()? {
+    if journal.lost_name()? {
         tracing::warn!(
             journal = %journal.path().display(),
-            "the journal was deleted while the ledger is open; committing to the ledger file \
-             and starting a new journal"
+            "the journal was deleted, moved or replaced while the ledger is open; committing \
+             to the ledger file and starting a new journal"
         );
         tables::put_journal_epoch(&mut txn.open_table(tables::META)?, None)?;
         txn.set_quick_repair(true);

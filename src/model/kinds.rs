@@ -26,11 +26,16 @@ pub enum TxnKind {
     Expiration,
     /// What was left of a grant an operator voided (-).
     Void,
+    /// A notification, not a movement: a grant expires soon with credits left (see
+    /// [`Options::grant_expiring_notice_ms`](crate::Options::grant_expiring_notice_ms)). Its
+    /// amount is 0; its allocation names the grant, its expiry and the credits that lapse
+    /// then unless spent. Added last, so the records written before it keep their encoding.
+    GrantExpiring,
 }
 
 impl TxnKind {
     /// Every kind, in display order.
-    pub const ALL: [TxnKind; 8] = [
+    pub const ALL: [TxnKind; 9] = [
         TxnKind::Purchase,
         TxnKind::Grant,
         TxnKind::Usage,
@@ -39,11 +44,12 @@ impl TxnKind {
         TxnKind::BalanceLow,
         TxnKind::Expiration,
         TxnKind::Void,
+        TxnKind::GrantExpiring,
     ];
 
     /// True for notification records, which move no credits.
     pub fn is_notification(self) -> bool {
-        matches!(self, TxnKind::BalanceLow)
+        matches!(self, TxnKind::BalanceLow | TxnKind::GrantExpiring)
     }
 
     /// The lowercase name used by the CLI and JSON.
@@ -57,6 +63,7 @@ impl TxnKind {
             TxnKind::BalanceLow => "balance-low",
             TxnKind::Expiration => "expiration",
             TxnKind::Void => "void",
+            TxnKind::GrantExpiring => "grant-expiring",
         }
     }
 }
@@ -72,6 +79,7 @@ impl fmt::Display for TxnKind {
             TxnKind::BalanceLow => "Balance Low",
             TxnKind::Expiration => "Expiration",
             TxnKind::Void => "Void",
+            TxnKind::GrantExpiring => "Grant Expiring",
         })
     }
 }
@@ -87,7 +95,7 @@ impl FromStr for TxnKind {
                     field: "transaction type",
                     value: s.to_string(),
                     expected:
-                        "purchase, grant, usage, refund, adjustment, balance-low, expiration, void",
+                        "purchase, grant, usage, refund, adjustment, balance-low, expiration, void, grant-expiring",
                 })
             })
     }

@@ -82,6 +82,14 @@ pub const DEFAULT_REFUND_GRACE_MS: u64 = 24 * 60 * 60 * 1000;
 /// Longest refund grace: 30 days.
 pub const MAX_REFUND_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
+/// Shortest [`Options::grant_expiring_notice_ms`](crate::Options::grant_expiring_notice_ms):
+/// one minute. A shorter notice reaches nobody in time to spend the credits.
+pub const MIN_GRANT_EXPIRING_NOTICE_MS: u64 = 60 * 1000;
+
+/// Longest [`Options::grant_expiring_notice_ms`](crate::Options::grant_expiring_notice_ms):
+/// 400 days, more than a yearly grant's whole life.
+pub const MAX_GRANT_EXPIRING_NOTICE_MS: u64 = 400 * 24 * 60 * 60 * 1000;
+
 /// Most grants one [`Ledger::grants`](crate::Ledger::grants) call lists.
 pub const MAX_GRANTS_LISTED: usize = 10_000;
 /// Most named consumers of the change feed one ledger keeps a position for. Each is a row the

@@ -8,6 +8,7 @@ pub(crate) mod validate;
 
 pub use kinds::{CreditKind, MessageCategory, RefundReason, Status, TxnKind};
 pub use ops::{
-    AckReceipt, Adjust, AlertReceipt, Allocation, Charge, Completion, Credit, GrantClosure, Op,
-    Outcome, Receipt, RefundReceipt, StartGeneration, SweepReport, VoidGrant,
+    AckReceipt, Adjust, AlertReceipt, Allocation, Charge, Completion, Credit, GrantClosure,
+    GrantExpiringNotice, Op, Outcome, Receipt, RefundReceipt, StartGeneration, SweepReport,
+    VoidGrant,
 };

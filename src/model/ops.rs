@@ -365,16 +365,38 @@ pub struct GrantClosure {
     pub replay: bool,
 }
 
+/// A `GrantExpiring` notification: a grant expires soon with credits left (see
+/// [`Options::grant_expiring_notice_ms`](crate::Options::grant_expiring_notice_ms)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantExpiringNotice {
+    /// The notification's transaction.
+    pub txn_id: u64,
+    /// The workspace.
+    pub workspace: String,
+    /// The grant.
+    pub grant_id: String,
+    /// When the grant expires.
+    pub expires_at_ms: u64,
+    /// What the grant held when the notice was written: the credits that lapse at
+    /// `expires_at_ms` unless they are spent first.
+    pub expiring_credits: u64,
+    /// When it was written.
+    pub at_ms: u64,
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
     /// The refunds written, earliest deadline first.
     pub refunds: Vec<RefundReceipt>,
+    /// The `GrantExpiring` notices written, earliest due first.
+    pub notices: Vec<GrantExpiringNotice>,
     /// The Expirations written for grants whose expiry passed, earliest first.
     pub expirations: Vec<GrantClosure>,
     /// True when more generations or grants had expired than the limit allowed: sweep again.
     pub more_expired: bool,
-    /// The earliest deadline still running, or grant expiry still pending, after this sweep.
+    /// The earliest deadline still running, grant expiry still pending or grant notice still
+    /// due, after this sweep.
     pub next_deadline_ms: Option<u64>,
 }
 

@@ -118,7 +118,8 @@ pub(crate) fn generation_view(
 }
 
 /// Build the view of a stored transaction, looking up its generation for a Usage and the
-/// grant lots it moved for a Usage, Refund, Expiration, Void or negative Adjustment.
+/// grant lots it moved for a Usage, Refund, Expiration, Void or negative Adjustment (and the
+/// grant a `GrantExpiring` notice is about).
 pub(crate) fn view_of(
     gens: &impl ReadableTable<&'static str, &'static [u8]>,
     allocs: Option<&impl ReadableTable<u64, &'static [u8]>>,
@@ -128,8 +129,10 @@ pub(crate) fn view_of(
         (Some(g), TxnKind::Usage) => tables::get_generation(gens, g)?,
         _ => None,
     };
-    let allocations = match allocs {
-        Some(allocs) if rec.debit || rec.kind == TxnKind::Refund => {
+    let allocations: Vec<crate::model::Allocation> = match allocs {
+        Some(allocs)
+            if rec.debit || matches!(rec.kind, TxnKind::Refund | TxnKind::GrantExpiring) =>
+        {
             tables::get_allocations(allocs, rec.id)?
                 .map(|a| a.entries.iter().map(|e| e.public()).collect())
                 .unwrap_or_default()
@@ -137,6 +140,14 @@ pub(crate) fn view_of(
         _ => Vec::new(),
     };
     let mut view = TransactionView::new(rec, gen.as_ref());
+    if let (TxnKind::GrantExpiring, [a]) = (view.kind, allocations.as_slice()) {
+        let n = a.credits;
+        view.action = format!(
+            "{n} {} of {} expire unless spent",
+            if n == 1 { "credit" } else { "credits" },
+            view.title
+        );
+    }
     view.allocations = allocations;
     Ok(view)
 }

@@ -233,7 +233,9 @@ pub struct TransactionView {
     pub idempotency_key: Option<String>,
     /// The grants this transaction moved credits from or to: for a Usage (or a negative
     /// Adjustment) which grants paid, in drawdown order; for a Refund where each part went
-    /// back, and until when it is spendable; for an Expiration or a Void what was closed.
+    /// back, and until when it is spendable; for an Expiration or a Void what was closed; for
+    /// a `GrantExpiring` notification the grant, the credits it held when the notice was
+    /// written, and its expiry (`spendable_until_ms`).
     pub allocations: Vec<Allocation>,
     /// For a Refund written while the ledger did not trust the clock (far behind the log, or
     /// far ahead of the wall clock): what the clock read. The refund went ahead anyway, as
@@ -280,6 +282,8 @@ impl TransactionView {
             TxnKind::Adjustment => format!("Adjusted +{n} {}", plural(n)),
             TxnKind::Expiration => format!("Expired {n} {} of {}", plural(n), r.title),
             TxnKind::Void => format!("Voided {n} {} of {}", plural(n), r.title),
+            // The credits are in the allocation, which `query::view_of` reads and words.
+            TxnKind::GrantExpiring => format!("{} expires soon", r.title),
             TxnKind::BalanceLow => match r.alert_threshold() {
                 Some(t) => format!("Balance fell below {t} {}", plural(t)),
                 None => "Balance fell below the alert threshold".to_string(),

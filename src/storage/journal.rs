@@ -43,7 +43,7 @@
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::model::Op;
 use crate::storage::codec::{self, MAX_JOURNAL_PAYLOAD_BYTES};
+use crate::storage::journal_watch::NameWatch;
 
 /// Entries start on this boundary: one page, the unit the disk writes atomically at best.
 pub(crate) const BLOCK_BYTES: u64 = 4096;
@@ -99,6 +100,8 @@ pub(crate) struct Batch {
     pub default_timeout_ms: u64,
     /// The ledger's refund grace when it ran.
     pub refund_grace_ms: u64,
+    /// The ledger's grant notice window when it ran (`None`: off).
+    pub grant_expiring_notice_ms: Option<u64>,
     pub ops: Vec<Op>,
     pub proof: Proof,
 }
@@ -108,6 +111,7 @@ struct BatchRef<'a> {
     now_ms: u64,
     default_timeout_ms: u64,
     refund_grace_ms: u64,
+    grant_expiring_notice_ms: Option<u64>,
     ops: &'a [Op],
     proof: &'a Proof,
 }
@@ -115,7 +119,7 @@ struct BatchRef<'a> {
 /// Encode a batch as a journal payload.
 pub(crate) fn encode_batch(
     now_ms: u64,
-    (default_timeout_ms, refund_grace_ms): (u64, u64),
+    (default_timeout_ms, refund_grace_ms, grant_expiring_notice_ms): (u64, u64, Option<u64>),
     ops: &[Op],
     proof: &Proof,
 ) -> Vec<u8> {
@@ -123,6 +127,7 @@ pub(crate) fn encode_batch(
         now_ms,
         default_timeout_ms,
         refund_grace_ms,
+        grant_expiring_notice_ms,
         ops,
         proof,
     })
@@ -157,10 +162,12 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
 }
 
 /// Open the journal file for writing, creating it if needed, and lock it: used when the
-/// ledger's own locked handle is gone (the file was deleted under it). The one place the write
-/// side opens the file by name; see [`super::journal_file`] for the rules.
-fn open_for_writing(path: &Path) -> Result<File, Error> {
-    use super::journal_file::{lock_exclusive, open_checked, Access};
+/// ledger's own locked handle is gone (the file was deleted, moved or replaced under it). The
+/// one place the write side opens the file by name; see [`super::journal_file`] for the rules.
+/// A file found there (someone renamed theirs over the journal) is used only if it is empty or
+/// this ledger's own, `ledger_id`'s: anything else is [`Error::ForeignFile`], left untouched.
+fn open_for_writing(path: &Path, ledger_id: u64) -> Result<File, Error> {
+    use super::journal_file::{check_owner, lock_exclusive, open_checked, Access};
     let file = match open_checked(path, Access::Write, false)? {
         Some(f) => f,
         None => match open_checked(path, Access::Write, true)? {
@@ -174,6 +181,7 @@ fn open_for_writing(path: &Path) -> Result<File, Error> {
             })?,
         },
     };
+    check_owner(&file, path, Some(ledger_id))?;
     lock_exclusive(&file, path, path)?;
     Ok(file)
 }
@@ -472,10 +480,11 @@ pub(crate) fn read_pending(
 #[derive(Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
-    /// The ledger's locked journal file (see [`super::journal_file`]); `None` for a journal
+    /// The ledger's locked journal file (see [`super::journal_file`]) and the watch that
+    /// notices when it loses its name; `None` for a journal
     /// made without one, or after the file was deleted under the ledger, until the next epoch
     /// opens it by name.
-    file: Option<File>,
+    file: Option<(File, NameWatch)>,
     ledger_id: u64,
     /// The open epoch, if any: its id. Only then does an append count.
     epoch: Option<u64>,
@@ -511,8 +520,15 @@ impl Journal {
             .map_err(|e| io_error(&self.path, "cannot read its size", e))?
             .len();
         self.allocated_bytes = len - len % BLOCK_BYTES;
-        self.file = Some(file);
+        self.adopt(file)?;
         Ok(self)
+    }
+
+    /// Write into `file` from now on, and watch its name.
+    fn adopt(&mut self, file: File) -> Result<(), Error> {
+        let watch = NameWatch::new(&self.path, &file)?;
+        self.file = Some((file, watch));
+        Ok(())
     }
 
     /// The file's path.
@@ -548,13 +564,13 @@ impl Journal {
         let epoch = random_id();
         let header = epoch_header(self.ledger_id, epoch, self.next_seq());
         if self.file.is_none() {
-            let file = open_for_writing(&self.path)?;
+            let file = open_for_writing(&self.path, self.ledger_id)?;
             let len = file
                 .metadata()
                 .map_err(|e| io_error(&self.path, "cannot read its size", e))?
                 .len();
             self.allocated_bytes = len - len % BLOCK_BYTES;
-            self.file = Some(file);
+            self.adopt(file)?;
             // The file's name must be durable before an entry in it is acknowledged.
             super::sync_folder_of(&self.path)
                 .map_err(|e| io_error(&self.path, "cannot sync its folder", e))?;
@@ -600,7 +616,7 @@ impl Journal {
     /// Delete the file, if this ledger created or used it: for a clean close, after a
     /// checkpoint closed the epoch. The next open starts a new journal.
     pub fn remove(self) -> Result<(), Error> {
-        let Some(file) = self.file else {
+        let Some((file, _)) = self.file else {
             return Ok(());
         };
         drop(file);
@@ -608,7 +624,7 @@ impl Journal {
     }
 
     /// Append entry `seq` of the open epoch and sync it. When this returns `Ok`, the entry
-    /// survives a crash, unless [`Self::is_unlinked`].
+    /// survives a crash, unless [`Self::lost_name`].
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), Error> {
         assert_eq!(seq, self.next_seq(), "journal entries are consecutive");
         assert!(
@@ -650,21 +666,29 @@ impl Journal {
         Ok(())
     }
 
-    /// Whether the open file has no name any more (someone deleted it while the ledger runs):
-    /// an entry synced into it is then durable nowhere a reopen would look.
-    pub fn is_unlinked(&self) -> Result<bool, Error> {
-        let meta = self
-            .file()?
-            .metadata()
-            .map_err(|e| io_error(&self.path, "cannot stat it", e))?;
-        Ok(meta.nlink() == 0)
+    /// Whether the open file lost its name (someone deleted it, renamed it away or replaced it
+    /// while the ledger runs): an entry synced into it is then durable nowhere a reopen would
+    /// look. Asked after each sync; usually one `read` of an inotify descriptor that finds
+    /// nothing (see [`super::journal_watch`]).
+    pub fn lost_name(&mut self) -> Result<bool, Error> {
+        match &mut self.file {
+            Some((file, watch)) => watch.lost_name(file),
+            None => Err(self.no_file()),
+        }
     }
 
     /// The open file: there is one once an epoch header was written.
     fn file(&self) -> Result<&File, Error> {
-        self.file.as_ref().ok_or_else(|| Error::Storage {
+        self.file
+            .as_ref()
+            .map(|(f, _)| f)
+            .ok_or_else(|| self.no_file())
+    }
+
+    fn no_file(&self) -> Error {
+        Error::Storage {
             message: format!("journal `{}` has no file", self.path.display()),
-        })
+        }
     }
 
     /// Make sure the first `end` bytes are allocated.
@@ -707,7 +731,12 @@ mod tests {
         let epoch = j.write_epoch_header().unwrap();
         j.open_epoch(epoch);
         for seq in first..=last {
-            let payload = encode_batch(seq * 10, (5, 5), &ops(seq as usize % 3 + 1), &proof(seq));
+            let payload = encode_batch(
+                seq * 10,
+                (5, 5, None),
+                &ops(seq as usize % 3 + 1),
+                &proof(seq),
+            );
             j.append(seq, &payload).unwrap();
         }
         let expect = Expected {
@@ -834,7 +863,7 @@ mod tests {
         j.close_epoch();
         let epoch = j.write_epoch_header().unwrap();
         j.open_epoch(epoch);
-        j.append(5, &encode_batch(50, (5, 5), &ops(1), &proof(5)))
+        j.append(5, &encode_batch(50, (5, 5, None), &ops(1), &proof(5)))
             .unwrap();
         let expect = Expected {
             ledger_id: 7,
@@ -844,9 +873,9 @@ mod tests {
         };
         // Entries 2..4 of the old epoch are still in blocks 2..4: they end the chain.
         assert_eq!(read(&path, &expect).unwrap(), vec![5]);
-        assert!(!j.is_unlinked().unwrap());
+        assert!(!j.lost_name().unwrap());
         std::fs::remove_file(&path).unwrap();
-        assert!(j.is_unlinked().unwrap());
+        assert!(j.lost_name().unwrap());
     }
 
     #[test]

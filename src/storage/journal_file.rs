@@ -125,6 +125,37 @@ pub(crate) fn lock_exclusive(file: &File, path: &Path, shown: &Path) -> Result<(
     }
 }
 
+/// Fail with [`Error::ForeignFile`] unless `file` (open at `path`, at its start) is empty, all
+/// zeros, or starts with an entry of the ledger `ledger_id` (`None`: a ledger that never wrote
+/// a journal, so any content is someone else's).
+pub(crate) fn check_owner(file: &File, path: &Path, ledger_id: Option<u64>) -> Result<(), Error> {
+    let mut first = Vec::with_capacity(journal::BLOCK_BYTES as usize);
+    file.take(journal::BLOCK_BYTES)
+        .read_to_end(&mut first)
+        .map_err(|e| io_error(path, "cannot read it", e))?;
+    if first.iter().all(|&b| b == 0) {
+        return Ok(());
+    }
+    match (journal::owner(&first), ledger_id) {
+        (Owner::Cut, _) => Ok(()),
+        (Owner::Ledger(found), Some(id)) if found == id => Ok(()),
+        (Owner::Ledger(_), _) => Err(foreign(
+            path,
+            "it is the journal of another ledger; move it away, or open the ledger it \
+             belongs to",
+        )),
+        (Owner::Foreign, _) => Err(foreign(
+            path,
+            format!(
+                "it is not a credit-ledger journal ({} bytes, starting {:02x?}); it may be \
+                 another program's file: move it away or rename the ledger",
+                file.metadata().map_or(0, |m| m.len()),
+                &first[..first.len().min(8)]
+            ),
+        )),
+    }
+}
+
 impl JournalFile {
     /// Open and lock the journal of the ledger whose canonical path is `ledger`. With
     /// [`Access::Write`] the file is created when missing; with [`Access::Read`] a missing
@@ -227,32 +258,7 @@ impl JournalFile {
     /// entry of the ledger `ledger_id` (`None`: a ledger that never wrote a journal, so any
     /// content is someone else's).
     pub fn check_owner(&self, ledger_id: Option<u64>) -> Result<(), Error> {
-        let mut first = Vec::with_capacity(journal::BLOCK_BYTES as usize);
-        (&self.file)
-            .take(journal::BLOCK_BYTES)
-            .read_to_end(&mut first)
-            .map_err(|e| io_error(&self.path, "cannot read it", e))?;
-        if first.iter().all(|&b| b == 0) {
-            return Ok(());
-        }
-        match (journal::owner(&first), ledger_id) {
-            (Owner::Cut, _) => Ok(()),
-            (Owner::Ledger(found), Some(id)) if found == id => Ok(()),
-            (Owner::Ledger(_), _) => Err(foreign(
-                &self.path,
-                "it is the journal of another ledger; move it away, or open the ledger it \
-                 belongs to",
-            )),
-            (Owner::Foreign, _) => Err(foreign(
-                &self.path,
-                format!(
-                    "it is not a credit-ledger journal ({} bytes, starting {:02x?}); it may be \
-                     another program's file: move it away or rename the ledger",
-                    self.file.metadata().map_or(0, |m| m.len()),
-                    &first[..first.len().min(8)]
-                ),
-            )),
-        }
+        check_owner(&self.file, &self.path, ledger_id)
     }
 
     /// Remove the file if it is still at its path and empty: the clean close of a ledger that

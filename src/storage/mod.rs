@@ -1,8 +1,10 @@
-//! Storage: the redb tables, the record codec, the journal in front of redb, and its file.
+//! Storage: the redb tables, the record codec, the journal in front of redb, its file, and the
+//! watch on its name.
 
 pub(crate) mod codec;
 pub(crate) mod journal;
 pub(crate) mod journal_file;
+pub(crate) mod journal_watch;
 pub(crate) mod tables;
 
 use std::path::Path;

@@ -17,10 +17,12 @@
 //! | `grant_expiries` | (expires ms, workspace, grant id, lot) | `()`, open lots with an expiry |
 //! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord) |
 //! | `grant_books` | workspace id | [`GrantBook`](crate::model::records::GrantBook) |
+//! | `grant_notices` | (notice ms, workspace, grant id) | the grant's expiry ms: a `GrantExpiring` notice not yet written (schema 4) |
 //!
 //! `grant_order` is sorted in drawdown order, so the first spendable grant of a workspace is
 //! the first entry of one short range read; `grant_expiries` makes the sweep of expired grants
-//! O(expired), like `deadlines` for generations.
+//! O(expired), like `deadlines` for generations; `grant_notices` does the same for the
+//! `GrantExpiring` notices, keyed by the time each is due.
 //!
 //! `workspace_history` files each transaction under a category that folds kind and status
 //! together, so a filter such as "Refunds" or "failed Usage" is a range scan of exactly the
@@ -58,6 +60,12 @@ pub(crate) const GRANT_EXPIRIES: TableDefinition<(u64, &str, &str, u32), ()> =
     TableDefinition::new("grant_expiries");
 pub(crate) const ALLOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("allocations");
 pub(crate) const GRANT_BOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("grant_books");
+/// (notice ms, workspace, grant id) -> the grant's expiry ms: the `GrantExpiring` notices
+/// still to write, in the order they are due (see `engine::notify`). Created by the first
+/// grant that gets an entry; its creation records schema 4.
+pub(crate) type NoticeKey<'a> = (u64, &'a str, &'a str);
+pub(crate) const GRANT_NOTICES: TableDefinition<NoticeKey<'static>, u64> =
+    TableDefinition::new("grant_notices");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
@@ -69,7 +77,10 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
-/// The schema version this build writes. Version 3 added the grant tables (`grants`,
+/// The schema version this build writes. Version 4 added the `grant_notices` table and the
+/// `GrantExpiring` notification records; a file gets them, and records version 4, with the
+/// first grant that has a notice to write (so a file that never uses notices stays readable
+/// by a version 3 build). Version 3 added the grant tables (`grants`,
 /// `grant_order`, `grant_expiries`, `allocations`, `grant_books`) and the Expiration and Void
 /// records; the first write of money to an older file adds them (and the tables of version
 /// 2) and records version 3, and each workspace's balance moves into a carried-over grant on
@@ -79,7 +90,11 @@ pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
 /// records version 2. A version 1 file gets epoch records without that upgrade: no build that
 /// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
 /// then panicked on twice.
-pub(crate) const SCHEMA_VERSION: u8 = 3;
+pub(crate) const SCHEMA_VERSION: u8 = 4;
+
+/// The first schema version with the grant tables (and the `consumers` and `alerts` tables
+/// of version 2): a file at this version or later has all of them.
+pub(crate) const GRANTS_SCHEMA_VERSION: u8 = 3;
 
 /// A history category: a transaction kind, and for Usage its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,10 +110,11 @@ pub(crate) enum Category {
     BalanceLow = 7,
     Expiration = 8,
     Void = 9,
+    GrantExpiring = 10,
 }
 
 impl Category {
-    pub const ALL: [Category; 10] = [
+    pub const ALL: [Category; 11] = [
         Category::Purchase,
         Category::Grant,
         Category::UsagePending,
@@ -109,6 +125,7 @@ impl Category {
         Category::BalanceLow,
         Category::Expiration,
         Category::Void,
+        Category::GrantExpiring,
     ];
 
     pub fn kind(self) -> TxnKind {
@@ -123,6 +140,7 @@ impl Category {
             Category::BalanceLow => TxnKind::BalanceLow,
             Category::Expiration => TxnKind::Expiration,
             Category::Void => TxnKind::Void,
+            Category::GrantExpiring => TxnKind::GrantExpiring,
         }
     }
 
@@ -147,6 +165,7 @@ impl Category {
             (TxnKind::BalanceLow, _) => Category::BalanceLow,
             (TxnKind::Expiration, _) => Category::Expiration,
             (TxnKind::Void, _) => Category::Void,
+            (TxnKind::GrantExpiring, _) => Category::GrantExpiring,
         }
     }
 

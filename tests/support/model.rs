@@ -36,10 +36,10 @@ use credit_ledger::limits::{
 };
 use credit_ledger::{
     format_duration_ms, AckReceipt, Adjust, AlertReceipt, Allocation, Charge, Completion, Credit,
-    Error, ExpiryNotice, GenerationState, GenerationView, GrantClosure, GrantState, GrantView,
-    HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options, Outcome, PageRequest, Receipt,
-    RefundReason, RefundReceipt, StartGeneration, Status, SweepReport, TxnKind, VoidGrant,
-    WorkspaceSummary,
+    Error, ExpiryNotice, GenerationState, GenerationView, GrantClosure, GrantExpiringNotice,
+    GrantState, GrantView, HistoryFilter, InvalidInput, Ledger, ManualClock, Op, Options, Outcome,
+    PageRequest, Receipt, RefundReason, RefundReceipt, StartGeneration, Status, SweepReport,
+    TxnKind, VoidGrant, WorkspaceSummary,
 };
 
 /// Most operations one input is decoded into.
@@ -68,6 +68,10 @@ const FEATURES: [&str; 2] = ["Quick Video", "Image Upscale"];
 const MEMOS: [&str; 3] = ["", "promo", "goodwill"];
 const TIMEOUTS: [u64; 4] = [MIN_TIMEOUT_MS, 30_000, 600_000, DEFAULT_TIMEOUT_MS];
 const CONSUMERS: [&str; 2] = ["sync", "audit-export"];
+/// The grant notice window the ledgers run with: 30 minutes, so that among the usual terms
+/// some grants get their notice at once, some from the sweep, and some are spent or expired
+/// first.
+const NOTICE_MS: u64 = 30 * 60_000;
 
 fn gen_id(i: usize) -> String {
     format!("gen-{i:02}")
@@ -600,6 +604,10 @@ struct Model {
     alerts: BTreeMap<String, u64>,
     /// Change-feed consumer positions.
     consumers: BTreeMap<String, u64>,
+    /// The grant notice window.
+    notice_ms: Option<u64>,
+    /// The grant notices not yet due: (due, workspace, grant) -> the grant's expiry.
+    notices: BTreeMap<(u64, String, String), u64>,
 }
 
 fn overflow(ws: &str, what: &'static str) -> Error {
@@ -658,6 +666,8 @@ impl Model {
             allocs: BTreeMap::new(),
             alerts: BTreeMap::new(),
             consumers: BTreeMap::new(),
+            notice_ms: Some(NOTICE_MS),
+            notices: BTreeMap::new(),
         }
     }
 
@@ -697,9 +707,48 @@ impl Model {
             .filter(|l| l.closed.is_none())
             .filter_map(|l| l.expires)
             .min();
-        match (deadline, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let notice = self.notices.keys().next().map(|k| k.0);
+        [deadline, expiry, notice].into_iter().flatten().min()
+    }
+
+    /// Append the `GrantExpiring` notice of grant `id` (spendable, with credits left).
+    fn write_notice(&mut self, now: u64, ws: &str, id: &str) -> GrantExpiringNotice {
+        let l = &self.lots[&(ws.to_string(), id.to_string(), 0)];
+        let (credits, expires) = (l.remaining, l.expires.expect("an expiring grant"));
+        let w = self.ws.get_mut(ws).expect("the grant's workspace");
+        w.txns += 1;
+        let balance = w.balance;
+        let txn = self.append(
+            now,
+            TxnModel {
+                at: now,
+                ws: ws.to_string(),
+                kind: TxnKind::GrantExpiring,
+                amount: 0,
+                debit: false,
+                before: balance,
+                after: balance,
+                memo: None,
+                refund: None,
+                gen: None,
+            },
+        );
+        self.allocs.insert(
+            txn,
+            vec![Allocation {
+                grant_id: id.to_string(),
+                lot: 0,
+                credits,
+                spendable_until_ms: Some(expires),
+            }],
+        );
+        GrantExpiringNotice {
+            txn_id: txn,
+            workspace: ws.to_string(),
+            grant_id: id.to_string(),
+            expires_at_ms: expires,
+            expiring_credits: credits,
+            at_ms: now,
         }
     }
 
@@ -1242,6 +1291,16 @@ impl Model {
                         closed: None,
                     },
                 );
+                // The notice: at once when it is already due, else when the sweep gets to it.
+                if let (Some(window), Some(exp)) = (self.notice_ms, expires) {
+                    let due = exp.saturating_sub(window).max(effective.unwrap_or(0));
+                    if due <= now {
+                        self.write_notice(now, ws, key);
+                    } else {
+                        self.notices
+                            .insert((due, ws.to_string(), key.to_string()), exp);
+                    }
+                }
             }
         }
         self.idem.insert(key.to_string(), id);
@@ -1580,8 +1639,31 @@ impl Model {
                 }
             }
         }
-        // With an untrusted clock only refunds go ahead; expirations wait.
+        // With an untrusted clock only refunds go ahead; notices and expirations wait.
         let trusted = self.refusal.is_none();
+        let mut more_expired = more_expired;
+        let mut budget = budget;
+        let mut notices = Vec::new();
+        if trusted && (budget > 0 || !more_expired) {
+            let mut due: Vec<(u64, String, String)> = self
+                .notices
+                .keys()
+                .filter(|k| k.0 <= now)
+                .cloned()
+                .collect();
+            if due.len() > budget {
+                more_expired = true;
+                due.truncate(budget);
+            }
+            budget -= due.len();
+            for k in due {
+                self.notices.remove(&k);
+                let l = &self.lots[&(k.1.clone(), k.2.clone(), 0)];
+                if l.remaining > 0 && l.spendable(now) {
+                    notices.push(self.write_notice(now, &k.1, &k.2));
+                }
+            }
+        }
         let mut lapsed: Vec<(u64, LotKey)> = self
             .lots
             .iter()
@@ -1590,7 +1672,6 @@ impl Model {
             .map(|(k, l)| (l.expires.unwrap(), k.clone()))
             .collect();
         lapsed.sort();
-        let mut more_expired = more_expired;
         if !more_expired && lapsed.len() > budget {
             more_expired = true;
         }
@@ -1610,6 +1691,7 @@ impl Model {
         }
         Ok(SweepReport {
             refunds,
+            notices,
             expirations,
             more_expired,
             next_deadline_ms: self.earliest_deadline(),
@@ -1708,6 +1790,7 @@ impl Model {
         if self.clock.max(self.last_at) < earliest.unwrap_or(u64::MAX) {
             return Ok(SweepReport {
                 refunds: Vec::new(),
+                notices: Vec::new(),
                 expirations: Vec::new(),
                 more_expired: false,
                 next_deadline_ms: earliest,
@@ -1845,6 +1928,9 @@ pub struct RunStats {
     pub acks: u64,
     /// `BalanceLow` notifications in the final log.
     pub notifications: u64,
+    /// `GrantExpiring` notices in the final log, and of those the ones the sweep wrote.
+    pub grant_notices: u64,
+    pub swept_grant_notices: u64,
     /// The errors returned (each matched by the model), by kind.
     pub error_kinds: BTreeMap<&'static str, u64>,
 }
@@ -1884,6 +1970,8 @@ impl RunStats {
         self.refusals += o.refusals;
         self.acks += o.acks;
         self.notifications += o.notifications;
+        self.grant_notices += o.grant_notices;
+        self.swept_grant_notices += o.swept_grant_notices;
         for (k, v) in &o.error_kinds {
             *self.error_kinds.entry(k).or_default() += v;
         }
@@ -1930,6 +2018,7 @@ fn options(clock: &ManualClock) -> Options {
     Options::default()
         .clock(clock.clone())
         .wall_clock(clock.clone())
+        .grant_expiring_notice_ms(Some(NOTICE_MS))
 }
 
 impl Harness {
@@ -1985,6 +2074,7 @@ impl Harness {
             Ok(Outcome::Sweep(s)) => {
                 self.stats.refunds += s.refunds.len() as u64;
                 self.stats.closures += s.expirations.len() as u64;
+                self.stats.swept_grant_notices += s.notices.len() as u64;
             }
             Ok(Outcome::VoidGrant(v)) if !v.replay => self.stats.closures += 1,
             Ok(Outcome::Ack(a)) if !a.replay => self.stats.acks += 1,
@@ -2382,6 +2472,13 @@ impl Harness {
                     e.at_ms,
                     e.generation_id,
                     e.reason,
+                    // A grant notice's allocation is its content: the grant, its credits and
+                    // its expiry.
+                    if e.kind == TxnKind::GrantExpiring {
+                        e.allocations
+                    } else {
+                        Vec::new()
+                    },
                 )
             }));
         }
@@ -2400,6 +2497,11 @@ impl Harness {
                     t.at,
                     t.gen.clone(),
                     t.refund.as_ref().map(|r| r.0),
+                    if t.kind == TxnKind::GrantExpiring {
+                        m.allocs[&(n as u64 + 1)].clone()
+                    } else {
+                        Vec::new()
+                    },
                 )
             })
             .collect();
@@ -2484,11 +2586,10 @@ fn run_on(data: &[u8], mut h: Harness) -> RunStats {
     h.reopen(true, steps.len());
     h.compare(steps.len());
     h.audit(steps.len());
-    h.stats.notifications = h
-        .model
-        .txns
-        .iter()
-        .filter(|t| t.kind == TxnKind::BalanceLow)
-        .count() as u64;
+    let logged = |kind| h.model.txns.iter().filter(|t| t.kind == kind).count() as u64;
+    let (balance_low, grant_expiring) =
+        (logged(TxnKind::BalanceLow), logged(TxnKind::GrantExpiring));
+    h.stats.notifications = balance_low;
+    h.stats.grant_notices = grant_expiring;
     h.stats.clone()
 }

@@ -36,6 +36,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub allow_future_now: bool,
 
+    /// Schedule a grant-expiring notice this long before the expiry of each grant this run
+    /// credits (3d, 12h; 1m to 400d). Default: none. A grant's notice time is fixed when it is
+    /// credited; `sweep` writes the notices that are due, whatever this run says.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = crate::time::parse_duration_ms)]
+    pub grant_notice: Option<u64>,
+
     /// How long to wait for a ledger file another process has open, retrying with a short
     /// backoff: 5s, 500ms, 2m (at most 1h). 0 fails at once.
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_wait_ms)]

@@ -31,6 +31,8 @@ pub struct Context {
     pub allow_future_now: bool,
     /// `--wait`: how long to wait for a file another process has open, in milliseconds.
     pub wait_ms: u64,
+    /// `--grant-notice`: the grant notice window of this run's credits, in milliseconds.
+    pub grant_notice_ms: Option<u64>,
 }
 
 /// What a command does with the ledger file.
@@ -53,13 +55,16 @@ impl Context {
             now_ms: cli.now,
             allow_future_now: cli.allow_future_now,
             wait_ms: cli.wait,
+            grant_notice_ms: cli.grant_notice,
         }
     }
 
     /// Options for the tool: the `--now` clock if given, and no catch-up sweep on open, so
     /// that reading never writes and `sweep` is the one command that sweeps.
     pub fn options(&self) -> Options {
-        let mut options = Options::default().sweep_on_open(false);
+        let mut options = Options::default()
+            .sweep_on_open(false)
+            .grant_expiring_notice_ms(self.grant_notice_ms);
         if self.allow_future_now {
             // The operator insisted: the library's own guard against a clock far ahead of the
             // system clock (`Options::max_clock_ahead_ms`) steps aside too.

@@ -303,6 +303,7 @@ pub fn show(ctx: &Context, a: &ShowArgs, out: &mut Out) -> Result<(), CliError> 
             TxnKind::Refund => ("Returned", "to", true),
             TxnKind::Expiration => ("Expired", "of", false),
             TxnKind::Void => ("Voided", "of", false),
+            TxnKind::GrantExpiring => ("Expiring", "of", true),
             _ => ("Paid from", "from", false),
         };
         summary.push((

@@ -1,6 +1,6 @@
 //! One transaction as a JSON object, a table row and a CSV record: the same fields in each.
 
-use credit_ledger::{RefundReason, TransactionView};
+use credit_ledger::{RefundReason, TransactionView, TxnKind};
 use serde_json::{json, Value};
 
 use crate::output::{signed, Align, Table};
@@ -36,7 +36,21 @@ pub fn txn_json(t: &TransactionView) -> Value {
         "key": t.idempotency_key,
         "untrusted_clock_ms": t.untrusted_clock_ms,
         "alert_threshold": t.alert_threshold_credits,
+        "expiring": expiring_json(t),
     })
+}
+
+/// For a `grant-expiring` notice: the grant, the credits that lapse unless spent, and when.
+fn expiring_json(t: &TransactionView) -> Value {
+    match (t.kind, t.allocations.as_slice()) {
+        (TxnKind::GrantExpiring, [a]) => json!({
+            "grant": a.grant_id,
+            "credits": a.credits,
+            "expires_at": a.spendable_until_ms.map(format_rfc3339),
+            "expires_at_ms": a.spendable_until_ms,
+        }),
+        _ => Value::Null,
+    }
 }
 
 /// The history table: id, date, title, type, signed amount, status.

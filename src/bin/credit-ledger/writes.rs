@@ -177,6 +177,13 @@ pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError
         return out.json(&json!({
             "refunded": report.refunds.len(),
             "refunds": report.refunds.iter().map(refund_json).collect::<Vec<_>>(),
+            "notices": report.notices.iter().map(|n| json!({
+                "txn_id": n.txn_id,
+                "workspace": n.workspace,
+                "grant": n.grant_id,
+                "expiring": n.expiring_credits,
+                "expires_at": format_rfc3339(n.expires_at_ms),
+            })).collect::<Vec<_>>(),
             "expired": report.expirations.len(),
             "expirations": report.expirations.iter().map(|e| json!({
                 "txn_id": e.txn_id,
@@ -212,6 +219,30 @@ pub fn sweep(ctx: &Context, a: &SweepArgs, out: &mut Out) -> Result<(), CliError
                 r.workspace.clone(),
                 signed(i64::try_from(r.amount_credits).unwrap_or(i64::MAX)),
                 r.balance_after_credits.to_string(),
+            ]);
+        }
+        t.print(out)?;
+    }
+    if !report.notices.is_empty() {
+        out.line(format!(
+            "Told {} workspace{} that a grant expires soon:",
+            report.notices.len(),
+            if report.notices.len() == 1 { "" } else { "s" }
+        ))?;
+        let mut t = Table::new(&[
+            ("NOTICE", Align::Right),
+            ("GRANT", Align::Left),
+            ("WORKSPACE", Align::Left),
+            ("EXPIRING", Align::Right),
+            ("EXPIRES", Align::Left),
+        ]);
+        for n in &report.notices {
+            t.row(vec![
+                format!("#{}", n.txn_id),
+                clean(&n.grant_id),
+                clean(&n.workspace),
+                n.expiring_credits.to_string(),
+                format_human_zoned(n.expires_at_ms),
             ]);
         }
         t.print(out)?;
