@@ -367,12 +367,20 @@ fn grant_invariants(path: &Path, clock: &ManualClock) -> Vec<Invariant> {
     invariants(&ledger)
 }
 
+/// The stored allocation of g1 (txn 3, from the trial) and g2 (txn 4, from the pack): each
+/// paid by one lot, so held in its generation record.
+fn fixture_tails() -> (Vec<u8>, Vec<u8>) {
+    (
+        common::single_allocation_tail("trial", 5, Some(T0_MS + 3_600_000)),
+        common::single_allocation_tail("pack", 5, None),
+    )
+}
+
 #[test]
 fn a_charge_without_its_allocations_is_named() {
     let (_dir, path, clock) = grants_fixture();
-    edit_allocations(&path, |t| {
-        t.remove(3).unwrap();
-    });
+    let (trial, _) = fixture_tails();
+    common::edit_generation_tail(&path, "g1", &trial, &[0]);
     assert!(grant_invariants(&path, &clock).contains(&Invariant::AllocationSum));
 }
 
@@ -381,14 +389,32 @@ fn a_charge_that_skipped_an_earlier_spendable_grant_is_named() {
     let (_dir, path, clock) = grants_fixture();
     // Swap the two charges' allocations: the first now claims the pack while the trial,
     // earlier in the drawdown order and spendable, still held credits.
-    edit_allocations(&path, |t| {
-        let a = t.get(3).unwrap().unwrap().value().to_vec();
-        let b = t.get(4).unwrap().unwrap().value().to_vec();
-        t.insert(3, b.as_slice()).unwrap();
-        t.insert(4, a.as_slice()).unwrap();
-    });
+    let (trial, pack) = fixture_tails();
+    common::edit_generation_tail(&path, "g1", &trial, &pack);
+    common::edit_generation_tail(&path, "g2", &pack, &trial);
     let found = grant_invariants(&path, &clock);
     assert!(found.contains(&Invariant::DrawdownOrder), "{found:?}");
+}
+
+/// A charge that spans two grants keeps its allocations in the `allocations` table.
+#[test]
+fn a_spanning_charge_without_its_allocations_row_is_named() {
+    let (_dir, path, clock) = grants_fixture();
+    {
+        let ledger = Ledger::open_with(&path, options(&clock)).unwrap();
+        ledger.credit(Credit::purchase("ws", 3, "small")).unwrap();
+        // The pack holds 45: a charge of 47 takes all of it and 2 of the small top-up.
+        let c = ledger
+            .start_generation(StartGeneration::new("g3", "ws", "Quick Video", 47))
+            .unwrap();
+        assert_eq!(c.allocations.len(), 2);
+        assert!(ledger.verify().unwrap().is_clean());
+        assert_eq!(c.usage_txn, 6);
+    }
+    edit_allocations(&path, |t| {
+        assert!(t.remove(6).unwrap().is_some());
+    });
+    assert!(grant_invariants(&path, &clock).contains(&Invariant::AllocationSum));
 }
 
 #[test]

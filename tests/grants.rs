@@ -562,7 +562,7 @@ fn a_file_from_before_grants_carries_its_balances_over() {
         l.credit(Credit::purchase("acme", 100, "order-1")).unwrap();
         start(&l, "g1", "acme", 12);
     }
-    // Make it what schema 1 wrote: none of the grant tables, schema byte 1.
+    // Make it what schema 1 wrote: none of the grant tables, schema byte 1...
     {
         let rdb = redb::Database::open(&path).unwrap();
         let txn = rdb.begin_write().unwrap();
@@ -588,6 +588,13 @@ fn a_file_from_before_grants_carries_its_balances_over() {
         }
         txn.commit().unwrap();
     }
+    // And its generation record as schema 3 and earlier wrote it: no single allocation.
+    common::edit_generation_tail(
+        &path,
+        "g1",
+        &common::single_allocation_tail("order-1", 12, None),
+        &[],
+    );
     let l = Ledger::open_with(&path, options(&clock).sweep_on_open(false)).unwrap();
     let s = l.balance("acme").unwrap();
     assert_eq!((s.balance_credits, s.spendable_credits), (88, 88));
@@ -615,6 +622,308 @@ fn a_file_from_before_grants_carries_its_balances_over() {
     assert_eq!(
         start(&l, "g2", "acme", 15),
         vec![("trial".to_string(), 10), ("(carried over)".to_string(), 5)]
+    );
+    assert_clean(&l);
+}
+
+// The fast path of one-grant charges (schema 4): a charge paid by one grant lot, and a refund
+// that gives it back to that lot, keep the allocation in the generation record and write no
+// `allocations` row. These tests pin what users see at its boundaries, and which
+// transactions have a row.
+
+const ALLOCATIONS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("allocations");
+
+/// The txn ids with an `allocations` row in the (closed) ledger file at `path`.
+fn allocation_rows(path: &std::path::Path) -> Vec<u64> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let db = redb::Database::open(path).unwrap();
+    let r = db.begin_read().unwrap();
+    let t = r.open_table(ALLOCATIONS).unwrap();
+    t.iter().unwrap().map(|e| e.unwrap().0.value()).collect()
+}
+
+/// `(grant id, lot, credits)` of each allocation.
+fn lots(allocations: &[Allocation]) -> Vec<(String, u32, u64)> {
+    allocations
+        .iter()
+        .map(|a| (a.grant_id.clone(), a.lot, a.credits))
+        .collect()
+}
+
+/// The allocations a transaction's view shows, as `(grant id, lot, credits)`.
+fn view_lots(ledger: &Ledger, txn_id: u64) -> Vec<(String, u32, u64)> {
+    lots(&ledger.transaction(txn_id).unwrap().allocations)
+}
+
+fn lot(id: &str, lot: u32, credits: u64) -> (String, u32, u64) {
+    (id.to_string(), lot, credits)
+}
+
+#[test]
+fn a_charge_paid_by_one_grant_and_its_refund_write_no_allocations_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fast.redb");
+    let clock = ManualClock::new(T0_MS);
+    let spanning;
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::purchase("acme", 20, "pack")).unwrap();
+        let c1 = l
+            .start_generation(StartGeneration::new("g1", "acme", "Quick Video", 12))
+            .unwrap();
+        let r1 = l
+            .fail_generation("g1", RefundReason::ModelFailure, "no frames")
+            .unwrap();
+        assert_eq!(lots(&c1.allocations), vec![lot("pack", 0, 12)]);
+        assert_eq!(lots(&r1.allocations), vec![lot("pack", 0, 12)]);
+        assert_eq!(view_lots(&l, c1.usage_txn), vec![lot("pack", 0, 12)]);
+        assert_eq!(view_lots(&l, r1.refund_txn), vec![lot("pack", 0, 12)]);
+        // A retried start and fail replay the same allocations.
+        let again = l
+            .start_generation(StartGeneration::new("g1", "acme", "Quick Video", 12))
+            .unwrap();
+        assert!(again.replay);
+        assert_eq!(lots(&again.allocations), vec![lot("pack", 0, 12)]);
+        let again = l
+            .fail_generation("g1", RefundReason::ModelFailure, "no frames")
+            .unwrap();
+        assert!(again.replay);
+        assert_eq!(lots(&again.allocations), vec![lot("pack", 0, 12)]);
+        // A charge that spans two grants, and its refund, keep their rows.
+        l.credit(Credit::purchase("acme", 5, "small")).unwrap();
+        let c2 = l
+            .start_generation(StartGeneration::new("g2", "acme", "Quick Video", 22))
+            .unwrap();
+        assert_eq!(
+            lots(&c2.allocations),
+            vec![lot("pack", 0, 20), lot("small", 0, 2)]
+        );
+        let r2 = l
+            .fail_generation("g2", RefundReason::ApiFailure, "502")
+            .unwrap();
+        assert_eq!(lots(&r2.allocations), lots(&c2.allocations));
+        assert_eq!(view_lots(&l, r2.refund_txn), lots(&c2.allocations));
+        spanning = vec![c2.usage_txn, r2.refund_txn];
+        assert_clean(&l);
+    }
+    assert_eq!(allocation_rows(&path), spanning);
+}
+
+/// The common case of a grant arriving: a workspace spends one grant, a second (spent first)
+/// arrives while charges of the first still run, and the first expires before the last of
+/// them fails. Each refund goes back where its charge came from; only the one into a grace
+/// lot needs an `allocations` row.
+#[test]
+fn charges_made_before_a_second_grant_arrived_refund_to_their_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.redb");
+    let clock = ManualClock::new(T0_MS);
+    // Past the refund grace from now, so a refund before it goes back to the trial itself.
+    let trial_expiry = T0_MS + 2 * DAY_MS;
+    let grace_refund;
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::grant("acme", 20, "trial").expires_at_ms(trial_expiry))
+            .unwrap();
+        assert_eq!(start(&l, "g1", "acme", 10), owned(&[("trial", 10)]));
+        // g2 runs past the trial's expiry (its deadline is after it).
+        let c2 = l
+            .start_generation(
+                StartGeneration::new("g2", "acme", "Quick Video", 5).timeout_ms(3 * DAY_MS),
+            )
+            .unwrap();
+        assert_eq!(lots(&c2.allocations), vec![lot("trial", 0, 5)]);
+        clock.advance_ms(MINUTE_MS);
+        l.credit(Credit::purchase("acme", 100, "pack").priority(50))
+            .unwrap();
+        assert_eq!(start(&l, "g3", "acme", 5), owned(&[("pack", 5)]));
+        // g1 was charged to the trial before the pack existed: it goes back to the trial.
+        let r1 = l
+            .fail_generation("g1", RefundReason::ModelFailure, "no frames")
+            .unwrap();
+        assert_eq!(lots(&r1.allocations), vec![lot("trial", 0, 10)]);
+        assert_eq!(
+            remaining(&l, "acme"),
+            vec![("pack".into(), 0, 95), ("trial".into(), 0, 15)]
+        );
+        let r3 = l
+            .fail_generation("g3", RefundReason::ModelFailure, "no frames")
+            .unwrap();
+        assert_eq!(lots(&r3.allocations), vec![lot("pack", 0, 5)]);
+        // The trial expires while g2 runs: its refund goes into a grace lot of the trial.
+        clock.set_ms(trial_expiry + MINUTE_MS);
+        let r2 = l
+            .fail_generation("g2", RefundReason::SystemError, "oom")
+            .unwrap();
+        assert_eq!(lots(&r2.allocations), vec![lot("trial", 1, 5)]);
+        assert_eq!(
+            r2.allocations[0].spendable_until_ms,
+            Some(trial_expiry + MINUTE_MS + DEFAULT_REFUND_GRACE_MS)
+        );
+        assert_eq!(view_lots(&l, r2.refund_txn), vec![lot("trial", 1, 5)]);
+        assert_eq!(view_lots(&l, r1.refund_txn), vec![lot("trial", 0, 10)]);
+        // The pack, first in the drawdown order, pays the next charge alone.
+        assert_eq!(
+            lots(
+                &l.start_generation(StartGeneration::new("g4", "acme", "Quick Video", 3))
+                    .unwrap()
+                    .allocations
+            ),
+            vec![lot("pack", 0, 3)]
+        );
+        assert_clean(&l);
+        grace_refund = r2.refund_txn;
+    }
+    assert_eq!(allocation_rows(&path), vec![grace_refund]);
+}
+
+/// A workspace's only grant voided while a charge of it runs: the refund cannot go back to
+/// the closed lot, so a grace lot takes it; a charge paid by that grace lot alone, and its
+/// refund back to it, are again one-lot charges.
+#[test]
+fn a_voided_single_grant_refunds_into_a_grace_lot_that_then_pays_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("void.redb");
+    let clock = ManualClock::new(T0_MS);
+    let rows;
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::grant("acme", 10, "only")).unwrap();
+        assert_eq!(start(&l, "g1", "acme", 4), owned(&[("only", 4)]));
+        let v = l
+            .void_grant(VoidGrant::new("acme", "only", "void-1", "revoked"))
+            .unwrap();
+        assert_eq!(v.amount_credits, 6);
+        let r1 = l
+            .fail_generation("g1", RefundReason::ModelFailure, "no frames")
+            .unwrap();
+        assert_eq!(lots(&r1.allocations), vec![lot("only", 1, 4)]);
+        let c2 = l
+            .start_generation(StartGeneration::new("g2", "acme", "Quick Video", 4))
+            .unwrap();
+        assert_eq!(lots(&c2.allocations), vec![lot("only", 1, 4)]);
+        let r2 = l
+            .fail_generation("g2", RefundReason::ModelFailure, "no frames")
+            .unwrap();
+        assert_eq!(lots(&r2.allocations), vec![lot("only", 1, 4)]);
+        assert_eq!(view_lots(&l, c2.usage_txn), vec![lot("only", 1, 4)]);
+        assert_eq!(view_lots(&l, r2.refund_txn), vec![lot("only", 1, 4)]);
+        assert_eq!(
+            remaining(&l, "acme"),
+            vec![("only".into(), 1, 4), ("only".into(), 0, 0)]
+        );
+        assert_clean(&l);
+        // The void (what it closed) and the refund into the grace lot have rows.
+        rows = vec![v.txn_id, r1.refund_txn];
+    }
+    assert_eq!(allocation_rows(&path), rows);
+}
+
+/// The journal replays the fast path exactly: a crash image (the file as of its last
+/// checkpoint, plus the journal) taken after one-lot charges, a second grant, refunds to
+/// both, a void and a grace lot reopens to the same views, grants and audit.
+#[test]
+fn the_journal_replays_one_lot_charges_across_a_second_grant_and_a_void() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.redb");
+    let clock = ManualClock::new(T0_MS);
+    let l = Ledger::open_with(&path, options(&clock)).unwrap();
+    l.credit(Credit::purchase("acme", 30, "pack")).unwrap();
+    start(&l, "g1", "acme", 7);
+    start(&l, "g2", "acme", 7);
+    l.credit(Credit::grant("acme", 10, "bonus").priority(10))
+        .unwrap();
+    start(&l, "g3", "acme", 4);
+    l.fail_generation("g1", RefundReason::ModelFailure, "x")
+        .unwrap();
+    l.void_grant(VoidGrant::new("acme", "bonus", "void-1", "revoked"))
+        .unwrap();
+    l.fail_generation("g3", RefundReason::ModelFailure, "x")
+        .unwrap();
+    l.complete_generation("g2").unwrap();
+    start(&l, "g4", "acme", 5);
+    let seen = |l: &Ledger| {
+        format!(
+            "{:?}\n{:?}\n{:?}",
+            common::all_history(l, "acme", &HistoryFilter::all()),
+            l.grants("acme").unwrap(),
+            l.balance("acme").unwrap()
+        )
+    };
+    let live = seen(&l);
+    let image = dir.path().join("image.redb");
+    std::fs::copy(&path, &image).unwrap();
+    std::fs::copy(
+        dir.path().join("live.redb.journal"),
+        dir.path().join("image.redb.journal"),
+    )
+    .unwrap();
+    drop(l);
+    let replayed = Ledger::open_with(&image, options(&clock).sweep_on_open(false)).unwrap();
+    assert_eq!(seen(&replayed), live);
+    assert_clean(&replayed);
+    drop(replayed);
+    // Rows: the void, g3's refund into a grace lot of the voided bonus, and g4, which takes
+    // that grace lot's 4 credits (priority 10) and 1 from the pack.
+    assert_eq!(allocation_rows(&image), vec![7, 8, 9]);
+}
+
+/// A generation record has schema 4's layout: the first one written to a schema 3 file
+/// records version 4, so that an older build refuses the file instead of failing to decode
+/// it; writes that put no generation record leave the file at 3.
+#[test]
+fn the_first_generation_written_to_a_schema_3_file_records_schema_4() {
+    use redb::ReadableDatabase;
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let schema = |path: &std::path::Path| {
+        let db = redb::Database::open(path).unwrap();
+        let r = db.begin_read().unwrap();
+        let v = r
+            .open_table(META)
+            .unwrap()
+            .get("schema")
+            .unwrap()
+            .unwrap()
+            .value()[0];
+        v
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.redb");
+    let clock = ManualClock::new(T0_MS);
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::purchase("acme", 100, "pack")).unwrap();
+    }
+    // What a version 3 build wrote: no notice index, schema byte 3.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let notices: redb::TableDefinition<(u64, &str, &str), u64> =
+            redb::TableDefinition::new("grant_notices");
+        assert!(txn.delete_table(notices).unwrap());
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema", [3u8].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        l.credit(Credit::purchase("acme", 5, "more")).unwrap();
+    }
+    assert_eq!(schema(&path), 3, "a credit writes no generation record");
+    {
+        let l = Ledger::open_with(&path, options(&clock)).unwrap();
+        assert_eq!(start(&l, "g1", "acme", 4), owned(&[("more", 4)]));
+        assert_clean(&l);
+    }
+    assert_eq!(schema(&path), 4);
+    let l = Ledger::open_with(&path, options(&clock)).unwrap();
+    l.fail_generation("g1", RefundReason::ModelFailure, "x")
+        .unwrap();
+    assert_eq!(
+        remaining(&l, "acme"),
+        vec![("more".into(), 0, 5), ("pack".into(), 0, 100)]
     );
     assert_clean(&l);
 }

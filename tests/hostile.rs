@@ -493,6 +493,66 @@ fn a_redb_file_of_another_application_is_not_a_ledger() {
     println!("hostile: {cases} foreign-redb cases");
 }
 
+/// Write one redb transaction into a new file at `path`.
+fn redb_file(path: &Path, write: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::create(path).unwrap();
+    let w = db.begin_write().unwrap();
+    write(&w);
+    w.commit().unwrap();
+}
+
+#[test]
+fn the_read_only_open_refuses_what_the_writable_open_refuses_with_the_same_error() {
+    let d = dir();
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let mut cases: Vec<(&str, PathBuf)> = Vec::new();
+    let mut case = |name: &'static str, write: &dyn Fn(&redb::WriteTransaction)| {
+        let path = d.path.join(format!("{name}.redb"));
+        redb_file(&path, write);
+        cases.push((name, path));
+    };
+    case("no-meta", &|w| {
+        let t: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("users");
+        w.open_table(t).unwrap().insert("alice", 1).unwrap();
+    });
+    case("meta-of-other-types", &|w| {
+        let t: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("meta");
+        w.open_table(t).unwrap().insert(1, 2).unwrap();
+    });
+    case("no-schema-version", &|w| {
+        w.open_table(meta)
+            .unwrap()
+            .insert("other", b"x".as_slice())
+            .unwrap();
+    });
+    case("newer-schema", &|w| {
+        w.open_table(meta)
+            .unwrap()
+            .insert("schema", [200u8].as_slice())
+            .unwrap();
+    });
+    // A ledger's metadata, but its workspaces table has other types.
+    case("retyped-table", &|w| {
+        w.open_table(meta)
+            .unwrap()
+            .insert("schema", [1u8].as_slice())
+            .unwrap();
+        let t: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("workspaces");
+        w.open_table(t).unwrap().insert(1, 1).unwrap();
+    });
+    for (name, path) in &cases {
+        let read_only = Ledger::open_read_only(path).map(drop).unwrap_err();
+        let writable = Ledger::open(path).map(drop).unwrap_err();
+        assert_eq!(read_only.to_string(), writable.to_string(), "{name}");
+        let expected_variant = if *name == "newer-schema" {
+            matches!(read_only, Error::UnsupportedFormat { found: 200, .. })
+        } else {
+            matches!(read_only, Error::NotALedger { .. })
+        };
+        assert!(expected_variant, "{name}: {read_only:?}");
+    }
+}
+
 /// The child's side of the lock test; see below.
 const CHILD_ENV: &str = "CREDIT_LEDGER_HOSTILE_CHILD_PATH";
 

@@ -75,6 +75,9 @@ pub(super) struct GrantAudit {
     /// Expired and voided credits per workspace, from the log.
     lost: HashMap<String, (u128, u128)>,
     allocations: Option<redb::ReadOnlyTable<u64, &'static [u8]>>,
+    /// A charge paid by one lot, and its refund to that lot, keep the allocation in the
+    /// generation record instead of `allocations`.
+    generations: redb::ReadOnlyTable<&'static str, &'static [u8]>,
     /// The grants (workspace, grant id) a `GrantExpiring` notice was written for.
     noticed: HashSet<(String, String)>,
     /// The workspaces this audit of the grants checks.
@@ -166,13 +169,27 @@ impl GrantAudit {
             noticed: HashSet::new(),
             page: page.clone(),
             allocations: tables::open_optional(rtx, tables::ALLOCATIONS)?,
+            generations: rtx.open_table(tables::GENERATIONS)?,
         })
     }
 
-    fn entries(&self, report: &mut AuditReport, rec: &TxnRecord) -> Option<Vec<AllocationEntry>> {
-        let t = self.allocations.as_ref()?;
-        match tables::get_allocations(t, rec.id) {
-            Ok(a) => a.map(|a| a.entries),
+    /// The allocations of transaction `txn_id` of `rec`'s generation (if it has one), wherever
+    /// they are stored; a damaged record is reported.
+    fn entries_of(
+        &self,
+        report: &mut AuditReport,
+        rec: &TxnRecord,
+        txn_id: u64,
+    ) -> Option<Vec<AllocationEntry>> {
+        let found = match rec.generation_id.as_deref() {
+            Some(g) => tables::get_generation(&self.generations, g),
+            None => Ok(None),
+        }
+        .and_then(|gen| {
+            tables::get_allocations_of(self.allocations.as_ref(), gen.as_ref(), txn_id)
+        });
+        match found {
+            Ok(a) => a,
             Err(e) => {
                 report.add(
                     Invariant::Corruption,
@@ -294,7 +311,7 @@ impl GrantAudit {
                 Some(ws),
             );
         };
-        let Some(entries) = self.entries(report, rec) else {
+        let Some(entries) = self.entries_of(report, rec, rec.id) else {
             bad(
                 report,
                 Invariant::AllocationSum,
@@ -386,18 +403,12 @@ impl GrantAudit {
                 Some(ws),
             );
         };
-        let Some(entries) = self.entries(report, rec) else {
+        let Some(entries) = self.entries_of(report, rec, rec.id) else {
             bad(report, format!("#{}: a refund with no allocations", rec.id));
             return;
         };
         let usage_txn = rec.refund.as_ref().map_or(0, |d| d.usage_txn);
-        let drawn = match &self.allocations {
-            Some(t) => tables::get_allocations(t, usage_txn)
-                .ok()
-                .flatten()
-                .map(|a| a.entries),
-            None => None,
-        };
+        let drawn = self.entries_of(report, rec, usage_txn);
         let expected: Vec<(String, u32, u64)> = match drawn {
             Some(d) => d
                 .into_iter()
@@ -471,7 +482,7 @@ impl GrantAudit {
         } else {
             lost.1 += u128::from(rec.amount_credits);
         }
-        let Some(entries) = self.entries(report, rec) else {
+        let Some(entries) = self.entries_of(report, rec, rec.id) else {
             bad(report, format!("#{}: names no grant", rec.id));
             return;
         };

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::model::limits::{AUDIT_PAGE_WORKSPACES, MAX_REPORTED_VIOLATIONS};
-use crate::model::records::{GenState, GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::records::{GenState, TxnRecord, WorkspaceRecord};
 use crate::storage::codec;
 use crate::storage::tables;
 mod checks;
@@ -636,7 +636,7 @@ fn check_page(
         for entry in t.gens.iter()? {
             let (k, v) = entry?;
             let id = k.value();
-            let decoded = codec::decode::<GenerationRecord>("generations", &id, v.value());
+            let decoded = tables::decode_generation(id, v.value());
             if !first {
                 if let Ok(g) = decoded {
                     if g.state == GenState::Running && page.contains(&g.workspace) {
@@ -697,7 +697,7 @@ fn check_page(
         // Some generation lacks its Usage or its Refund: find which.
         for entry in t.gens.iter()? {
             let (k, v) = entry?;
-            if let Ok(g) = codec::decode::<GenerationRecord>("generations", &k.value(), v.value()) {
+            if let Ok(g) = tables::decode_generation(k.value(), v.value()) {
                 check_generation(report, &g, t.txns);
             }
         }

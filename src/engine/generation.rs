@@ -59,11 +59,17 @@ fn charge(
     }
 }
 
-/// The allocations recorded for transaction `txn_id`, as the public type.
-fn allocations_of(ctx: &Ctx<'_>, txn_id: u64) -> Result<Vec<Allocation>, Error> {
-    Ok(tables::get_allocations(&ctx.gt().allocations, txn_id)?
-        .map(|a| a.entries.iter().map(AllocationEntry::public).collect())
-        .unwrap_or_default())
+/// The allocations recorded for transaction `txn_id` of generation `gen`, as the public type.
+fn allocations_of(
+    ctx: &Ctx<'_>,
+    gen: &GenerationRecord,
+    txn_id: u64,
+) -> Result<Vec<Allocation>, Error> {
+    Ok(
+        tables::get_allocations_of(Some(&ctx.gt().allocations), Some(gen), txn_id)?
+            .map(|a| a.iter().map(AllocationEntry::public).collect())
+            .unwrap_or_default(),
+    )
 }
 
 pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, Error> {
@@ -122,7 +128,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
             });
         }
         let usage = load_txn(ctx, gen.usage_txn, &gen.id)?;
-        let allocations = allocations_of(ctx, usage.id)?;
+        let allocations = allocations_of(ctx, &gen, usage.id)?;
         return Ok(charge(&gen, &usage, allocations, true));
     }
 
@@ -196,6 +202,16 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
         },
         Category::UsagePending,
     )?;
+    let mut entries = grants::debit(ctx, &req.workspace, &ws_before, planned, req.cost_credits)?;
+    let allocations = entries.iter().map(AllocationEntry::public).collect();
+    // Paid by one lot (the common case): the generation record holds the allocation, and
+    // the `allocations` table is not written.
+    let single_allocation = if entries.len() == 1 {
+        entries.pop()
+    } else {
+        ctx.put_allocations(usage.id, &AllocationRecord { entries })?;
+        None
+    };
     let gen = GenerationRecord {
         id: req.generation_id.clone(),
         workspace: req.workspace.clone(),
@@ -206,10 +222,8 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
         deadline_ms,
         usage_txn: usage.id,
         state: GenState::Running,
+        single_allocation,
     };
-    let entries = grants::debit(ctx, &req.workspace, &ws_before, planned, req.cost_credits)?;
-    let allocations = entries.iter().map(AllocationEntry::public).collect();
-    ctx.put_allocations(usage.id, &AllocationRecord { entries })?;
     ctx.put_workspace(&req.workspace, &ws)?;
     ctx.put_generation(&gen)?;
     ctx.insert_deadline(deadline_ms, &gen.id)?;
@@ -275,7 +289,7 @@ pub(super) fn fail(
     match gen.state {
         GenState::Refunded { refund_txn, .. } => {
             let rec = load_txn(ctx, refund_txn, &gen.id)?;
-            let allocations = allocations_of(ctx, rec.id)?;
+            let allocations = allocations_of(ctx, &gen, rec.id)?;
             refund_receipt(&gen, &rec, allocations, true)
         }
         GenState::Succeeded { at_ms } => Err(Error::GenerationSucceeded {
@@ -397,10 +411,14 @@ pub(super) fn refund(
     } else {
         ctx.now_ms
     };
+    let drawn = match gen.usage_allocations() {
+        Some(d) => Some(d),
+        None => tables::get_allocations(&ctx.gt().allocations, gen.usage_txn)?.map(|a| a.entries),
+    };
     let entries = grants::give_back(
         ctx,
         &gen.workspace,
-        gen.usage_txn,
+        drawn,
         gen.cost_credits,
         refund_txn,
         refunded_at_ms,
@@ -434,7 +452,12 @@ pub(super) fn refund(
         "the refund got the id its grace lots name"
     );
     let allocations = entries.iter().map(AllocationEntry::public).collect();
-    ctx.put_allocations(rec.id, &AllocationRecord { entries })?;
+    // Given back to the one lot that paid (the common case): the generation record already
+    // says so, and the `allocations` table is not written.
+    let same_lot = matches!((entries.as_slice(), &gen.single_allocation), ([e], Some(s)) if e == s);
+    if !same_lot {
+        ctx.put_allocations(rec.id, &AllocationRecord { entries })?;
+    }
     let state = GenState::Refunded {
         at_ms: ctx.now_ms,
         reason,

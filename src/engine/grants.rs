@@ -120,14 +120,18 @@ pub(super) fn create(
 }
 
 /// Lot 0 of grant `id`, as this transaction sees it.
-pub(super) fn lot0(ctx: &Ctx<'_>, workspace: &str, id: &str) -> Result<Option<GrantRecord>, Error> {
-    tables::get_grant(&ctx.gt().grants, workspace, id, 0)
+pub(super) fn lot0(
+    ctx: &mut Ctx<'_>,
+    workspace: &str,
+    id: &str,
+) -> Result<Option<GrantRecord>, Error> {
+    ctx.grant(workspace, id, 0)
 }
 
 /// What a charge of `cost` would take, in drawdown order, without writing anything. `Err`
 /// carries the spendable balance when it is not enough.
 pub(super) fn plan(
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     workspace: &str,
     cost: u64,
 ) -> Result<Result<Vec<(GrantRecord, u64)>, u64>, Error> {
@@ -135,19 +139,25 @@ pub(super) fn plan(
     let mut spendable: u64 = 0;
     let mut takes = Vec::new();
     let start: tables::OrderKey<'_> = (workspace, 0, 0, 0, "", 0);
-    for entry in ctx.gt().order.range(start..)? {
+    // The index and the lot cache are separate fields: the scan reads one, fills the other.
+    let gt = ctx
+        .grant_tables
+        .as_ref()
+        .expect("invariant: a batch that moves credits opens the grant tables");
+    for entry in gt.order.range(start..)? {
         let (key, _) = entry?;
         let (ws, _, _, _, id, lot) = key.value();
         if ws != workspace {
             break;
         }
-        let rec = tables::get_grant(&ctx.gt().grants, workspace, id, lot)?.ok_or_else(|| {
-            Error::Corruption {
+        let rec = ctx
+            .lots
+            .get(&gt.grants, workspace, id, lot)?
+            .ok_or_else(|| Error::Corruption {
                 table: "grant_order",
                 key: format!("({workspace}, {id}, {lot})"),
                 detail: "index entry for a grant lot that does not exist".into(),
-            }
-        })?;
+            })?;
         if !rec.spendable_at(ctx.now_ms) {
             continue;
         }
@@ -257,34 +267,32 @@ fn lot_overflow(rec: &GrantRecord) -> Error {
 /// `refund_txn`. A lot that is closed, or expires before the refund's time plus the refund
 /// grace, does not take them back: a new grace lot of the same grant does, spendable until
 /// then.
-/// A Usage from before grants (no allocations) gives its cost back to the carried-over grant.
+/// `drawn` is what the Usage took (`None` for a Usage from before grants, which gives its
+/// cost back to the carried-over grant).
 ///
 /// The grace counts from `refunded_at_ms`: the refund's time, or for a timeout its deadline,
 /// so that (like the timeout itself) the outcome does not depend on when the sweep ran.
 pub(super) fn give_back(
     ctx: &mut Ctx<'_>,
     workspace: &str,
-    usage_txn: u64,
+    drawn: Option<Vec<AllocationEntry>>,
     cost: u64,
     refund_txn: u64,
     refunded_at_ms: u64,
 ) -> Result<Vec<AllocationEntry>, Error> {
     let grace_until = refunded_at_ms.saturating_add(ctx.config.refund_grace_ms);
-    let drawn = match tables::get_allocations(&ctx.gt().allocations, usage_txn)? {
-        Some(a) => a.entries,
-        None => return give_back_carried_over(ctx, workspace, cost, refund_txn),
+    let Some(drawn) = drawn else {
+        return give_back_carried_over(ctx, workspace, cost, refund_txn);
     };
     let mut out = Vec::with_capacity(drawn.len());
     for a in drawn {
         let missing = || Error::Corruption {
-            table: "allocations",
-            key: usage_txn.to_string(),
-            detail: format!(
-                "names grant lot ({}, {}) that does not exist",
-                a.grant_id, a.lot
-            ),
+            table: "grants",
+            key: format!("({workspace}, {}, {})", a.grant_id, a.lot),
+            detail: format!("missing, but refund #{refund_txn} gives credits back to it"),
         };
-        let old = tables::get_grant(&ctx.gt().grants, workspace, &a.grant_id, a.lot)?
+        let old = ctx
+            .grant(workspace, &a.grant_id, a.lot)?
             .ok_or_else(missing)?;
         let keeps = old.closed.is_none() && old.expires_at_ms.is_none_or(|e| e >= grace_until);
         if keeps {
@@ -344,7 +352,7 @@ fn give_back_carried_over(
     refund_txn: u64,
 ) -> Result<Vec<AllocationEntry>, Error> {
     let id = carried_over_id();
-    let old = tables::get_grant(&ctx.gt().grants, workspace, id, 0)?;
+    let old = ctx.grant(workspace, id, 0)?;
     let mut rec = match &old {
         Some(r) => r.clone(),
         None => GrantRecord {
@@ -562,13 +570,13 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
         lots.push(first);
     }
     for n in 1..=grace_lots {
-        let g = tables::get_grant(&ctx.gt().grants, &req.workspace, &req.grant_id, n)?.ok_or_else(
-            || Error::Corruption {
+        let g = ctx
+            .grant(&req.workspace, &req.grant_id, n)?
+            .ok_or_else(|| Error::Corruption {
                 table: "grants",
                 key: format!("({}, {}, {n})", req.workspace, req.grant_id),
                 detail: "a grace lot its grant counts is missing".into(),
-            },
-        )?;
+            })?;
         if open(&g) {
             lots.push(g);
         }

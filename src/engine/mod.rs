@@ -304,8 +304,8 @@ pub(crate) struct Ctx<'txn> {
     feed: Option<FeedTables<'txn>>,
     /// `None` only in a file from before schema 3 and a batch of acks and alerts alone.
     grant_tables: Option<GrantTables<'txn>>,
-    /// `None` in a file from before schema 4 until a grant gets a notice entry: see
-    /// [`Ctx::notices_mut`].
+    /// `None` in a file from before schema 4 until a grant gets a notice entry or a
+    /// generation record is written: see [`Ctx::notices_mut`].
     notices: Option<Table<'txn, tables::NoticeKey<'static>, u64>>,
     txn: &'txn WriteTransaction,
     pub state: WriterState,
@@ -327,6 +327,65 @@ pub(crate) struct Ctx<'txn> {
     notifications: HashMap<String, u64>,
     /// The same for grant books.
     book_cache: HashMap<String, (Option<GrantBook>, bool)>,
+    /// The same for grant lots: a batch of charges to one lot writes its record once.
+    lots: LotCache,
+}
+
+/// Grant lots read or changed in one write transaction, per workspace, and whether each
+/// changed: [`Ctx::put_grant`] keeps the two grant indexes in step at once (a charge's plan
+/// reads them) and leaves the record here, for [`Ctx::flush`] to write once. A workspace
+/// holds a handful of lots, so a short list per workspace is searched.
+#[derive(Default)]
+struct LotCache {
+    by_workspace: HashMap<String, Vec<(GrantRecord, bool)>>,
+}
+
+impl LotCache {
+    /// Lot `lot` of grant `id` as this transaction sees it.
+    fn get(
+        &mut self,
+        table: &impl ReadableTable<(&'static str, &'static str, u32), &'static [u8]>,
+        workspace: &str,
+        id: &str,
+        lot: u32,
+    ) -> Result<Option<GrantRecord>, Error> {
+        if let Some(lots) = self.by_workspace.get(workspace) {
+            if let Some((rec, _)) = lots.iter().find(|(g, _)| g.lot == lot && g.id == id) {
+                return Ok(Some(rec.clone()));
+            }
+        }
+        let rec = tables::get_grant(table, workspace, id, lot)?;
+        if let Some(r) = &rec {
+            self.by_workspace
+                .entry(workspace.to_string())
+                .or_default()
+                .push((r.clone(), false));
+        }
+        Ok(rec)
+    }
+
+    fn put(&mut self, rec: &GrantRecord) {
+        let lots = match self.by_workspace.get_mut(rec.workspace.as_str()) {
+            Some(l) => l,
+            None => self.by_workspace.entry(rec.workspace.clone()).or_default(),
+        };
+        match lots
+            .iter_mut()
+            .find(|(g, _)| g.lot == rec.lot && g.id == rec.id)
+        {
+            Some(slot) => *slot = (rec.clone(), true),
+            None => lots.push((rec.clone(), true)),
+        }
+    }
+
+    /// The changed lots, emptying the cache.
+    fn take_changed(&mut self) -> Vec<GrantRecord> {
+        self.by_workspace
+            .drain()
+            .flat_map(|(_, lots)| lots)
+            .filter_map(|(rec, changed)| changed.then_some(rec))
+            .collect()
+    }
 }
 
 impl<'txn> Ctx<'txn> {
@@ -382,6 +441,7 @@ impl<'txn> Ctx<'txn> {
             workspace_cache: HashMap::new(),
             notifications: HashMap::new(),
             book_cache: HashMap::new(),
+            lots: LotCache::default(),
         })
     }
 
@@ -534,16 +594,25 @@ impl<'txn> Ctx<'txn> {
                 self.write(r)?;
             }
         }
-        let bytes = codec::encode(rec);
-        let r = self
-            .gt_mut()
-            .grants
-            .insert(
-                (rec.workspace.as_str(), rec.id.as_str(), rec.lot),
-                bytes.as_slice(),
-            )
-            .map(drop);
-        self.write(r)
+        self.dirty = true;
+        self.lots.put(rec);
+        Ok(())
+    }
+
+    /// Lot `lot` of grant `id` of `workspace`, as this transaction sees it. Every read of a
+    /// grant lot in a write goes through here: the table is behind until [`Ctx::flush`].
+    pub fn grant(
+        &mut self,
+        workspace: &str,
+        id: &str,
+        lot: u32,
+    ) -> Result<Option<GrantRecord>, Error> {
+        let table = &self
+            .grant_tables
+            .as_ref()
+            .expect("invariant: a batch that moves credits opens the grant tables")
+            .grants;
+        self.lots.get(table, workspace, id, lot)
     }
 
     /// Record the grant lots transaction `txn_id` moved.
@@ -587,8 +656,8 @@ impl<'txn> Ctx<'txn> {
         Ok(())
     }
 
-    /// Write the changed workspace records. Call once, after the last operation and before
-    /// the commit.
+    /// Write the changed workspace records, grant books and grant lots. Call once, after the
+    /// last operation and before the commit.
     pub fn flush(&mut self) -> Result<(), Error> {
         for (id, n) in std::mem::take(&mut self.notifications) {
             // Every notification follows a movement of the same workspace, which read its
@@ -634,10 +703,28 @@ impl<'txn> Ctx<'txn> {
                 .map(drop);
             self.write(r)?;
         }
+        for rec in self.lots.take_changed() {
+            let bytes = codec::encode(&rec);
+            let r = self
+                .gt_mut()
+                .grants
+                .insert(
+                    (rec.workspace.as_str(), rec.id.as_str(), rec.lot),
+                    bytes.as_slice(),
+                )
+                .map(drop);
+            self.write(r)?;
+        }
         Ok(())
     }
 
+    /// Write a generation record. Its layout is schema 4's (`single_allocation`): in an older
+    /// file the first one records version 4 (and so creates the notice index the version
+    /// promises), so that an older build refuses the file instead of failing to decode it.
     pub fn put_generation(&mut self, rec: &GenerationRecord) -> Result<(), Error> {
+        if self.notices.is_none() {
+            self.notices_mut()?;
+        }
         let bytes = codec::encode(rec);
         let r = self
             .generations

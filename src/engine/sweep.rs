@@ -96,7 +96,7 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>, limit: u32) -> Result<SweepReport, Error>
         lapsed.truncate(budget);
     }
     for (expires_ms, ws, id, lot) in lapsed {
-        let rec = tables::get_grant(&ctx.gt().grants, &ws, &id, lot)?;
+        let rec = ctx.grant(&ws, &id, lot)?;
         let rec = match rec {
             Some(g) if g.closed.is_none() && g.expires_at_ms == Some(expires_ms) => g,
             _ => {

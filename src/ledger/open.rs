@@ -627,33 +627,94 @@ fn shown_as(e: Error, canonical: &Path, shown: &Path) -> Error {
 /// Check, in a read transaction, that a read-only file is a ledger of a version this build
 /// reads (the read-only twin of [`ensure_schema`]).
 fn check_schema(db: &ReadOnlyDatabase, shown: &Path) -> Result<()> {
+    let rtx = db.begin_read()?;
+    let names = rtx.table_names()?;
+    check_tables(&rtx, &names, shown, GrantCheck::Skipped)
+}
+
+/// What the schema check needs of a transaction, so that one check serves the read-only open
+/// (over a `ReadTransaction`) and the writable one (over a `WriteTransaction`).
+trait SchemaSource {
+    /// The names of the tables in the file.
+    fn table_names(&self) -> Result<Vec<String>>;
+    /// Open `table`, which fails when it is missing or has other key or value types.
+    fn probe<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: redb::TableDefinition<K, V>,
+    ) -> std::result::Result<(), redb::TableError>;
+    /// The schema version `meta` records; `not_ledger` when `meta` cannot be opened.
+    fn schema_version(&self, not_ledger: &dyn Fn(String) -> Error) -> Result<Option<u8>>;
+}
+
+/// The schema version in an opened `meta` table.
+fn version_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<u8>> {
+    Ok(meta
+        .get(tables::META_SCHEMA_KEY)?
+        .and_then(|v| v.value().first().copied()))
+}
+
+/// Both transaction types have the same methods under the same names, but no shared trait.
+macro_rules! schema_source {
+    ($($txn:ty),*) => {$(
+        impl SchemaSource for $txn {
+            fn table_names(&self) -> Result<Vec<String>> {
+                Ok(self
+                    .list_tables()?
+                    .map(|h| redb::TableHandle::name(&h).to_string())
+                    .collect())
+            }
+            fn probe<K: redb::Key + 'static, V: redb::Value + 'static>(
+                &self,
+                table: redb::TableDefinition<K, V>,
+            ) -> std::result::Result<(), redb::TableError> {
+                self.open_table(table).map(drop)
+            }
+            fn schema_version(&self, not_ledger: &dyn Fn(String) -> Error) -> Result<Option<u8>> {
+                let meta = self
+                    .open_table(tables::META)
+                    .map_err(|e| not_ledger(e.to_string()))?;
+                version_in(&meta)
+            }
+        }
+    )*};
+}
+schema_source!(redb::ReadTransaction, redb::WriteTransaction);
+
+/// Whether the schema check also opens the grant tables (and the grant notice index) of a
+/// file whose version has them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GrantCheck {
+    /// The writable open checks them.
+    Checked,
+    /// The read-only open does not: its reads take a missing grant table as empty.
+    Skipped,
+}
+
+/// Check that an existing file, holding the tables `names`, is a ledger of a version this
+/// build reads, with every table there and of the right key and value types.
+fn check_tables(
+    txn: &impl SchemaSource,
+    names: &[String],
+    shown: &Path,
+    grant_tables: GrantCheck,
+) -> Result<()> {
     let not_ledger = |detail: String| Error::NotALedger {
         path: shown.display().to_string(),
         detail,
     };
-    let rtx = db.begin_read()?;
-    let names: Vec<String> = rtx
-        .list_tables()?
-        .map(|h| redb::TableHandle::name(&h).to_string())
-        .collect();
     if !names.iter().any(|n| n == "meta") {
         return Err(not_ledger(format!(
             "it holds the tables {names:?} and no credit-ledger metadata"
         )));
     }
-    let meta = rtx
-        .open_table(tables::META)
-        .map_err(|e| not_ledger(e.to_string()))?;
-    let version = meta
-        .get(tables::META_SCHEMA_KEY)?
-        .and_then(|v| v.value().first().copied());
+    let version = txn.schema_version(&not_ledger)?;
     check_version(version).map_err(|e| match e {
         Error::NotALedger { detail, .. } => not_ledger(detail),
         e => e,
     })?;
     macro_rules! check {
         ($($t:expr),*) => {$(
-            rtx.open_table($t).map_err(|e| not_ledger(e.to_string()))?;
+            txn.probe($t).map_err(|e| not_ledger(e.to_string()))?;
         )*};
     }
     check!(
@@ -664,6 +725,25 @@ fn check_schema(db: &ReadOnlyDatabase, shown: &Path) -> Result<()> {
         tables::DEADLINES,
         tables::IDEMPOTENCY
     );
+    // A version 1 file lacks the consumers and alerts tables, a file before version 3 the
+    // grant tables, and one before version 4 the notice index: opening never writes, so its
+    // first write creates them and records the current version (see `engine::Ctx::open`), and
+    // reads take a missing table as empty.
+    if grant_tables == GrantCheck::Skipped {
+        return Ok(());
+    }
+    if version.is_some_and(|v| v >= tables::GRANTS_SCHEMA_VERSION) {
+        check!(
+            tables::GRANTS,
+            tables::GRANT_ORDER,
+            tables::GRANT_EXPIRIES,
+            tables::ALLOCATIONS,
+            tables::GRANT_BOOKS
+        );
+    }
+    if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+        check!(tables::GRANT_NOTICES);
+    }
     Ok(())
 }
 
@@ -685,15 +765,8 @@ fn check_version(version: Option<u8>) -> Result<()> {
 /// Create the tables of a new file, or check that an existing one is a ledger of a version
 /// this build reads.
 fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
-    let not_ledger = |detail: String| Error::NotALedger {
-        path: shown.display().to_string(),
-        detail,
-    };
     let txn = db.begin_write()?;
-    let names: Vec<String> = txn
-        .list_tables()?
-        .map(|h| redb::TableHandle::name(&h).to_string())
-        .collect();
+    let names = txn.table_names()?;
     if names.is_empty() {
         {
             let mut meta = txn.open_table(tables::META)?;
@@ -712,51 +785,7 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         txn.commit()?;
         return Ok(());
     }
-    if !names.iter().any(|n| n == "meta") {
-        return Err(not_ledger(format!(
-            "it holds the tables {names:?} and no credit-ledger metadata"
-        )));
-    }
-    let meta = txn
-        .open_table(tables::META)
-        .map_err(|e| not_ledger(e.to_string()))?;
-    let version = meta
-        .get(tables::META_SCHEMA_KEY)?
-        .and_then(|v| v.value().first().copied());
-    check_version(version).map_err(|e| match e {
-        Error::NotALedger { detail, .. } => not_ledger(detail),
-        e => e,
-    })?;
-    drop(meta);
-    // Every table must be there with the right key and value types.
-    macro_rules! check {
-        ($($t:expr),*) => {$(
-            txn.open_table($t).map_err(|e| not_ledger(e.to_string()))?;
-        )*};
-    }
-    check!(
-        tables::WORKSPACES,
-        tables::TRANSACTIONS,
-        tables::HISTORY,
-        tables::GENERATIONS,
-        tables::DEADLINES,
-        tables::IDEMPOTENCY
-    );
-    // A version 1 file lacks the consumers and alerts tables, a file before version 3 the
-    // grant tables, and one before version 4 the notice index: opening never writes, so its first write creates them and records
-    // the current version (see `engine::Ctx::open`), and reads take a missing table as empty.
-    if version.is_some_and(|v| v >= tables::GRANTS_SCHEMA_VERSION) {
-        check!(
-            tables::GRANTS,
-            tables::GRANT_ORDER,
-            tables::GRANT_EXPIRIES,
-            tables::ALLOCATIONS,
-            tables::GRANT_BOOKS
-        );
-    }
-    if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
-        check!(tables::GRANT_NOTICES);
-    }
+    check_tables(&txn, &names, shown, GrantCheck::Checked)?;
     txn.abort()?;
     Ok(())
 }

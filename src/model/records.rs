@@ -73,6 +73,59 @@ pub(crate) struct GenerationRecord {
     pub deadline_ms: u64,
     pub usage_txn: u64,
     pub state: GenState,
+    /// When one grant lot paid the whole cost (the common case): that allocation. The Usage
+    /// then has no `allocations` row, and neither has its Refund when it gives the credits
+    /// back to this same lot (see `tables::get_allocations_of`). `None` for a
+    /// charge that spans lots (its allocations are in the `allocations` table) and for one
+    /// made before schema 4. Added in schema 4: records written before it decode through
+    /// [`GenerationRecordV3`].
+    pub single_allocation: Option<AllocationEntry>,
+}
+
+impl GenerationRecord {
+    /// The Usage's allocations when this record holds them (`single_allocation`); `None`
+    /// means they are in the `allocations` table.
+    pub fn usage_allocations(&self) -> Option<Vec<AllocationEntry>> {
+        self.single_allocation.clone().map(|e| vec![e])
+    }
+
+    /// Whether transaction `txn_id` is this generation's Refund.
+    pub fn is_refund(&self, txn_id: u64) -> bool {
+        matches!(self.state, GenState::Refunded { refund_txn, .. } if refund_txn == txn_id)
+    }
+}
+
+/// A [`GenerationRecord`] as schema 3 and earlier wrote it: without `single_allocation`.
+/// The decoder falls back to it (a schema 3 record is a prefix of a schema 4 one, so the
+/// current layout fails on it with an early end, never a wrong value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GenerationRecordV3 {
+    pub id: String,
+    pub workspace: String,
+    pub feature: String,
+    pub cost_credits: u64,
+    pub timeout_ms: u64,
+    pub started_at_ms: u64,
+    pub deadline_ms: u64,
+    pub usage_txn: u64,
+    pub state: GenState,
+}
+
+impl From<GenerationRecordV3> for GenerationRecord {
+    fn from(g: GenerationRecordV3) -> Self {
+        GenerationRecord {
+            id: g.id,
+            workspace: g.workspace,
+            feature: g.feature,
+            cost_credits: g.cost_credits,
+            timeout_ms: g.timeout_ms,
+            started_at_ms: g.started_at_ms,
+            deadline_ms: g.deadline_ms,
+            usage_txn: g.usage_txn,
+            state: g.state,
+            single_allocation: None,
+        }
+    }
 }
 
 /// Where a generation is in its life. Only `Running` can change, and only once.

@@ -129,16 +129,30 @@ pub(crate) fn view_of(
         (Some(g), TxnKind::Usage) => tables::get_generation(gens, g)?,
         _ => None,
     };
-    let allocations: Vec<crate::model::Allocation> = match allocs {
-        Some(allocs)
-            if rec.debit || matches!(rec.kind, TxnKind::Refund | TxnKind::GrantExpiring) =>
+    let entries = if rec.kind == TxnKind::Refund {
+        // A Refund that gave its credits back to the one lot that paid has no row: its
+        // generation record holds the allocation. Read the generation only then.
+        match allocs
+            .map(|t| tables::get_allocations(t, rec.id))
+            .transpose()?
+            .flatten()
         {
-            tables::get_allocations(allocs, rec.id)?
-                .map(|a| a.entries.iter().map(|e| e.public()).collect())
-                .unwrap_or_default()
+            Some(a) => Some(a.entries),
+            None => match &rec.generation_id {
+                Some(g) => tables::get_generation(gens, g)?
+                    .filter(|g| g.is_refund(rec.id))
+                    .and_then(|g| g.usage_allocations()),
+                None => None,
+            },
         }
-        _ => Vec::new(),
+    } else if rec.debit || rec.kind == TxnKind::GrantExpiring {
+        tables::get_allocations_of(allocs, gen.as_ref(), rec.id)?
+    } else {
+        None
     };
+    let allocations: Vec<crate::model::Allocation> = entries
+        .map(|a| a.iter().map(|e| e.public()).collect())
+        .unwrap_or_default();
     let mut view = TransactionView::new(rec, gen.as_ref());
     if let (TxnKind::GrantExpiring, [a]) = (view.kind, allocations.as_slice()) {
         let n = a.credits;

@@ -76,6 +76,21 @@ pub(crate) fn decode<T: DeserializeOwned>(
     decode_limited::<T, MAX_RECORD_BYTES>(table, key, bytes)
 }
 
+/// [`decode`] for a record type whose layout grew: a record of the older layout `Old` (whose
+/// fields are a prefix of `T`'s, so `T` fails on it with an early end) decodes as that and
+/// converts. A damaged record fails both and gets the error of the current layout.
+pub(crate) fn decode_or_older<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, Error> {
+    decode::<T>(table, key, bytes).or_else(|e| {
+        decode::<Old>(table, key, bytes)
+            .map(Into::into)
+            .map_err(|_| e)
+    })
+}
+
 /// [`decode`] for a journal payload, which may be up to [`MAX_JOURNAL_PAYLOAD_BYTES`].
 pub(crate) fn decode_journal<T: DeserializeOwned>(seq: u64, bytes: &[u8]) -> Result<T, Error> {
     decode_limited::<T, MAX_JOURNAL_PAYLOAD_BYTES>("journal", &seq, bytes)
@@ -145,6 +160,7 @@ mod tests {
             deadline_ms: 9_000_001,
             usage_txn: 2,
             state: GenState::Running,
+            single_allocation: None,
         }
     }
 

@@ -15,7 +15,7 @@
 //! | `grants` | (workspace, grant id, lot) | [`GrantRecord`] (schema 3) |
 //! | `grant_order` | (workspace, priority, expires or MAX, effective or 0, grant id, lot) | `()`, open lots with credits left |
 //! | `grant_expiries` | (expires ms, workspace, grant id, lot) | `()`, open lots with an expiry |
-//! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord) |
+//! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord), for a transaction whose generation record does not hold it (schema 4) |
 //! | `grant_books` | workspace id | [`GrantBook`](crate::model::records::GrantBook) |
 //! | `grant_notices` | (notice ms, workspace, grant id) | the grant's expiry ms: a `GrantExpiring` notice not yet written (schema 4) |
 //!
@@ -32,8 +32,8 @@ use redb::{ReadableTable, TableDefinition};
 
 use crate::error::Error;
 use crate::model::records::{
-    AllocationRecord, GenState, GenerationRecord, GrantBook, GrantRecord, TxnRecord,
-    WorkspaceRecord,
+    AllocationEntry, AllocationRecord, GenState, GenerationRecord, GenerationRecordV3, GrantBook,
+    GrantRecord, TxnRecord, WorkspaceRecord,
 };
 use crate::model::{Status, TxnKind};
 use crate::storage::codec;
@@ -80,7 +80,12 @@ pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
 /// The schema version this build writes. Version 4 added the `grant_notices` table and the
 /// `GrantExpiring` notification records; a file gets them, and records version 4, with the
 /// first grant that has a notice to write (so a file that never uses notices stays readable
-/// by a version 3 build). Version 3 added the grant tables (`grants`,
+/// by a version 3 build). Version 4 also stores a charge paid by one grant lot (the common
+/// case) in its generation record (`GenerationRecord::single_allocation`) instead of an
+/// `allocations` row, and writes no row for a refund that gives those credits back to the
+/// same lot, so such a charge and its refund write no more tables than before grants: the
+/// first generation record a write puts in an older file upgrades it the same way (older
+/// generation records decode as they are). Version 3 added the grant tables (`grants`,
 /// `grant_order`, `grant_expiries`, `allocations`, `grant_books`) and the Expiration and Void
 /// records; the first write of money to an older file adds them (and the tables of version
 /// 2) and records version 3, and each workspace's balance moves into a carried-over grant on
@@ -206,9 +211,14 @@ pub(crate) fn get_generation(
     id: &str,
 ) -> Result<Option<GenerationRecord>, Error> {
     match table.get(id)? {
-        Some(v) => Ok(Some(codec::decode("generations", &id, v.value())?)),
+        Some(v) => Ok(Some(decode_generation(id, v.value())?)),
         None => Ok(None),
     }
+}
+
+/// Decode a `generations` record of any schema (a schema 3 one has no single allocation).
+pub(crate) fn decode_generation(id: &str, bytes: &[u8]) -> Result<GenerationRecord, Error> {
+    codec::decode_or_older::<GenerationRecord, GenerationRecordV3>("generations", &id, bytes)
 }
 
 pub(crate) fn get_workspace(
@@ -245,6 +255,32 @@ pub(crate) fn get_allocations(
         Some(v) => Ok(Some(codec::decode("allocations", &txn_id, v.value())?)),
         None => Ok(None),
     }
+}
+
+/// The grant lots transaction `txn_id` moved, wherever they are stored: the `allocations`
+/// row, or for a Usage paid by one lot and a Refund that gave it back to that lot, the
+/// generation record `gen` (the transaction's generation, if it has one). `None` when
+/// neither holds any (a Usage from before grants, a transaction that moved no grant).
+pub(crate) fn get_allocations_of(
+    table: Option<&impl ReadableTable<u64, &'static [u8]>>,
+    gen: Option<&GenerationRecord>,
+    txn_id: u64,
+) -> Result<Option<Vec<AllocationEntry>>, Error> {
+    if let Some(g) = gen.filter(|g| g.usage_txn == txn_id) {
+        if let Some(entries) = g.usage_allocations() {
+            return Ok(Some(entries));
+        }
+    }
+    if let Some(a) = table
+        .map(|t| get_allocations(t, txn_id))
+        .transpose()?
+        .flatten()
+    {
+        return Ok(Some(a.entries));
+    }
+    Ok(gen
+        .filter(|g| g.is_refund(txn_id))
+        .and_then(GenerationRecord::usage_allocations))
 }
 
 pub(crate) fn get_book(
@@ -336,5 +372,49 @@ mod tests {
             assert_eq!(Category::of(c.kind(), c.status()), c);
         }
         assert_eq!(Category::from_u8(Category::ALL.len() as u8), None);
+    }
+
+    /// A generation record of schema 3 (no single allocation) reads as one without it; a
+    /// schema 4 record round-trips; damage to either is still Corruption.
+    #[test]
+    fn generation_records_of_both_layouts_decode() {
+        let old = GenerationRecordV3 {
+            id: "g1".into(),
+            workspace: "ws".into(),
+            feature: "Quick Video".into(),
+            cost_credits: 12,
+            timeout_ms: 9_000_000,
+            started_at_ms: 1,
+            deadline_ms: 9_000_001,
+            usage_txn: 2,
+            state: GenState::Running,
+        };
+        let old_bytes = codec::encode(&old);
+        let read = decode_generation("g1", &old_bytes).unwrap();
+        assert_eq!(read, GenerationRecord::from(old.clone()));
+        assert_eq!(read.single_allocation, None);
+        let new = GenerationRecord {
+            single_allocation: Some(AllocationEntry {
+                grant_id: "pack".into(),
+                lot: 0,
+                from_lot: 0,
+                credits: 12,
+                expires_at_ms: Some(5),
+            }),
+            ..GenerationRecord::from(old)
+        };
+        let new_bytes = codec::encode(&new);
+        assert_eq!(decode_generation("g1", &new_bytes).unwrap(), new);
+        for bytes in [old_bytes, new_bytes] {
+            let mut damaged = bytes.clone();
+            damaged[3] ^= 0x40;
+            assert!(matches!(
+                decode_generation("g1", &damaged),
+                Err(Error::Corruption {
+                    table: "generations",
+                    ..
+                })
+            ));
+        }
     }
 }

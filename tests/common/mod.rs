@@ -82,3 +82,57 @@ pub fn assert_healthy(ledger: &Ledger) {
     assert!(report.is_clean(), "audit found: {:#?}", report.violations);
     assert!(ledger.totals().unwrap().is_conserved());
 }
+
+/// The stored form of a generation record's single allocation (schema 4): the last field of
+/// the record, `Some` entry of `credits` from lot 0 of `grant`, as bincode's standard
+/// configuration writes it (an option tag, varints, a length-prefixed string). Tests that
+/// damage or age a record on purpose edit exactly these bytes.
+pub fn single_allocation_tail(grant: &str, credits: u64, expires_at_ms: Option<u64>) -> Vec<u8> {
+    fn varint(n: u64) -> Vec<u8> {
+        match n {
+            0..=250 => vec![n as u8],
+            251..=0xffff => [vec![251], (n as u16).to_le_bytes().to_vec()].concat(),
+            0x1_0000..=0xffff_ffff => [vec![252], (n as u32).to_le_bytes().to_vec()].concat(),
+            _ => [vec![253], n.to_le_bytes().to_vec()].concat(),
+        }
+    }
+    let mut t = vec![1];
+    t.extend(varint(grant.len() as u64));
+    t.extend(grant.as_bytes());
+    t.extend([0, 0]); // lot, from_lot
+    t.extend(varint(credits));
+    match expires_at_ms {
+        Some(e) => {
+            t.push(1);
+            t.extend(varint(e));
+        }
+        None => t.push(0),
+    }
+    t
+}
+
+/// The record of generation `id` in the (closed) ledger file at `path`, with its payload's
+/// last bytes `from` replaced by `to` and its frame checksum recomputed, so that only the
+/// meaning changes. Panics if the record does not end with `from`.
+pub fn edit_generation_tail(path: &std::path::Path, id: &str, from: &[u8], to: &[u8]) {
+    use redb::ReadableTable;
+    const GENERATIONS: redb::TableDefinition<&str, &[u8]> =
+        redb::TableDefinition::new("generations");
+    let db = redb::Database::open(path).unwrap();
+    let w = db.begin_write().unwrap();
+    {
+        let mut t = w.open_table(GENERATIONS).unwrap();
+        let bytes = t.get(id).unwrap().unwrap().value().to_vec();
+        let body = &bytes[..bytes.len() - 4];
+        assert!(
+            body.ends_with(from),
+            "generation `{id}`: {body:?} does not end with {from:?}"
+        );
+        let mut out = body[..body.len() - from.len()].to_vec();
+        out.extend_from_slice(to);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        t.insert(id, out.as_slice()).unwrap();
+    }
+    w.commit().unwrap();
+}
