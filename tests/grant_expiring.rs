@@ -558,3 +558,30 @@ fn verify_names_a_notice_index_that_disagrees_with_the_grants() {
     tamper((expires - NOTICE_MS, "acme", "later"), expires + 1);
     assert!(found().contains(&Invariant::GrantNotice));
 }
+
+#[test]
+fn a_subscriber_hears_the_sweepers_notice_with_its_grant() {
+    let clock = ManualClock::new(T0_MS);
+    let l = Arc::new(Ledger::in_memory_with(options(&clock, Some(NOTICE_MS))).unwrap());
+    let expires = T0_MS + 10 * DAY_MS;
+    l.credit(Credit::grant("acme", 70, "trial").expires_at_ms(expires))
+        .unwrap();
+    let sub = l.subscribe().unwrap();
+    let sweeper = Sweeper::start(Arc::clone(&l), SweeperOptions::default());
+    clock.set_ms(expires - NOTICE_MS);
+    assert!(sweeper.sweep_now(Duration::from_secs(60)));
+    sweeper.stop().unwrap();
+    // Delivered once the commit is durable, which sweep_now has waited for.
+    match sub.try_recv() {
+        Some(credit_ledger::FeedEvent::Entry(e)) => {
+            assert_eq!(e.kind, TxnKind::GrantExpiring);
+            assert_eq!(
+                (e.allocations[0].grant_id.as_str(), e.allocations[0].credits),
+                ("trial", 70)
+            );
+            assert_eq!(e.allocations[0].spendable_until_ms, Some(expires));
+        }
+        other => panic!("expected the notice, got {other:?}"),
+    }
+    assert!(sub.try_recv().is_none());
+}

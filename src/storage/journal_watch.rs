@@ -92,17 +92,21 @@ impl NameWatch {
     /// Watch `file`, open at `path`. When no watch can be added, the watch falls back to
     /// confirming at every check (and says so once, with `tracing`).
     pub fn new(path: &Path, file: &File) -> Result<NameWatch, Error> {
-        let mut watch = Self::every_check(path, file)?;
+        let watch = Self::every_check(path, file)?;
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        match add_watch(path) {
-            Ok(fd) => {
-                watch.how = How::Inotify {
+        let watch = match add_watch(path) {
+            Ok(fd) => NameWatch {
+                how: How::Inotify {
                     fd,
                     confirm_next: true,
-                }
+                },
+                ..watch
+            },
+            Err(e) => {
+                log_fallback(path, &e);
+                watch
             }
-            Err(e) => log_fallback(path, &e),
-        }
+        };
         Ok(watch)
     }
 
@@ -330,6 +334,16 @@ mod tests {
         std::fs::write(&path, b"someone else's").unwrap();
         let mut watch = NameWatch::new(&path, &file).unwrap();
         assert!(watch.lost_name(&file).unwrap());
+        // Deleted before the watch: no watch can be added on a missing path (`ENOENT`), so
+        // this one is the fallback, which confirms at every check.
+        let path = dir.path().join("k");
+        let file = file_at(&path);
+        std::fs::remove_file(&path).unwrap();
+        let mut watch = NameWatch::new(&path, &file).unwrap();
+        assert!(!watch.is_watching());
+        assert!(watch.lost_name(&file).unwrap());
+        assert!(watch.lost_name(&file).unwrap());
+        assert_eq!(watch.confirmations(), 2);
     }
 
     #[test]
