@@ -1,9 +1,10 @@
-//! [`Sweeper`]: the background thread that refunds generations nobody reported.
+//! [`Sweeper`]: the background thread that refunds generations nobody reported, and writes
+//! the grant expiry notices and Expirations that are due.
 //!
 //! Lazy expiry already refunds a late `complete` or `fail`; the sweeper finds the generations
 //! that nobody touches again (a render worker that crashed, a lost webhook). It sleeps until
-//! the earlier of its interval and the next running deadline (kept in memory by the ledger,
-//! so an idle wake-up costs no I/O), refunds at most [`SweeperOptions::batch`] generations per
+//! the earlier of its interval and the next running deadline, grant expiry or grant notice
+//! (kept in memory by the ledger, so an idle wake-up costs no I/O), refunds at most [`SweeperOptions::batch`] generations per
 //! write transaction, and sweeps again while more have expired.
 //!
 //! Its sleep is measured in real time, but its notion of "now" is the ledger's

@@ -380,13 +380,20 @@ fn sweeps_and_writes_racing_write_each_notice_exactly_once() {
             let clock = clock.clone();
             s.spawn(move || {
                 for i in 0..GRANTS {
-                    // Some are credited inside their window, most before it.
-                    let expires = clock.now_ms() + (i as u64 % 5 + 2) * DAY_MS;
-                    l.credit(
-                        Credit::grant(format!("ws-{t}"), 10, format!("g-{t}-{i}"))
-                            .expires_at_ms(expires),
-                    )
-                    .unwrap();
+                    // Some are credited inside their window, most before it. The main
+                    // thread moves the clock on meanwhile: a thread descheduled between
+                    // reading the clock and crediting can find its expiry already past,
+                    // which the ledger rightly refuses; it then asks again with a fresh one.
+                    loop {
+                        let expires = clock.now_ms() + (i as u64 % 5 + 2) * DAY_MS;
+                        let credit = Credit::grant(format!("ws-{t}"), 10, format!("g-{t}-{i}"))
+                            .expires_at_ms(expires);
+                        match l.credit(credit) {
+                            Ok(_) => break,
+                            Err(Error::InvalidInput(InvalidInput::ExpiryInPast { .. })) => {}
+                            Err(e) => panic!("credit g-{t}-{i}: {e}"),
+                        }
+                    }
                     l.sweep_expired(2).unwrap();
                 }
             });
@@ -557,4 +564,31 @@ fn verify_names_a_notice_index_that_disagrees_with_the_grants() {
     // An entry that names another expiry than its grant's.
     tamper((expires - NOTICE_MS, "acme", "later"), expires + 1);
     assert!(found().contains(&Invariant::GrantNotice));
+}
+
+#[test]
+fn a_subscriber_hears_the_sweepers_notice_with_its_grant() {
+    let clock = ManualClock::new(T0_MS);
+    let l = Arc::new(Ledger::in_memory_with(options(&clock, Some(NOTICE_MS))).unwrap());
+    let expires = T0_MS + 10 * DAY_MS;
+    l.credit(Credit::grant("acme", 70, "trial").expires_at_ms(expires))
+        .unwrap();
+    let sub = l.subscribe().unwrap();
+    let sweeper = Sweeper::start(Arc::clone(&l), SweeperOptions::default());
+    clock.set_ms(expires - NOTICE_MS);
+    assert!(sweeper.sweep_now(Duration::from_secs(60)));
+    sweeper.stop().unwrap();
+    // Delivered once the commit is durable, which sweep_now has waited for.
+    match sub.try_recv() {
+        Some(credit_ledger::FeedEvent::Entry(e)) => {
+            assert_eq!(e.kind, TxnKind::GrantExpiring);
+            assert_eq!(
+                (e.allocations[0].grant_id.as_str(), e.allocations[0].credits),
+                ("trial", 70)
+            );
+            assert_eq!(e.allocations[0].spendable_until_ms, Some(expires));
+        }
+        other => panic!("expected the notice, got {other:?}"),
+    }
+    assert!(sub.try_recv().is_none());
 }

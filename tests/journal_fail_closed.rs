@@ -176,15 +176,17 @@ fn row2_damage_before_an_intact_entry_is_corruption_and_the_journal_is_kept() {
     }
 }
 
-/// Rewrite the last byte of entry `k`'s batch record (the last byte of its "which operations
-/// succeeded" bitmap), fixing both checksums, as a bug or a forger would.
+/// Rewrite the last byte of entry `k`'s "which operations succeeded" bitmap, fixing both
+/// checksums, as a bug or a forger would. The batch record ends with that bitmap and then the
+/// grant notice window, which these ledgers run without (`None`: one zero byte).
 fn forge_result_bit(journal: &mut [u8], k: usize) {
     let at = k * BLOCK;
     let len = u32::from_le_bytes(journal[at + 4..at + 8].try_into().unwrap()) as usize;
     let payload = &mut journal[at + 28..at + 28 + len];
     // The payload is [version][bincode][crc32 of both].
     let body = len - 4;
-    payload[body - 1] ^= 1;
+    assert_eq!(payload[body - 1], 0, "the notice window is None");
+    payload[body - 2] ^= 1;
     let crc = crc32fast::hash(&payload[..body]);
     payload[body..].copy_from_slice(&crc.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();

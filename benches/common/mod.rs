@@ -2,6 +2,7 @@
 //! fixtures built once and cached under `target/bench-fixtures/`, and the SQLite baseline.
 #![allow(dead_code)]
 
+pub mod bare_redb;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};

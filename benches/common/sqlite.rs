@@ -311,27 +311,28 @@ impl SqlLedger {
             .expect("usage");
     }
 
+    /// Generation `id`'s (workspace, cost, state, deadline, usage txn), if it exists.
+    fn generation_row(
+        tx: &rusqlite::Transaction<'_>,
+        id: &str,
+    ) -> Option<(String, i64, i64, i64, i64)> {
+        tx.prepare_cached(
+            "SELECT workspace, cost, state, deadline_ms, usage_txn FROM generations WHERE id = ?1",
+        )
+        .expect("prepare")
+        .query_row([id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()
+        .expect("get")
+    }
+
     /// Fail (refund) each running generation in one transaction. Returns how many refunded.
     pub fn fail_batch(&mut self, ids: &[String], now_ms: i64) -> usize {
         let tx = self.begin();
         let mut done = 0;
         for id in ids {
-            let row = tx
-                .prepare_cached(
-                    "SELECT workspace, cost, state, deadline_ms, usage_txn FROM generations WHERE id = ?1",
-                )
-                .expect("prepare")
-                .query_row([id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
-                .optional()
-                .expect("get");
+            let row = Self::generation_row(&tx, id);
             let Some((ws, cost, state, deadline, usage_txn)) = row else {
                 continue;
             };
@@ -353,6 +354,60 @@ impl SqlLedger {
                 "model crashed",
                 now_ms,
             );
+            done += 1;
+        }
+        tx.commit().expect("commit");
+        done
+    }
+
+    /// Finish each generation in one transaction, as [`complete_batch`](Self::complete_batch)
+    /// (`None`) or [`fail_batch`](Self::fail_batch) (`Some(reason)`) would: the `scale`
+    /// bench's batches mix the two. Returns how many finished.
+    pub fn finish_batch(&mut self, items: &[(String, Option<&str>)], now_ms: i64) -> usize {
+        let tx = self.begin();
+        let mut done = 0;
+        for (id, reason) in items {
+            let row = Self::generation_row(&tx, id);
+            let Some((ws, cost, state, deadline, usage_txn)) = row else {
+                continue;
+            };
+            if state != GEN_RUNNING {
+                continue;
+            }
+            match reason {
+                Some(reason) => {
+                    let reason = if now_ms >= deadline {
+                        "timeout"
+                    } else {
+                        reason
+                    };
+                    Self::refund(
+                        &tx,
+                        id,
+                        &ws,
+                        cost,
+                        usage_txn,
+                        reason,
+                        "model crashed",
+                        now_ms,
+                    );
+                }
+                None if now_ms >= deadline => continue,
+                None => {
+                    tx.prepare_cached("UPDATE generations SET state = ?2 WHERE id = ?1")
+                        .expect("prepare")
+                        .execute(params![id, GEN_SUCCEEDED])
+                        .expect("gen");
+                    tx.prepare_cached("UPDATE workspaces SET running = running - 1 WHERE id = ?1")
+                        .expect("prepare")
+                        .execute([&ws])
+                        .expect("ws");
+                    tx.prepare_cached("UPDATE transactions SET status = ?2 WHERE id = ?1")
+                        .expect("prepare")
+                        .execute(params![usage_txn, STATUS_COMPLETED])
+                        .expect("usage");
+                }
+            }
             done += 1;
         }
         tx.commit().expect("commit");

@@ -126,15 +126,14 @@ pub(super) fn totals_differences(
     out
 }
 
-pub(super) fn check_txn(
+/// Add a transaction to its workspace's sums and check it against the balance the
+/// workspace stood at: the per-workspace half of the check of a log entry, run in the pass
+/// of the audit that checks its workspace's page.
+pub(super) fn accumulate(
     report: &mut AuditReport,
     accs: &mut HashMap<String, Acc>,
-    links: &mut Links,
     rec: &TxnRecord,
-    gens: &impl ReadableTable<&'static str, &'static [u8]>,
-    idem: &impl ReadableTable<&'static str, u64>,
-    history: &HistoryIndex<'_, impl ReadableTable<(&'static str, u8, u64), ()>>,
-) -> Result<(), Error> {
+) {
     let id = rec.id;
     let ws = rec.workspace.as_str();
     let acc = accs.entry(rec.workspace.clone()).or_default();
@@ -195,7 +194,7 @@ pub(super) fn check_txn(
             report.add(
                 Invariant::BalanceArithmetic,
                 format!(
-                    "#{id}: a {} notification must move 0 credits and show a balance below its threshold (amount {a}, balance {}, threshold {:?})",
+                    "#{id}: a {} notification must move 0 credits (and a balance alert show a balance below its threshold): amount {a}, balance {}, threshold {:?}",
                     rec.kind,
                     rec.balance_after_credits,
                     rec.memo
@@ -207,7 +206,20 @@ pub(super) fn check_txn(
         }
     }
     acc.last_txn = id;
+}
 
+/// Check a log entry's links: its idempotency key, its generation and its history entry. The
+/// half of the check that needs no state per workspace, run once, in the first pass.
+pub(super) fn check_txn(
+    report: &mut AuditReport,
+    links: &mut Links,
+    rec: &TxnRecord,
+    gens: &impl ReadableTable<&'static str, &'static [u8]>,
+    idem: &impl ReadableTable<&'static str, u64>,
+    history: &HistoryIndex<'_, impl ReadableTable<(&'static str, u8, u64), ()>>,
+) -> Result<(), Error> {
+    let id = rec.id;
+    let ws = rec.workspace.as_str();
     if let Some(key) = &rec.idempotency_key {
         if idem.get(key.as_str())?.map(|v| v.value()) == Some(id) {
             links.keyed += 1;

@@ -3,13 +3,15 @@
 //! and the lots' spendability at its time), every refund gives its Usage's allocations back,
 //! every Expiration and Void closes lots for exactly what they held. At the end the replayed
 //! lots must equal the stored ones, each workspace's balance the sum of its lots, and the two
-//! grant indexes the set of open lots. Memory: one entry per grant lot.
+//! grant indexes the set of open lots. Memory: one entry per grant lot of the page of
+//! workspaces the pass checks (see [`Page`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
-use super::{AuditReport, Invariant};
+use super::{AuditReport, Invariant, Page};
 use crate::engine::grants::carried_over_id;
 use crate::error::Error;
 use crate::model::records::{AllocationEntry, GrantBook, GrantRecord, TxnRecord};
@@ -63,11 +65,13 @@ impl Sim {
 
 /// The grant side of the audit, fed one transaction at a time.
 pub(super) struct GrantAudit {
-    stored: HashMap<LotKey, GrantRecord>,
+    /// In key order, so that a workspace's lots are one range (for the drawdown check) and the
+    /// index lookups at the end go in the order of the file.
+    stored: BTreeMap<LotKey, GrantRecord>,
     books: HashMap<String, GrantBook>,
     /// Carried-over lots by (workspace, the txn that created them).
     carried: HashMap<(String, u64), LotKey>,
-    sim: HashMap<LotKey, Sim>,
+    sim: BTreeMap<LotKey, Sim>,
     /// Expired and voided credits per workspace, from the log.
     lost: HashMap<String, (u128, u128)>,
     allocations: Option<redb::ReadOnlyTable<u64, &'static [u8]>>,
@@ -76,7 +80,17 @@ pub(super) struct GrantAudit {
     generations: redb::ReadOnlyTable<&'static str, &'static [u8]>,
     /// The grants (workspace, grant id) a `GrantExpiring` notice was written for.
     noticed: HashSet<(String, String)>,
+    /// The workspaces this audit of the grants checks.
+    page: Page,
     pub lots: u64,
+}
+
+/// What the lots of one page add up to, for the checks of the grant indexes' sizes, which
+/// need every page.
+#[derive(Default)]
+pub(super) struct OpenLots {
+    with_credits: u64,
+    with_expiry: u64,
 }
 
 fn key_of(ws: &str, e: &AllocationEntry) -> LotKey {
@@ -84,13 +98,25 @@ fn key_of(ws: &str, e: &AllocationEntry) -> LotKey {
 }
 
 impl GrantAudit {
-    pub fn load(rtx: &ReadTransaction, report: &mut AuditReport) -> Result<Self, Error> {
-        let mut stored = HashMap::new();
+    /// The stored lots and grant books of the workspaces in `page`.
+    pub fn load(
+        rtx: &ReadTransaction,
+        report: &mut AuditReport,
+        page: &Page,
+    ) -> Result<Self, Error> {
+        let mut stored = BTreeMap::new();
         let mut carried = HashMap::new();
         if let Some(t) = tables::open_optional(rtx, tables::GRANTS)? {
-            for entry in t.iter()? {
+            let from = page.after.as_deref().unwrap_or("");
+            for entry in t.range((from, "", 0u32)..)? {
                 let (k, v) = entry?;
                 let (ws, id, lot) = k.value();
+                if page.is_past(ws) {
+                    break;
+                }
+                if !page.contains(ws) {
+                    continue;
+                }
                 let key = format!("({ws}, {id}, {lot})");
                 match codec::decode::<GrantRecord>("grants", &key, v.value()) {
                     Ok(g) => {
@@ -110,8 +136,15 @@ impl GrantAudit {
         }
         let mut books = HashMap::new();
         if let Some(t) = tables::open_optional(rtx, tables::GRANT_BOOKS)? {
-            for entry in t.iter()? {
+            let from = page
+                .after
+                .as_deref()
+                .map_or(Bound::Unbounded, Bound::Excluded);
+            for entry in t.range::<&str>((from, Bound::Unbounded))? {
                 let (k, v) = entry?;
+                if page.is_past(k.value()) {
+                    break;
+                }
                 match codec::decode::<GrantBook>("grant_books", &k.value(), v.value()) {
                     Ok(b) => {
                         books.insert(k.value().to_string(), b);
@@ -131,9 +164,10 @@ impl GrantAudit {
             stored,
             books,
             carried,
-            sim: HashMap::new(),
+            sim: BTreeMap::new(),
             lost: HashMap::new(),
             noticed: HashSet::new(),
+            page: page.clone(),
             allocations: tables::open_optional(rtx, tables::ALLOCATIONS)?,
             generations: rtx.open_table(tables::GENERATIONS)?,
         })
@@ -329,13 +363,16 @@ impl GrantAudit {
         // No spendable lot that comes before the last one taken was skipped.
         if let Some(last) = last_order {
             let taken: Vec<LotKey> = entries.iter().map(|e| key_of(ws, e)).collect();
-            let skipped = self.sim.iter().any(|(k, s)| {
-                k.0 == ws
-                    && s.remaining > 0
-                    && s.spendable(rec.at_ms)
-                    && s.order(&k.1, k.2) < last
-                    && !taken.contains(k)
-            });
+            let skipped = self
+                .sim
+                .range((ws.to_string(), String::new(), 0)..)
+                .take_while(|(k, _)| k.0 == ws)
+                .any(|(k, s)| {
+                    s.remaining > 0
+                        && s.spendable(rec.at_ms)
+                        && s.order(&k.1, k.2) < last
+                        && !taken.contains(k)
+                });
             if skipped {
                 bad(
                     report,
@@ -478,16 +515,17 @@ impl GrantAudit {
         }
     }
 
-    /// The end of the log: the replayed lots against the stored ones, balances, books and the
-    /// two indexes.
+    /// The end of the log for this page's workspaces: the replayed lots against the stored
+    /// ones, balances, books and each open lot's index entries. Adds the page's open lots to
+    /// `open`, for [`check_index_sizes`] once every page is done.
     pub fn finish(
         mut self,
         report: &mut AuditReport,
         rtx: &ReadTransaction,
         balances: &HashMap<String, u64>,
+        open: &mut OpenLots,
     ) -> Result<(), Error> {
         let mut sums: BTreeMap<String, u128> = BTreeMap::new();
-        let (mut open_with_credits, mut open_with_expiry) = (0u64, 0u64);
         let order_t = tables::open_optional(rtx, tables::GRANT_ORDER)?;
         let expiries_t = tables::open_optional(rtx, tables::GRANT_EXPIRIES)?;
         for (k, g) in &self.stored {
@@ -512,8 +550,8 @@ impl GrantAudit {
             }
             if g.closed.is_none() {
                 *sums.entry(ws.to_string()).or_default() += u128::from(g.remaining_credits);
-                open_with_credits += u64::from(g.remaining_credits > 0);
-                open_with_expiry += u64::from(g.expires_at_ms.is_some());
+                open.with_credits += u64::from(g.remaining_credits > 0);
+                open.with_expiry += u64::from(g.expires_at_ms.is_some());
                 let in_order = match &order_t {
                     Some(t) => t.get(g.order_key())?.is_some(),
                     None => false,
@@ -604,6 +642,9 @@ impl GrantAudit {
             for entry in t.iter()? {
                 let (k, v) = entry?;
                 let (due_ms, ws, id) = k.value();
+                if !self.page.contains(ws) {
+                    continue;
+                }
                 let expires_ms = v.value();
                 let lot0 = self.stored.get(&(ws.to_string(), id.to_string(), 0));
                 let fits = lot0.is_some_and(|g| g.expires_at_ms == Some(expires_ms))
@@ -622,25 +663,36 @@ impl GrantAudit {
                 }
             }
         }
-        let order = match &order_t {
-            Some(t) => t.len()?,
-            None => 0,
-        };
-        let expiries = match &expiries_t {
-            Some(t) => t.len()?,
-            None => 0,
-        };
-        if order != open_with_credits || expiries != open_with_expiry {
-            report.add(
-                Invariant::GrantIndex,
-                format!(
-                    "grant_order has {order} entries for {open_with_credits} open lots with credits; grant_expiries {expiries} for {open_with_expiry} open lots with an expiry"
-                ),
-                vec![],
-                None,
-                None,
-            );
-        }
         Ok(())
     }
+}
+
+/// The grant indexes hold nothing but the open lots: their sizes against the open lots of
+/// every page.
+pub(super) fn check_index_sizes(
+    report: &mut AuditReport,
+    rtx: &ReadTransaction,
+    open: &OpenLots,
+) -> Result<(), Error> {
+    fn size<K: redb::Key + 'static>(t: Option<redb::ReadOnlyTable<K, ()>>) -> Result<u64, Error> {
+        Ok(match t {
+            Some(t) => t.len()?,
+            None => 0,
+        })
+    }
+    let order = size(tables::open_optional(rtx, tables::GRANT_ORDER)?)?;
+    let expiries = size(tables::open_optional(rtx, tables::GRANT_EXPIRIES)?)?;
+    if order != open.with_credits || expiries != open.with_expiry {
+        report.add(
+            Invariant::GrantIndex,
+            format!(
+                "grant_order has {order} entries for {} open lots with credits; grant_expiries {expiries} for {} open lots with an expiry",
+                open.with_credits, open.with_expiry
+            ),
+            vec![],
+            None,
+            None,
+        );
+    }
+    Ok(())
 }

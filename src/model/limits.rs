@@ -52,6 +52,16 @@ pub const MAX_SWEEP_LIMIT: u32 = 10_000;
 /// counts them.
 pub const MAX_REPORTED_VIOLATIONS: usize = 1000;
 
+/// Most workspaces one pass of [`Ledger::verify`](crate::Ledger::verify) checks together.
+/// The audit replays each workspace's transactions and grant lots, which needs state for every
+/// workspace it checks at once; it takes the workspaces in pages of this many (in key order)
+/// and reads the log once per page, so its memory stays bounded (about 25 MiB for a page of
+/// workspaces with four grants each) whether the ledger holds a hundred workspaces or a
+/// million. A ledger with at most this many workspaces is read once, as before; past it, each
+/// further page costs one more read of the log, which skips other workspaces' records on
+/// their workspace id alone.
+pub const AUDIT_PAGE_WORKSPACES: usize = 8_192;
+
 /// Default tolerance for a clock that steps backwards, in milliseconds. A smaller step (NTP
 /// slewing, a VM resuming) is absorbed: the ledger keeps stamping the last committed time. A
 /// larger one is refused with [`Error::ClockRegressed`](crate::Error::ClockRegressed).

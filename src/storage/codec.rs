@@ -51,6 +51,21 @@ pub(crate) fn record_crc(bytes: &[u8]) -> u32 {
     }
 }
 
+/// The workspace of a framed [`TxnRecord`](crate::model::records::TxnRecord), read from the
+/// front of its payload (the record starts with its id, its time and its workspace) without
+/// decoding the rest or checking the checksum. For the audit's later passes, which skip the
+/// records of the workspaces they do not check: a record they use is then decoded, and
+/// checked, in full. `None` when the front does not decode.
+pub(crate) fn txn_workspace(bytes: &[u8]) -> Option<&str> {
+    let payload = bytes.get(1..bytes.len().checked_sub(4)?)?;
+    if bytes.first() != Some(&FORMAT_VERSION) {
+        return None;
+    }
+    let ((_id, _at_ms, workspace), _): ((u64, u64, &str), usize) =
+        bincode::serde::borrow_decode_from_slice(payload, config::<MAX_RECORD_BYTES>()).ok()?;
+    Some(workspace)
+}
+
 /// Check the frame and decode a record. Any damage becomes [`Error::Corruption`] naming
 /// `table` and `key`; a record from a newer format becomes [`Error::UnsupportedFormat`].
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -147,6 +162,35 @@ mod tests {
             state: GenState::Running,
             single_allocation: None,
         }
+    }
+
+    /// The audit's skip passes read a transaction's workspace from the front of its record:
+    /// that holds only while `TxnRecord` starts with its id, time and workspace.
+    #[test]
+    fn a_transaction_record_names_its_workspace_up_front() {
+        let rec = crate::model::records::TxnRecord {
+            id: 300_000,
+            at_ms: 1_767_225_600_000,
+            workspace: "ws-0042".into(),
+            kind: crate::model::TxnKind::Usage,
+            amount_credits: 12,
+            debit: true,
+            balance_before_credits: 100,
+            balance_after_credits: 88,
+            title: "Quick Video".into(),
+            generation_id: Some("gen-1".into()),
+            refund: None,
+            idempotency_key: None,
+            memo: None,
+            prev_crc: 7,
+        };
+        let bytes = encode(&rec);
+        assert_eq!(txn_workspace(&bytes), Some("ws-0042"));
+        assert_eq!(txn_workspace(&bytes[..3]), None);
+        assert_eq!(txn_workspace(&[]), None);
+        let mut newer = bytes.clone();
+        newer[0] = FORMAT_VERSION + 1;
+        assert_eq!(txn_workspace(&newer), None);
     }
 
     #[test]

@@ -100,10 +100,41 @@ pub(crate) struct Batch {
     pub default_timeout_ms: u64,
     /// The ledger's refund grace when it ran.
     pub refund_grace_ms: u64,
-    /// The ledger's grant notice window when it ran (`None`: off).
-    pub grant_expiring_notice_ms: Option<u64>,
     pub ops: Vec<Op>,
     pub proof: Proof,
+    /// The ledger's grant notice window when it ran (`None`: off). Last, so that an entry
+    /// written before it existed fails to decode as this struct at its very end, and is read
+    /// as a [`BatchBeforeNotices`] instead.
+    pub grant_expiring_notice_ms: Option<u64>,
+}
+
+/// A batch as builds from before grant notices wrote it: no notice window. Such a build ran
+/// with none, so replaying its entries without one does exactly what it did.
+#[derive(Debug, Deserialize)]
+struct BatchBeforeNotices {
+    now_ms: u64,
+    default_timeout_ms: u64,
+    refund_grace_ms: u64,
+    ops: Vec<Op>,
+    proof: Proof,
+}
+
+/// Decode a journal payload: this build's batch, or one a build from before grant notices
+/// left in the journal (an upgrade after a crash), which replays with notices off.
+pub(crate) fn decode_batch(seq: u64, payload: &[u8]) -> Result<Batch, Error> {
+    codec::decode_journal::<Batch>(seq, payload).or_else(|e| {
+        match codec::decode_journal::<BatchBeforeNotices>(seq, payload) {
+            Ok(b) => Ok(Batch {
+                now_ms: b.now_ms,
+                default_timeout_ms: b.default_timeout_ms,
+                refund_grace_ms: b.refund_grace_ms,
+                ops: b.ops,
+                proof: b.proof,
+                grant_expiring_notice_ms: None,
+            }),
+            Err(_) => Err(e),
+        }
+    })
 }
 
 #[derive(Serialize)]
@@ -111,9 +142,9 @@ struct BatchRef<'a> {
     now_ms: u64,
     default_timeout_ms: u64,
     refund_grace_ms: u64,
-    grant_expiring_notice_ms: Option<u64>,
     ops: &'a [Op],
     proof: &'a Proof,
+    grant_expiring_notice_ms: Option<u64>,
 }
 
 /// Encode a batch as a journal payload.
@@ -127,9 +158,9 @@ pub(crate) fn encode_batch(
         now_ms,
         default_timeout_ms,
         refund_grace_ms,
-        grant_expiring_notice_ms,
         ops,
         proof,
+        grant_expiring_notice_ms,
     })
 }
 
@@ -412,7 +443,7 @@ pub(crate) fn read_pending(
         }
         // The frame is intact, so the payload is what this ledger wrote: failing to decode it
         // is damage that must stop the open, not a tail to ignore.
-        let batch: Batch = match codec::decode_journal(seq, payload) {
+        let batch: Batch = match decode_batch(seq, payload) {
             Ok(b) => b,
             Err(e) => {
                 let error = match e {
@@ -723,6 +754,45 @@ mod tests {
             after: (i + 1, i, 0),
             ok_bits: vec![1],
         }
+    }
+
+    #[test]
+    fn an_entry_from_before_grant_notices_replays_with_notices_off() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            now_ms: u64,
+            default_timeout_ms: u64,
+            refund_grace_ms: u64,
+            ops: &'a [Op],
+            proof: &'a Proof,
+        }
+        let old = codec::encode(&Old {
+            now_ms: 10,
+            default_timeout_ms: 5,
+            refund_grace_ms: 6,
+            ops: &ops(2),
+            proof: &proof(1),
+        });
+        let b = decode_batch(1, &old).unwrap();
+        assert_eq!(
+            (b.now_ms, b.default_timeout_ms, b.refund_grace_ms),
+            (10, 5, 6)
+        );
+        assert_eq!((b.ops.len(), b.proof), (2, proof(1)));
+        assert_eq!(b.grant_expiring_notice_ms, None);
+        let new = encode_batch(10, (5, 6, Some(7)), &ops(2), &proof(1));
+        assert_eq!(
+            decode_batch(1, &new).unwrap().grant_expiring_notice_ms,
+            Some(7)
+        );
+        // Damage is still damage: neither shape reads a payload cut inside its proof.
+        let mut cut = new[..new.len() - 7].to_vec();
+        let crc = crc32fast::hash(&cut);
+        cut.extend_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_batch(1, &cut),
+            Err(Error::Corruption { .. })
+        ));
     }
 
     /// A journal at `path` with an open epoch and entries `first..=last`.

@@ -2,6 +2,7 @@
 //! through their whole life on a simulated clock, then a report that reconciles every credit
 //! and runs `verify()`.
 
+mod arenas;
 mod report;
 mod rng;
 mod workload;
@@ -162,6 +163,7 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
 
 pub fn run(ctx: &Context, a: &SimulateArgs, out: &mut Out) -> Result<(), CliError> {
     let params = Params::check(a, ctx.now_ms.unwrap_or(DEFAULT_START_MS))?;
+    arenas::limit_arenas();
     let path = fresh_file(ctx)?;
     let clock = ManualClock::new(params.start_ms);
     // The simulated clock runs hours ahead on its own fresh file: not a mistyped time, so the
