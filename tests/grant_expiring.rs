@@ -380,13 +380,20 @@ fn sweeps_and_writes_racing_write_each_notice_exactly_once() {
             let clock = clock.clone();
             s.spawn(move || {
                 for i in 0..GRANTS {
-                    // Some are credited inside their window, most before it.
-                    let expires = clock.now_ms() + (i as u64 % 5 + 2) * DAY_MS;
-                    l.credit(
-                        Credit::grant(format!("ws-{t}"), 10, format!("g-{t}-{i}"))
-                            .expires_at_ms(expires),
-                    )
-                    .unwrap();
+                    // Some are credited inside their window, most before it. The main
+                    // thread moves the clock on meanwhile: a thread descheduled between
+                    // reading the clock and crediting can find its expiry already past,
+                    // which the ledger rightly refuses; it then asks again with a fresh one.
+                    loop {
+                        let expires = clock.now_ms() + (i as u64 % 5 + 2) * DAY_MS;
+                        let credit = Credit::grant(format!("ws-{t}"), 10, format!("g-{t}-{i}"))
+                            .expires_at_ms(expires);
+                        match l.credit(credit) {
+                            Ok(_) => break,
+                            Err(Error::InvalidInput(InvalidInput::ExpiryInPast { .. })) => {}
+                            Err(e) => panic!("credit g-{t}-{i}: {e}"),
+                        }
+                    }
                     l.sweep_expired(2).unwrap();
                 }
             });
