@@ -218,15 +218,7 @@ impl GrantAudit {
                 .entry(k)
                 .or_insert_with(|| Sim::of(g, g.amount_credits));
         }
-        let bad = |report: &mut AuditReport, inv, detail: String| {
-            report.add(
-                inv,
-                detail,
-                vec![rec.id],
-                rec.generation_id.as_deref(),
-                Some(ws),
-            );
-        };
+        let bad = |report: &mut AuditReport, inv, detail: String| flag(report, rec, inv, detail);
         match (rec.kind, rec.debit) {
             // A zero-credit Adjustment is an audit note (a journal discard): no grant.
             (TxnKind::Adjustment, false) if rec.amount_credits == 0 => {}
@@ -302,15 +294,7 @@ impl GrantAudit {
 
     fn on_debit(&mut self, report: &mut AuditReport, rec: &TxnRecord) {
         let ws = rec.workspace.as_str();
-        let bad = |report: &mut AuditReport, inv, detail: String| {
-            report.add(
-                inv,
-                detail,
-                vec![rec.id],
-                rec.generation_id.as_deref(),
-                Some(ws),
-            );
-        };
+        let bad = |report: &mut AuditReport, inv, detail: String| flag(report, rec, inv, detail);
         let Some(entries) = self.entries_of(report, rec, rec.id) else {
             bad(
                 report,
@@ -395,13 +379,7 @@ impl GrantAudit {
     fn on_refund(&mut self, report: &mut AuditReport, rec: &TxnRecord) {
         let ws = rec.workspace.as_str();
         let bad = |report: &mut AuditReport, detail: String| {
-            report.add(
-                Invariant::RefundAllocation,
-                detail,
-                vec![rec.id],
-                rec.generation_id.as_deref(),
-                Some(ws),
-            );
+            flag(report, rec, Invariant::RefundAllocation, detail)
         };
         let Some(entries) = self.entries_of(report, rec, rec.id) else {
             bad(report, format!("#{}: a refund with no allocations", rec.id));
@@ -695,4 +673,16 @@ pub(super) fn check_index_sizes(
         );
     }
     Ok(())
+}
+
+/// Records a violation of `inv` found at transaction `rec`, naming its id, generation and
+/// workspace: what every per-transaction check of this replay reports.
+fn flag(report: &mut AuditReport, rec: &TxnRecord, inv: Invariant, detail: String) {
+    report.add(
+        inv,
+        detail,
+        vec![rec.id],
+        rec.generation_id.as_deref(),
+        Some(rec.workspace.as_str()),
+    );
 }
