@@ -11,6 +11,7 @@
 
 use redb::ReadableTable;
 
+use super::lots::{self, Take};
 use super::Ctx;
 use crate::error::{Error, InvalidInput};
 use crate::model::limits::{MAX_GRANT_PRIORITY, MAX_MEMO_BYTES};
@@ -130,62 +131,118 @@ pub(super) fn lot0(
 
 /// What a charge of `cost` would take, in drawdown order, without writing anything. `Err`
 /// carries the spendable balance when it is not enough.
+///
+/// A plan reads the workspace's drawdown index up to the lot that completes it, and each lot
+/// on the way, into the transaction's lot cache. When that read reaches the end of the
+/// workspace's index (one lot, or a charge that needs them all) the cache then holds every
+/// lot of it, and the workspace's later charges in the transaction plan from memory (see
+/// [`lots`](super::lots)).
 pub(super) fn plan(
     ctx: &mut Ctx<'_>,
     workspace: &str,
     cost: u64,
-) -> Result<Result<Vec<(GrantRecord, u64)>, u64>, Error> {
-    let mut need = cost;
-    let mut spendable: u64 = 0;
-    let mut takes = Vec::new();
+) -> Result<Result<Vec<Take>, u64>, Error> {
+    let mut planner = Planner {
+        workspace,
+        now_ms: ctx.now_ms,
+        need: cost,
+        spendable: 0,
+        takes: Vec::new(),
+    };
+    if ctx.lots.is_ordered(workspace) {
+        for rec in ctx.lots.in_drawdown_order(workspace) {
+            if planner.offer(rec)? {
+                return Ok(Ok(planner.takes));
+            }
+        }
+        return Ok(Err(planner.spendable));
+    }
     let start: tables::OrderKey<'_> = (workspace, 0, 0, 0, "", 0);
     // The index and the lot cache are separate fields: the scan reads one, fills the other.
     let gt = ctx
         .grant_tables
         .as_ref()
         .expect("invariant: a batch that moves credits opens the grant tables");
-    for entry in gt.order.range(start..)? {
+    let mut range = gt.order.range(start..)?;
+    while let Some(entry) = range.next() {
         let (key, _) = entry?;
         let (ws, _, _, _, id, lot) = key.value();
         if ws != workspace {
             break;
         }
-        let rec = ctx
-            .lots
-            .get(&gt.grants, workspace, id, lot)?
-            .ok_or_else(|| Error::Corruption {
-                table: "grant_order",
-                key: format!("({workspace}, {id}, {lot})"),
-                detail: "index entry for a grant lot that does not exist".into(),
-            })?;
-        if !rec.spendable_at(ctx.now_ms) {
-            continue;
+        let rec = ctx.lots.get(&gt.grants, workspace, id, lot)?;
+        let rec = match rec {
+            Some(r) if lots::in_order(&r) && r.order_key() == key.value() => r,
+            other => {
+                return Err(Error::Corruption {
+                    table: "grant_order",
+                    key: format!("({workspace}, {id}, {lot})"),
+                    detail: match other {
+                        None => "index entry for a grant lot that does not exist".into(),
+                        Some(_) => "index entry that does not match its grant lot".into(),
+                    },
+                })
+            }
+        };
+        if planner.offer(&rec)? {
+            // One step more says whether that was the workspace's last lot.
+            let last = match range.next().transpose()? {
+                Some((next, _)) => next.value().0 != workspace,
+                None => true,
+            };
+            if last {
+                ctx.lots.mark_ordered(workspace);
+            }
+            return Ok(Ok(planner.takes));
+        }
+    }
+    ctx.lots.mark_ordered(workspace);
+    Ok(Err(planner.spendable))
+}
+
+/// A plan in the making: the lots offered to it, in drawdown order.
+struct Planner<'a> {
+    workspace: &'a str,
+    now_ms: u64,
+    need: u64,
+    spendable: u64,
+    takes: Vec<Take>,
+}
+
+impl Planner<'_> {
+    /// Count lot `rec` in, taking what the charge still needs from it if it is spendable.
+    /// Returns whether the plan is complete. Past the lot that completes it, only a refusal
+    /// reads on, to report the whole spendable balance.
+    fn offer(&mut self, rec: &GrantRecord) -> Result<bool, Error> {
+        if !rec.spendable_at(self.now_ms) {
+            return Ok(false);
         }
         // The lots' remainders add up to the balance, a u64: a sum past it is a damaged file.
-        spendable = spendable
+        self.spendable = self
+            .spendable
             .checked_add(rec.remaining_credits)
             .ok_or_else(|| Error::Corruption {
                 table: "grants",
-                key: workspace.to_string(),
+                key: self.workspace.to_string(),
                 detail: "the workspace's grant lots hold more than u64::MAX credits".into(),
             })?;
-        if need > 0 {
-            let credits = need.min(rec.remaining_credits);
-            need -= credits;
-            takes.push((rec, credits));
+        if self.need > 0 {
+            let credits = self.need.min(rec.remaining_credits);
+            self.need -= credits;
+            self.takes.push(Take {
+                id: rec.id.clone(),
+                lot: rec.lot,
+                credits,
+            });
         }
-        if need == 0 {
-            return Ok(Ok(takes));
-        }
-        // Past here only the refusal path reads on, to report the whole spendable balance.
+        Ok(self.need == 0)
     }
-    Ok(Err(spendable))
 }
 
 /// A debit checked against the spendable grants, ready to be taken.
 pub(super) enum Planned {
     /// These lots, these credits.
-    Takes(Vec<(GrantRecord, u64)>),
+    Takes(Vec<Take>),
     /// A workspace from before grants: its whole balance is spendable, and the credits come
     /// from the carried-over grant its first write creates.
     CarriedOver,
@@ -230,26 +287,25 @@ pub(super) fn debit(
             })?
         }
     };
-    take(ctx, takes)
+    take(ctx, workspace, takes)
 }
 
 /// Take the planned credits from their lots. Returns the allocations to record.
-fn take(ctx: &mut Ctx<'_>, takes: Vec<(GrantRecord, u64)>) -> Result<Vec<AllocationEntry>, Error> {
+fn take(
+    ctx: &mut Ctx<'_>,
+    workspace: &str,
+    takes: Vec<Take>,
+) -> Result<Vec<AllocationEntry>, Error> {
     let mut out = Vec::with_capacity(takes.len());
-    for (old, credits) in takes {
-        let mut rec = old.clone();
-        rec.remaining_credits -= credits;
-        rec.allocated_credits = rec
-            .allocated_credits
-            .checked_add(credits)
-            .ok_or_else(|| lot_overflow(&rec))?;
-        ctx.put_grant(Some(&old), &rec)?;
+    for t in takes {
+        let rec = ctx.take_from_lot(workspace, &t.id, t.lot, t.credits)?;
+        let expires_at_ms = rec.expires_at_ms;
         out.push(AllocationEntry {
-            grant_id: rec.id.clone(),
-            lot: rec.lot,
-            from_lot: rec.lot,
-            credits,
-            expires_at_ms: rec.expires_at_ms,
+            grant_id: t.id,
+            lot: t.lot,
+            from_lot: t.lot,
+            credits: t.credits,
+            expires_at_ms,
         });
     }
     Ok(out)

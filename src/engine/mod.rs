@@ -8,6 +8,7 @@
 mod credit;
 mod generation;
 pub(crate) mod grants;
+mod lots;
 mod notify;
 mod refund_pages;
 mod sweep;
@@ -24,6 +25,7 @@ use crate::model::records::{
 use crate::model::{Op, Outcome};
 use crate::storage::codec;
 use crate::storage::tables::{self, Category};
+use lots::LotCache;
 
 /// What the writer keeps in memory between transactions: derived from the last committed
 /// transaction, reloaded from disk after any failed commit.
@@ -362,65 +364,9 @@ pub(crate) struct Ctx<'txn> {
     notifications: HashMap<String, u64>,
     /// The same for grant books.
     book_cache: HashMap<String, (Option<GrantBook>, bool)>,
-    /// The same for grant lots: a batch of charges to one lot writes its record once.
-    lots: LotCache,
-}
-
-/// Grant lots read or changed in one write transaction, per workspace, and whether each
-/// changed: [`Ctx::put_grant`] keeps the two grant indexes in step at once (a charge's plan
-/// reads them) and leaves the record here, for [`Ctx::flush`] to write once. A workspace
-/// holds a handful of lots, so a short list per workspace is searched.
-#[derive(Default)]
-struct LotCache {
-    by_workspace: HashMap<String, Vec<(GrantRecord, bool)>>,
-}
-
-impl LotCache {
-    /// Lot `lot` of grant `id` as this transaction sees it.
-    fn get(
-        &mut self,
-        table: &impl ReadableTable<(&'static str, &'static str, u32), &'static [u8]>,
-        workspace: &str,
-        id: &str,
-        lot: u32,
-    ) -> Result<Option<GrantRecord>, Error> {
-        if let Some(lots) = self.by_workspace.get(workspace) {
-            if let Some((rec, _)) = lots.iter().find(|(g, _)| g.lot == lot && g.id == id) {
-                return Ok(Some(rec.clone()));
-            }
-        }
-        let rec = tables::get_grant(table, workspace, id, lot)?;
-        if let Some(r) = &rec {
-            self.by_workspace
-                .entry(workspace.to_string())
-                .or_default()
-                .push((r.clone(), false));
-        }
-        Ok(rec)
-    }
-
-    fn put(&mut self, rec: &GrantRecord) {
-        let lots = match self.by_workspace.get_mut(rec.workspace.as_str()) {
-            Some(l) => l,
-            None => self.by_workspace.entry(rec.workspace.clone()).or_default(),
-        };
-        match lots
-            .iter_mut()
-            .find(|(g, _)| g.lot == rec.lot && g.id == rec.id)
-        {
-            Some(slot) => *slot = (rec.clone(), true),
-            None => lots.push((rec.clone(), true)),
-        }
-    }
-
-    /// The changed lots, emptying the cache.
-    fn take_changed(&mut self) -> Vec<GrantRecord> {
-        self.by_workspace
-            .drain()
-            .flat_map(|(_, lots)| lots)
-            .filter_map(|(rec, changed)| changed.then_some(rec))
-            .collect()
-    }
+    /// The same for grant lots: a batch of charges to one lot writes its record once (see
+    /// [`lots`]).
+    pub(crate) lots: LotCache,
 }
 
 impl<'txn> Ctx<'txn> {
@@ -598,7 +544,7 @@ impl<'txn> Ctx<'txn> {
     /// it is open with credits left, `grant_expiries` while it is open with an expiry. `old`
     /// is the lot as it was (`None` for a new lot).
     pub fn put_grant(&mut self, old: Option<&GrantRecord>, rec: &GrantRecord) -> Result<(), Error> {
-        let in_order = |g: &GrantRecord| g.closed.is_none() && g.remaining_credits > 0;
+        let in_order = lots::in_order;
         let in_expiries = |g: &GrantRecord| g.closed.is_none() && g.expires_at_ms.is_some();
         if let Some(o) = old {
             if in_order(o) && !(in_order(rec) && o.order_key() == rec.order_key()) {
@@ -651,6 +597,39 @@ impl<'txn> Ctx<'txn> {
             .expect("invariant: a batch that moves credits opens the grant tables")
             .grants;
         self.lots.get(table, workspace, id, lot)
+    }
+
+    /// Take `credits` from lot `lot` of grant `id`, which this transaction's plan read: the
+    /// cached lot changes in place, and leaves the drawdown index when it has nothing left
+    /// (a take changes no other part of its index keys). Returns the lot as it is now.
+    pub fn take_from_lot(
+        &mut self,
+        workspace: &str,
+        id: &str,
+        lot: u32,
+        credits: u64,
+    ) -> Result<&GrantRecord, Error> {
+        self.dirty = true;
+        let (rec, was_in_order) = self
+            .lots
+            .take(workspace, id, lot, credits)
+            .expect("invariant: a take is of a lot its plan read into the cache")?;
+        if was_in_order && !lots::in_order(rec) {
+            // The key does not hold the remainder: it is the entry the lot had.
+            let key = rec.order_key();
+            let r = self
+                .grant_tables
+                .as_mut()
+                .expect("invariant: a batch that moves credits opens the grant tables")
+                .order
+                .remove(key)
+                .map(drop);
+            if let Err(e) = r {
+                self.broken = true;
+                return Err(e.into());
+            }
+        }
+        Ok(rec)
     }
 
     /// Record the grant lots transaction `txn_id` moved.
