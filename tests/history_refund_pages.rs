@@ -1,5 +1,5 @@
-//! The `refund_pages` covering index of schema 5: a page of Refunds reads their views from
-//! it, in one range scan, and they are exactly the views the log gives; the audit names an
+//! The `refund_pages` index of schema 5: a page of Refunds reads their views from it, one
+//! entry each, and they are exactly the views the log gives; the audit names an
 //! entry that is missing, tampered with or stale; a file from schema 4 reads its older Refunds
 //! from the log and covers those written after its upgrade.
 
@@ -13,12 +13,11 @@ use credit_ledger::{
     StartGeneration, TransactionView, TxnKind,
 };
 
-const REFUND_PAGES: redb::TableDefinition<(&str, u64), &[u8]> =
-    redb::TableDefinition::new("refund_pages");
+const REFUND_PAGES: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("refund_pages");
 const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
 const MINUTE_MS: u64 = 60_000;
 
-type PagesTable<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
+type PagesTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 
 fn open(path: &Path, clock: &ManualClock) -> Ledger {
     Ledger::open_with(path, options(clock).sweep_on_open(false)).unwrap()
@@ -106,7 +105,7 @@ fn assert_pages_agree(l: &Ledger, ws: &str) {
     assert_eq!(everything, want, "{ws}, unfiltered");
 }
 
-fn entries(path: &Path) -> Vec<((String, u64), Vec<u8>)> {
+fn entries(path: &Path) -> Vec<(u64, Vec<u8>)> {
     let db = redb::Database::open(path).unwrap();
     let rtx = redb::ReadableDatabase::begin_read(&db).unwrap();
     let t = rtx.open_table(REFUND_PAGES).unwrap();
@@ -114,8 +113,7 @@ fn entries(path: &Path) -> Vec<((String, u64), Vec<u8>)> {
         .unwrap()
         .map(|e| {
             let (k, v) = e.unwrap();
-            let (ws, id) = k.value();
-            ((ws.to_string(), id), v.value().to_vec())
+            (k.value(), v.value().to_vec())
         })
         .collect()
 }
@@ -169,17 +167,19 @@ fn the_audit_names_a_missing_tampered_or_stale_entry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.redb");
     let clock = ManualClock::new(T0_MS);
-    let usage = {
+    let (usage, first_ws) = {
         let l = open(&path, &clock);
         refunds(&l, &clock, 0);
         assert_healthy(&l);
         assert!(refund_page_violations(&l).is_empty());
         let all = l.changes(0, 1000).unwrap().entries;
-        all.iter().find(|t| t.kind == TxnKind::Usage).unwrap().id
+        let usage = all.iter().find(|t| t.kind == TxnKind::Usage).unwrap().id;
+        let first = all.iter().find(|t| t.kind == TxnKind::Refund).unwrap();
+        (usage, first.workspace.clone())
     };
     let covered = entries(&path);
-    let (first_key, first) = covered[0].clone();
-    let (second_key, second) = covered[1].clone();
+    let (first_id, _) = covered[0].clone();
+    let (_, second) = covered[1].clone();
     let copies = std::cell::Cell::new(0);
     let damage = |edit: &dyn Fn(&mut PagesTable)| {
         copies.set(copies.get() + 1);
@@ -195,70 +195,69 @@ fn the_audit_names_a_missing_tampered_or_stale_entry() {
     let has = |found: &[String], text: &str| {
         assert!(found.iter().any(|d| d.contains(text)), "{text}: {found:#?}");
     };
+    let refunds = HistoryFilter::all().kinds([TxnKind::Refund]);
+    let page_is_corruption = |l: &Ledger| {
+        let read = l.history(&first_ws, &refunds, &PageRequest::first(50));
+        assert!(
+            matches!(
+                read,
+                Err(Error::Corruption {
+                    table: "refund_pages",
+                    ..
+                })
+            ),
+            "{read:?}"
+        );
+    };
 
     let l = damage(&|t| {
-        t.remove((first_key.0.as_str(), first_key.1)).unwrap();
+        t.remove(first_id).unwrap();
     });
     let found = refund_page_violations(&l);
     has(
         &found,
-        &format!("Refund #{} has no refund_pages entry", first_key.1),
+        &format!("Refund #{first_id} has no refund_pages entry"),
     );
     has(&found, "refund_pages entries where the log has");
+    page_is_corruption(&l);
 
     // Another Refund's entry, well framed, under this one's key.
     let l = damage(&|t| {
-        t.insert((first_key.0.as_str(), first_key.1), second.as_slice())
-            .unwrap();
+        t.insert(first_id, second.as_slice()).unwrap();
     });
     has(
         &refund_page_violations(&l),
-        &format!("the refund_pages entry of Refund #{} differs", first_key.1),
+        &format!("the refund_pages entry of Refund #{first_id} differs"),
     );
-    let refunds = HistoryFilter::all().kinds([TxnKind::Refund]);
-    let read = l.history(&first_key.0, &refunds, &PageRequest::first(50));
-    assert!(
-        matches!(
-            read,
-            Err(Error::Corruption {
-                table: "refund_pages",
-                ..
-            })
-        ),
-        "{read:?}"
-    );
+    page_is_corruption(&l);
 
-    // An entry for a Usage, and one under another workspace.
+    // An entry for a Usage, and one for no transaction.
     let l = damage(&|t| {
-        t.insert((first_key.0.as_str(), usage), first.as_slice())
-            .unwrap();
-        t.insert(("initech", second_key.1), second.as_slice())
-            .unwrap();
+        t.insert(usage, second.as_slice()).unwrap();
+        t.insert(1 << 40, second.as_slice()).unwrap();
     });
     let found = refund_page_violations(&l);
-    has(
-        &found,
-        &format!("({}, #{usage}) is stale: for a Usage", first_key.0),
-    );
+    has(&found, &format!("entry #{usage} is stale: for a Usage"));
     has(
         &found,
         &format!(
-            "(initech, #{}) is stale: for a Refund of `{}`",
-            second_key.1, second_key.0
+            "entry #{} is stale: for no readable transaction",
+            1u64 << 40
         ),
     );
+    assert!(l
+        .history(&first_ws, &refunds, &PageRequest::first(50))
+        .is_ok());
 
     // Bytes that are no record at all.
     let l = damage(&|t| {
-        t.insert((first_key.0.as_str(), first_key.1), [7u8; 9].as_slice())
-            .unwrap();
+        t.insert(first_id, [7u8; 9].as_slice()).unwrap();
     });
     has(
         &refund_page_violations(&l),
-        &format!("the refund_pages entry of Refund #{}", first_key.1),
+        &format!("the refund_pages entry of Refund #{first_id}"),
     );
-    let read = l.history(&first_key.0, &refunds, &PageRequest::first(50));
-    assert!(matches!(read, Err(Error::Corruption { .. })), "{read:?}");
+    page_is_corruption(&l);
 }
 
 /// A schema 4 file (no covering index) reads its Refunds from the log; its first refund
@@ -314,7 +313,7 @@ fn a_schema_4_file_covers_the_refunds_after_its_upgrade() {
     assert_eq!(schema(&path), 5);
     let covered = entries(&path);
     let oldest_before = before.iter().flatten().map(|t| t.id).max().unwrap();
-    assert!(covered.iter().all(|((_, id), _)| *id > oldest_before));
+    assert!(covered.iter().all(|(id, _)| *id > oldest_before));
     let l = open(&path, &clock);
     let n: usize = ["acme", "globex"]
         .iter()
@@ -331,7 +330,7 @@ fn a_schema_4_file_covers_the_refunds_after_its_upgrade() {
         let w = db.begin_write().unwrap();
         w.open_table(REFUND_PAGES)
             .unwrap()
-            .insert(("acme", old_refund), bytes.as_slice())
+            .insert(old_refund, bytes.as_slice())
             .unwrap();
         w.commit().unwrap();
     }
@@ -340,7 +339,7 @@ fn a_schema_4_file_covers_the_refunds_after_its_upgrade() {
     assert!(
         found
             .iter()
-            .any(|d| d.contains(&format!("(acme, #{old_refund}) is stale: before #"))),
+            .any(|d| d.contains(&format!("entry #{old_refund} is stale: before #"))),
         "{key:?} {found:#?}"
     );
 }

@@ -1,7 +1,7 @@
-//! The audit of the `refund_pages` covering index (schema 5): every Refund it must cover has
-//! an entry holding exactly its log record and the grant lots its own storage says it gave
-//! back, and the index holds nothing else (no entry for another transaction, for a Refund of
-//! another workspace, or for one before where the index starts).
+//! The audit of the `refund_pages` index (schema 5): every Refund it must cover has an entry
+//! holding exactly its log record and the grant lots its own storage says it gave back, and
+//! the index holds nothing else (no entry for another kind of transaction, for no transaction,
+//! or for a Refund before where the index starts).
 
 use redb::{ReadOnlyTable, ReadableTable, ReadableTableMetadata};
 
@@ -13,7 +13,7 @@ use crate::storage::{codec, tables};
 
 /// The covering index of a schema 5 file, with what its check needs.
 pub(super) struct RefundPages<'a> {
-    pub table: ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    pub table: ReadOnlyTable<u64, &'static [u8]>,
     /// The first transaction id it covers.
     pub from: u64,
     pub allocs: Option<&'a ReadOnlyTable<u64, &'static [u8]>>,
@@ -43,20 +43,17 @@ impl RefundPages<'_> {
                 Some(ws),
             )
         };
-        let Some(v) = self.table.get((ws, id))? else {
-            flag(format!(
-                "Refund #{id} has no refund_pages entry ({ws}, #{id})"
-            ));
+        let Some(v) = self.table.get(id)? else {
+            flag(format!("Refund #{id} has no refund_pages entry"));
             return Ok(());
         };
-        let page: RefundPage =
-            match codec::decode("refund_pages", &format_args!("({ws}, {id})"), v.value()) {
-                Ok(p) => p,
-                Err(e) => {
-                    flag(format!("the refund_pages entry of Refund #{id}: {e}"));
-                    return Ok(());
-                }
-            };
+        let page: RefundPage = match codec::decode("refund_pages", &id, v.value()) {
+            Ok(p) => p,
+            Err(e) => {
+                flag(format!("the refund_pages entry of Refund #{id}: {e}"));
+                return Ok(());
+            }
+        };
         if page.record != *rec {
             flag(format!(
                 "the refund_pages entry of Refund #{id} differs from its log record"
@@ -88,7 +85,7 @@ impl RefundPages<'_> {
     ) -> Result<(), Error> {
         for entry in self.table.iter()? {
             let (k, _) = entry?;
-            let (ws, id) = k.value();
+            let id = k.value();
             let rec = tables::get_txn(txns, id).ok().flatten();
             let stale = match &rec {
                 _ if id < self.from => {
@@ -96,16 +93,15 @@ impl RefundPages<'_> {
                 }
                 None => Some("for no readable transaction".to_string()),
                 Some(r) if r.kind != TxnKind::Refund => Some(format!("for a {:?}", r.kind)),
-                Some(r) if r.workspace != ws => Some(format!("for a Refund of `{}`", r.workspace)),
                 Some(_) => None,
             };
             if let Some(why) = stale {
                 report.add(
                     Invariant::RefundPageIndex,
-                    format!("refund_pages entry ({ws}, #{id}) is stale: {why}"),
+                    format!("refund_pages entry #{id} is stale: {why}"),
                     vec![id],
                     None,
-                    Some(ws),
+                    rec.as_ref().map(|r| r.workspace.as_str()),
                 );
             }
         }

@@ -343,7 +343,7 @@ pub(crate) struct Ctx<'txn> {
     /// [`Ctx::notices_mut`].
     notices: Option<Table<'txn, tables::NoticeKey<'static>, u64>>,
     /// Opened by the first refund of the transaction: see [`Ctx::put_refund_page`].
-    refund_pages: Option<Table<'txn, (&'static str, u64), &'static [u8]>>,
+    refund_pages: Option<Table<'txn, u64, &'static [u8]>>,
     txn: &'txn WriteTransaction,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.

@@ -15,12 +15,11 @@
 //!   seen as many as the workspace's running count, so it reads about as many Usages as it
 //!   returns.
 //!
-//! Refunds, a sparse category that pages are often filtered to, are read from the
-//! `refund_pages` covering index (schema 5) instead: its entries are the Refunds' records and
-//! the grant lots they gave back, so a page of Refunds is one range scan, where reading each
-//! from the log and its allocations from the generation took two B-tree descents, each in
-//! another page at 1,000 workspaces (a file upgraded from schema 4 reads the Refunds before
-//! the upgrade that way still).
+//! A Refund, the sparse category pages are often filtered to, is read from `refund_pages`
+//! (schema 5): one entry with its record and the grant lots it gave back, in a table of
+//! Refunds alone, where the log read and the generation read it replaces each went to another
+//! page of a table many times the cache at a million generations (a file upgraded from schema
+//! 4 reads its Refunds from before the upgrade the older way).
 //!
 //! So a page's cost follows the entries it returns, plus those a `feature` filter or a
 //! status skips, which [`HISTORY_SCAN_BUDGET`] bounds, at entry 10 and at entry 10 million
@@ -35,7 +34,7 @@ use crate::model::limits::{HISTORY_SCAN_BUDGET, MAX_FEATURE_BYTES, MAX_PAGE_LIMI
 use crate::model::records::{GenState, RefundPage, TxnRecord};
 use crate::model::{validate, Status, TxnKind};
 use crate::storage::codec;
-use crate::storage::tables::{self, Category, RefundPages};
+use crate::storage::tables::{self, Category};
 
 /// Which transactions a history page shows. Empty lists mean "all".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -188,109 +187,40 @@ pub struct HistoryPage {
     pub next_cursor: Option<String>,
 }
 
-/// Transaction ids from one category's range, in page order, each with its Refund's
-/// covering entry when it comes from `refund_pages`.
-type IdIter<'a> = Box<dyn Iterator<Item = Result<(u64, Option<RefundPage>), Error>> + 'a>;
+/// Transaction ids from one category's range, in page order.
+type IdIter<'a> = Box<dyn Iterator<Item = Result<u64, Error>> + 'a>;
 
 /// One category's range of a page, with the id it yields next.
 struct Stream<'a> {
+    cat: Category,
     head: Option<u64>,
-    /// The head's covering entry, for a Refund read from `refund_pages`.
-    page: Option<RefundPage>,
     rest: IdIter<'a>,
 }
 
 impl<'a> Stream<'a> {
-    /// The range of `cat` within `lo..=hi`. The Refunds a covering index holds (`pages`) come
-    /// from it, with what their views show; older ones, and every other category, from the
-    /// history index.
     fn open(
         index: &'a ReadOnlyTable<(&'static str, u8, u64), ()>,
-        pages: Option<&'a RefundPages>,
         workspace: &'a str,
         cat: Category,
         (lo, hi): (u64, u64),
         oldest_first: bool,
     ) -> Result<Self, Error> {
         let c = cat as u8;
-        let indexed = |lo: u64, hi: u64| -> Result<IdIter<'a>, Error> {
-            let range = index.range((workspace, c, lo)..=(workspace, c, hi))?;
-            let ids = range.map(|e| e.map(|(k, _)| (k.value().2, None)).map_err(Error::from));
-            Ok(if oldest_first {
-                Box::new(ids)
-            } else {
-                Box::new(ids.rev())
-            })
+        let range = index.range((workspace, c, lo)..=(workspace, c, hi))?;
+        let ids = range.map(|e| e.map(|(k, _)| k.value().2).map_err(Error::from));
+        let mut rest: IdIter<'a> = if oldest_first {
+            Box::new(ids)
+        } else {
+            Box::new(ids.rev())
         };
-        let mut rest = match pages.filter(|_| cat == Category::Refund) {
-            Some((table, from)) => {
-                let covered = covered_range(table, workspace, (lo.max(*from), hi), oldest_first)?;
-                let older = indexed(lo, hi.min(from.saturating_sub(1)))?;
-                if oldest_first {
-                    Box::new(older.chain(covered))
-                } else {
-                    Box::new(covered.chain(older))
-                }
-            }
-            None => indexed(lo, hi)?,
-        };
-        let (head, page) = rest.next().transpose()?.unzip();
-        Ok(Stream {
-            head,
-            page: page.flatten(),
-            rest,
-        })
+        let head = rest.next().transpose()?;
+        Ok(Stream { cat, head, rest })
     }
 
-    /// Move to the next id; returns the covering entry of the one left behind.
-    fn advance(&mut self) -> Result<Option<RefundPage>, Error> {
-        let left = self.page.take();
-        let (head, page) = self.rest.next().transpose()?.unzip();
-        (self.head, self.page) = (head, page.flatten());
-        Ok(left)
+    fn advance(&mut self) -> Result<(), Error> {
+        self.head = self.rest.next().transpose()?;
+        Ok(())
     }
-}
-
-/// The covering entries of `workspace` within `lo..=hi`, in page order. An entry filed under
-/// another transaction than its key's is damage: [`Error::Corruption`].
-fn covered_range<'a>(
-    table: &'a ReadOnlyTable<(&'static str, u64), &'static [u8]>,
-    workspace: &'a str,
-    (lo, hi): (u64, u64),
-    oldest_first: bool,
-) -> Result<IdIter<'a>, Error> {
-    if lo > hi {
-        return Ok(Box::new(std::iter::empty()));
-    }
-    let range = table.range((workspace, lo)..=(workspace, hi))?;
-    let decode = move |e: Result<_, redb::StorageError>| -> Result<_, Error> {
-        let (k, v): (redb::AccessGuard<(&str, u64)>, redb::AccessGuard<&[u8]>) = e?;
-        let id = k.value().1;
-        let page: RefundPage = codec::decode(
-            "refund_pages",
-            &format_args!("({workspace}, {id})"),
-            v.value(),
-        )?;
-        if page.record.id != id
-            || page.record.workspace != workspace
-            || page.record.kind != TxnKind::Refund
-        {
-            return Err(Error::Corruption {
-                table: "refund_pages",
-                key: format!("({workspace}, {id})"),
-                detail: format!(
-                    "holds {:?} #{} of `{}`; run verify, and restore from a backup",
-                    page.record.kind, page.record.id, page.record.workspace
-                ),
-            });
-        }
-        Ok((id, Some(page)))
-    };
-    Ok(if oldest_first {
-        Box::new(range.map(decode))
-    } else {
-        Box::new(range.rev().map(decode))
-    })
 }
 
 /// Log entries in page order, as a range of the `transactions` table.
@@ -393,6 +323,32 @@ impl<'t> LogWalker<'t> {
     }
 }
 
+/// The `refund_pages` entry of Refund `id` of `workspace`. A Refund the index covers without
+/// one, or an entry that is not that Refund's, is damage: [`Error::Corruption`].
+fn covered_refund(
+    table: &ReadOnlyTable<u64, &'static [u8]>,
+    workspace: &str,
+    id: u64,
+) -> Result<RefundPage, Error> {
+    let corrupt = |detail: String| Error::Corruption {
+        table: "refund_pages",
+        key: id.to_string(),
+        detail: format!("{detail}; run verify, and restore from a backup"),
+    };
+    let v = table
+        .get(id)?
+        .ok_or_else(|| corrupt(format!("missing for Refund #{id} of `{workspace}`")))?;
+    let page: RefundPage = codec::decode("refund_pages", &id, v.value())?;
+    let r = &page.record;
+    if r.id != id || r.workspace != workspace || r.kind != TxnKind::Refund {
+        return Err(corrupt(format!(
+            "holds {:?} #{} of `{}` where Refund #{id} of `{workspace}` belongs",
+            r.kind, r.id, r.workspace
+        )));
+    }
+    Ok(page)
+}
+
 fn encode_cursor(oldest_first: bool, id: u64) -> String {
     format!("{}{id:x}", if oldest_first { "o" } else { "n" })
 }
@@ -464,10 +420,7 @@ pub(crate) fn history(
     let (merged, skipped) = filter.ranges();
     let open = |cats: Vec<Category>| -> Result<Vec<Stream<'_>>, Error> {
         cats.into_iter()
-            .map(|c| {
-                let pages = pages.as_ref();
-                Stream::open(&index, pages, workspace, c, (lo, hi), page.oldest_first)
-            })
+            .map(|c| Stream::open(&index, workspace, c, (lo, hi), page.oldest_first))
             .collect()
     };
     let (mut merged, mut skipped) = (open(merged)?, open(skipped)?);
@@ -498,10 +451,12 @@ pub(crate) fn history(
         if entries.len() >= page.limit as usize || examined >= HISTORY_SCAN_BUDGET {
             break;
         }
+        let refund = merged
+            .iter()
+            .any(|s| s.cat == Category::Refund && s.head == Some(id));
         // The same id in two ranges (a failed Usage, under Usage and its marker) is one entry.
-        let mut covered = None;
         for s in merged.iter_mut().filter(|s| s.head == Some(id)) {
-            covered = covered.or(s.advance()?);
+            s.advance()?;
         }
         examined += 1;
         last_examined = Some(id);
@@ -515,11 +470,11 @@ pub(crate) fn history(
         if excluded {
             continue;
         }
-        if let Some(RefundPage {
-            record,
-            allocations,
-        }) = covered
-        {
+        if let Some((table, _)) = pages.as_ref().filter(|(_, from)| refund && id >= *from) {
+            let RefundPage {
+                record,
+                allocations,
+            } = covered_refund(table, workspace, id)?;
             // A Refund is always Completed; its entry holds all its view shows.
             if filter.wants_status(Status::Completed)
                 && filter.feature.as_deref().is_none_or(|f| f == record.title)

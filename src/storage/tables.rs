@@ -18,16 +18,17 @@
 //! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord), for a transaction whose generation record does not hold it (schema 4) |
 //! | `grant_books` | workspace id | [`GrantBook`](crate::model::records::GrantBook) |
 //! | `grant_notices` | (notice ms, workspace, grant id) | the grant's expiry ms: a `GrantExpiring` notice not yet written (schema 4) |
-//! | `refund_pages` | (workspace, refund txn id) | [`RefundPage`](crate::model::records::RefundPage): what a Refund's history view shows (schema 5) |
+//! | `refund_pages` | refund txn id | [`RefundPage`](crate::model::records::RefundPage): what a Refund's history view shows (schema 5) |
 //!
 //! `grant_order` is sorted in drawdown order, so the first spendable grant of a workspace is
 //! the first entry of one short range read; `grant_expiries` makes the sweep of expired grants
 //! O(expired), like `deadlines` for generations; `grant_notices` does the same for the
 //! `GrantExpiring` notices, keyed by the time each is due.
 //!
-//! `refund_pages` is a covering index of the sparse Refund category: each entry holds the
-//! Refund's record and the grant lots it gave back, so a page of Refunds is one range scan
-//! instead of a log read and a generation read per entry (see [`RefundPage`](crate::model::records::RefundPage)).
+//! `refund_pages` holds, for each Refund, its record and the grant lots it gave back, so a
+//! page of Refunds reads one entry per Refund instead of a log read and a generation read (see
+//! [`RefundPage`](crate::model::records::RefundPage)). It is keyed by id, so the Refunds of a
+//! batch append to its end instead of dirtying a leaf per workspace.
 //!
 //! `workspace_history` files each transaction once, under its kind, so a filter such as
 //! "Refunds" is a range scan of exactly the matching entries, and unfiltered history is a merge
@@ -73,11 +74,10 @@ pub(crate) const GRANT_BOOKS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) type NoticeKey<'a> = (u64, &'a str, &'a str);
 pub(crate) const GRANT_NOTICES: TableDefinition<NoticeKey<'static>, u64> =
     TableDefinition::new("grant_notices");
-/// (workspace, refund txn id) -> [`RefundPage`](crate::model::records::RefundPage): every Refund from
+/// Refund txn id -> [`RefundPage`](crate::model::records::RefundPage): every Refund from
 /// [`META_REFUND_PAGES_FROM_KEY`] on (schema 5). Derived from the log, the `allocations` rows
 /// and the generations; `verify()` checks it against them.
-pub(crate) const REFUND_PAGES: TableDefinition<(&str, u64), &[u8]> =
-    TableDefinition::new("refund_pages");
+pub(crate) const REFUND_PAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("refund_pages");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
@@ -367,7 +367,7 @@ pub(crate) fn get_book(
 }
 
 /// The `refund_pages` table of a schema 5 file, and the first transaction id it covers.
-pub(crate) type RefundPages = (redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>, u64);
+pub(crate) type RefundPages = (redb::ReadOnlyTable<u64, &'static [u8]>, u64);
 
 /// Where `refund_pages` starts (see [`META_REFUND_PAGES_FROM_KEY`]), or `None` in a file
 /// from before schema 5, whose Refunds are all read from the log. A schema 5 file without the
