@@ -1,7 +1,8 @@
 //! Writing the `refund_pages` index (schema 5): each Refund's entry, in the write transaction
 //! that appends the Refund, so no crash, replay or batch can leave one without the other. Keyed
 //! by the Refund's id, so a batch's entries append to the end of the table (a sweep of 1,000
-//! timeouts over 1,000 workspaces dirties a few leaves, not one per workspace). See [`RefundPage`](crate::model::records::RefundPage) for why it exists.
+//! timeouts over 1,000 workspaces dirties a few leaves, not one per workspace). See
+//! [`RefundPage`](crate::model::records::RefundPage) for why it exists.
 
 use serde::Serialize;
 

@@ -94,14 +94,15 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
-/// The schema version this build writes. Version 5 added the `refund_pages` covering index
-/// (see [`RefundPage`](crate::model::records::RefundPage)) and the `meta` key [`META_REFUND_PAGES_FROM_KEY`]. It is added the
-/// way version 4's notice index was: the first write to an older file that puts a generation
-/// record or a notice entry (every refund does) records version 5 first, creating the table
-/// and recording the next transaction id as where it starts; it rewrites nothing, and the
-/// Refunds before it are read from the log as before. So a version 4 build, which would
-/// write Refunds without entries, refuses the file once it has any. Version 4 added the `grant_notices` table and the
-/// `GrantExpiring` notification records; a file gets them, and records version 4, with the
+/// The schema version this build writes. Version 5 added the `refund_pages` table (see
+/// [`RefundPage`](crate::model::records::RefundPage)) and the `meta` key
+/// [`META_REFUND_PAGES_FROM_KEY`]. It is added the way version 4's notice index was: the first
+/// write to an older file that puts a generation record or a notice entry (every refund does)
+/// records version 5 first, creating the table and recording the next transaction id as where
+/// it starts; it rewrites nothing, and the Refunds before it are read from the log as before.
+/// So a version 4 build, which would write Refunds without entries, refuses the file once it
+/// has any. Version 4 added the `grant_notices` table and the `GrantExpiring` notification
+/// records; a file gets them, and records version 4, with the
 /// first grant that has a notice to write (so a file that never uses notices stays readable
 /// by a version 3 build). Version 4 also stores a charge paid by one grant lot (the common
 /// case) in its generation record (`GenerationRecord::single_allocation`) instead of an
