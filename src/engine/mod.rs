@@ -665,8 +665,14 @@ impl<'txn> Ctx<'txn> {
     /// Change a workspace's record; it reaches the table in [`Ctx::flush`].
     pub fn put_workspace(&mut self, id: &str, rec: &WorkspaceRecord) -> Result<(), Error> {
         self.dirty = true;
-        self.workspace_cache
-            .insert(id.to_string(), (rec.clone(), true));
+        // Every operation reads a record before it writes it, so the entry is usually there.
+        match self.workspace_cache.get_mut(id) {
+            Some(slot) => *slot = (rec.clone(), true),
+            None => {
+                self.workspace_cache
+                    .insert(id.to_string(), (rec.clone(), true));
+            }
+        }
         Ok(())
     }
 
