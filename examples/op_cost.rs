@@ -14,7 +14,8 @@
 //! - `start`: starts on one workspace (the shape of `lifecycle/start/1000`);
 //! - `fail`: those starts, then a batch of fails of each (`lifecycle/fail/1000`);
 //! - `many`: starts spread over 1,000 workspaces in a fixed pseudo-random order (the shape of
-//!   the scale bench's start phase).
+//!   the scale bench's start phase);
+//! - `single`: 2,000 starts on one workspace, each its own durable call (`lifecycle/start/1`).
 //!
 //! With `OP_COST_VERIFY=1` it ends with `verify()` and prints the totals, to check that the
 //! workload did what it says.
@@ -99,8 +100,21 @@ fn main() {
                 ok(&starts);
             }
         }
+        "single" => {
+            ok(&[Op::Credit(Credit::purchase("ws", 1 << 50, "fund"))]);
+            for n in 0..(BATCHES * BATCH / 10) {
+                ledger
+                    .start_generation(StartGeneration::new(
+                        format!("gen-{n:010}"),
+                        "ws",
+                        "Quick Video",
+                        3,
+                    ))
+                    .expect("every start succeeds");
+            }
+        }
         other => {
-            eprintln!("OP_COST must be start, fail or many, not {other:?}");
+            eprintln!("OP_COST must be start, fail, many or single, not {other:?}");
             std::process::exit(2);
         }
     }
