@@ -188,7 +188,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sweeper = Sweeper::start(
         Arc::clone(&ledger),
         SweeperOptions::default().interval_ms(250).batch(100),
-    );
+    )?;
     // The view subscribes first, then loads what is already there: nothing falls between.
     let sub = ledger.subscribe()?;
     let view = RefundsView::load(&ledger, WORKSPACES[0])?;

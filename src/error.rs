@@ -435,6 +435,18 @@ pub enum Error {
         detail: String,
     },
 
+    /// The operating system refused to start a thread the ledger needs (the [`Sweeper`]'s):
+    /// the process is out of threads or memory. Nothing was started.
+    ///
+    /// [`Sweeper`]: crate::Sweeper
+    #[error("the operating system could not start the {thread} thread: {message}; nothing was started: free threads or memory (or raise the process's limits) and start it again")]
+    ThreadSpawn {
+        /// Which thread.
+        thread: String,
+        /// What the operating system said.
+        message: String,
+    },
+
     /// A backup's destination exists already; a backup never overwrites a file.
     #[error("`{path}` already exists; a backup never overwrites or follows anything at its destination: choose a new path")]
     DestinationExists {
@@ -503,6 +515,7 @@ impl Error {
             | Error::Storage { .. }
             | Error::CommitUncertain { .. }
             | Error::Poisoned { .. }
+            | Error::ThreadSpawn { .. }
             | Error::NeedsWrite { .. } => ErrorCategory::Storage,
         }
     }

@@ -22,7 +22,7 @@
 //! ledger.credit(Credit::purchase("acme", 100, "order-1"))?;
 //! ledger.start_generation(StartGeneration::new("g1", "acme", "Quick Video", 10).timeout_ms(60_000))?;
 //!
-//! let sweeper = Sweeper::start(Arc::clone(&ledger), SweeperOptions::default());
+//! let sweeper = Sweeper::start(Arc::clone(&ledger), SweeperOptions::default())?;
 //! clock.advance_ms(60_000);
 //! assert!(sweeper.sweep_now(Duration::from_secs(60)));
 //! assert_eq!(sweeper.refunded(), 1);
@@ -126,9 +126,18 @@ impl std::fmt::Debug for Sweeper {
 impl Sweeper {
     /// Start the thread. It makes a first pass at once.
     ///
-    /// # Panics
-    /// If the operating system cannot start a thread.
-    pub fn start(ledger: Arc<Ledger>, options: SweeperOptions) -> Sweeper {
+    /// # Errors
+    /// [`Error::InvalidInput`] if the thread name is empty, longer than
+    /// [`MAX_ID_BYTES`](crate::limits::MAX_ID_BYTES) or holds a control character;
+    /// [`Error::ThreadSpawn`] if the operating system cannot start a thread.
+    pub fn start(ledger: Arc<Ledger>, options: SweeperOptions) -> Result<Sweeper> {
+        // The OS takes the name as a C string: a NUL in it would make `spawn` panic.
+        crate::model::validate::text(
+            "sweeper thread name",
+            &options.thread_name,
+            crate::model::limits::MAX_ID_BYTES,
+            false,
+        )?;
         let shared = Arc::new(Shared::default());
         let batch = options.batch.clamp(1, MAX_SWEEP_LIMIT);
         let interval = Duration::from_millis(options.interval_ms.max(1));
@@ -154,11 +163,14 @@ impl Sweeper {
                 s.exited = true;
                 thread_shared.signal.notify_all();
             })
-            .expect("the OS could not start the sweeper thread");
-        Sweeper {
+            .map_err(|e| Error::ThreadSpawn {
+                thread: options.thread_name.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Sweeper {
             shared,
             handle: Some(handle),
-        }
+        })
     }
 
     /// Ask for a pass now, without waiting for it.
@@ -258,7 +270,8 @@ fn run(ledger: &Ledger, shared: &Shared, batch: u32, interval: Duration) {
             }
             s.wake_requests
         };
-        let (refunded, result) = pass(ledger, shared, batch);
+        let began_ms = ledger.now_ms();
+        let (refunded, wrote, result) = pass(ledger, shared, batch);
         let failed = result.is_err();
         {
             let mut s = shared.state.lock();
@@ -273,15 +286,18 @@ fn run(ledger: &Ledger, shared: &Shared, batch: u32, interval: Duration) {
             shared.signal.notify_all();
         }
 
-        // Sleep until the earlier of the interval and the next deadline, in real time. The
-        // deadline is in the ledger's clock; after a failure, wait a full interval.
-        let mut sleep = interval;
-        if !failed {
-            if let Some(next) = ledger.next_deadline_ms() {
-                let until_due = Duration::from_millis(next.saturating_sub(ledger.now_ms()));
-                sleep = sleep.min(until_due.max(Duration::from_millis(1)));
-            }
-        }
+        // After a failure, a full interval (the old rule); otherwise see `sleep_after`.
+        let sleep = if failed {
+            interval
+        } else {
+            let idle_since_ms = (!wrote).then_some(began_ms);
+            sleep_after(
+                interval,
+                idle_since_ms,
+                ledger.next_deadline_ms(),
+                ledger.now_ms(),
+            )
+        };
         let until = Instant::now() + sleep;
         let mut s = shared.state.lock();
         while !s.stop && s.wake_requests == ticket {
@@ -292,11 +308,39 @@ fn run(ledger: &Ledger, shared: &Shared, batch: u32, interval: Duration) {
     }
 }
 
+/// How long the thread sleeps after a pass, in real time: until the earlier of `interval` and
+/// the next deadline, grant expiry or notice (`next_ms`, in the ledger's clock, which reads
+/// `now_ms`), but at least a millisecond.
+///
+/// `idle_since_ms`: the pass began at that time and wrote nothing. A deadline that was due
+/// when it began is then not looked at again a millisecond later but after the whole
+/// interval: the pass saw it due and could not clear it, so something time will not fix within
+/// a millisecond holds it (a clock the ledger does not trust writes refunds but leaves
+/// Expirations and notices for a trusted one), and looking again every millisecond would spin
+/// a write transaction a millisecond. A deadline that fell due during the pass is looked at
+/// again at once, as before; a wake-up ends any sleep.
+fn sleep_after(
+    interval: Duration,
+    idle_since_ms: Option<u64>,
+    next_ms: Option<u64>,
+    now_ms: u64,
+) -> Duration {
+    let Some(next_ms) = next_ms else {
+        return interval;
+    };
+    if idle_since_ms.is_some_and(|began_ms| next_ms <= began_ms) {
+        return interval;
+    }
+    let until_due = Duration::from_millis(next_ms.saturating_sub(now_ms));
+    interval.min(until_due.max(Duration::from_millis(1)))
+}
+
 /// Sweep in batches until nothing more has expired (or stop is asked for). Returns the number
-/// refunded and the first error.
-fn pass(ledger: &Ledger, shared: &Shared, batch: u32) -> (u64, Result<()>) {
+/// refunded, whether anything was written, and the first error.
+fn pass(ledger: &Ledger, shared: &Shared, batch: u32) -> (u64, bool, Result<()>) {
     let started = Instant::now();
     let mut refunded = 0u64;
+    let mut wrote = false;
     let mut batches = 0u32;
     let result = loop {
         let report = match ledger.sweep_expired(batch) {
@@ -305,6 +349,9 @@ fn pass(ledger: &Ledger, shared: &Shared, batch: u32) -> (u64, Result<()>) {
         };
         batches += 1;
         refunded += report.refunds.len() as u64;
+        wrote |= !(report.refunds.is_empty()
+            && report.expirations.is_empty()
+            && report.notices.is_empty());
         if !report.more_expired || shared.state.lock().stop {
             tracing::debug!(
                 refunded,
@@ -317,5 +364,41 @@ fn pass(ledger: &Ledger, shared: &Shared, batch: u32) -> (u64, Result<()>) {
             break Ok(());
         }
     };
-    (refunded, result)
+    (refunded, wrote, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_due_deadline_that_a_pass_could_not_clear_waits_the_interval() {
+        let now = 1_000_000;
+        let ms = Duration::from_millis;
+        // Nothing due: the interval.
+        assert_eq!(sleep_after(SECOND, None, None, now), SECOND);
+        // Due soon: until then, and at least a millisecond, whatever the pass wrote.
+        assert_eq!(sleep_after(SECOND, None, Some(now + 250), now), ms(250));
+        assert_eq!(
+            sleep_after(SECOND, Some(now), Some(now + 250), now),
+            ms(250)
+        );
+        assert_eq!(sleep_after(SECOND, None, Some(now + 5_000), now), SECOND);
+        // Due after a pass that wrote (it may have stopped at its batch limit): at once.
+        assert_eq!(sleep_after(SECOND, None, Some(now), now), ms(1));
+        assert_eq!(sleep_after(SECOND, None, Some(now - 10), now), ms(1));
+        // Fell due during a pass that wrote nothing (it began before the deadline): at once.
+        assert_eq!(
+            sleep_after(SECOND, Some(now - 20), Some(now - 10), now),
+            ms(1)
+        );
+        // Due when a pass began that then wrote nothing: not every millisecond.
+        assert_eq!(
+            sleep_after(SECOND, Some(now - 10), Some(now - 10), now),
+            SECOND
+        );
+        assert_eq!(sleep_after(SECOND, Some(now), Some(now - 10), now), SECOND);
+    }
 }

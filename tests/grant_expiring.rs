@@ -371,7 +371,7 @@ fn a_crash_copy_replays_its_notices_once_whatever_window_it_is_opened_with() {
 fn sweeps_and_writes_racing_write_each_notice_exactly_once() {
     let clock = ManualClock::new(T0_MS);
     let l = Arc::new(Ledger::in_memory_with(options(&clock, Some(NOTICE_MS))).unwrap());
-    let sweeper = Sweeper::start(Arc::clone(&l), SweeperOptions::default().batch(3));
+    let sweeper = Sweeper::start(Arc::clone(&l), SweeperOptions::default().batch(3)).unwrap();
     const THREADS: usize = 4;
     const GRANTS: usize = 30;
     std::thread::scope(|s| {
@@ -575,7 +575,7 @@ fn a_subscriber_hears_the_sweepers_notice_with_its_grant() {
     l.credit(Credit::grant("acme", 70, "trial").expires_at_ms(expires))
         .unwrap();
     let sub = l.subscribe().unwrap();
-    let sweeper = Sweeper::start(Arc::clone(&l), SweeperOptions::default());
+    let sweeper = Sweeper::start(Arc::clone(&l), SweeperOptions::default()).unwrap();
     clock.set_ms(expires - NOTICE_MS);
     assert!(sweeper.sweep_now(Duration::from_secs(60)));
     sweeper.stop().unwrap();

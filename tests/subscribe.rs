@@ -121,7 +121,7 @@ fn the_sweepers_refunds_reach_subscribers() {
         .start_generation(StartGeneration::new("g", "ws", "Quick Video", 30).timeout_ms(MINUTE_MS))
         .unwrap();
     let sub = ledger.subscribe().unwrap();
-    let sweeper = Sweeper::start(Arc::clone(&ledger), SweeperOptions::default());
+    let sweeper = Sweeper::start(Arc::clone(&ledger), SweeperOptions::default()).unwrap();
     clock.advance_ms(MINUTE_MS);
     assert!(sweeper.sweep_now(PATIENCE));
     assert_eq!(sweeper.refunded(), 1);

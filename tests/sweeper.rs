@@ -96,7 +96,8 @@ fn refunds_only_what_expired_and_loops_over_batches() {
     let sweeper = Sweeper::start(
         Arc::clone(&ledger),
         SweeperOptions::default().batch(10).interval_ms(3_600_000),
-    );
+    )
+    .unwrap();
     assert!(sweeper.sweep_now(PATIENCE), "a pass before the deadline");
     assert_eq!(sweeper.refunded(), 0, "nothing is due yet");
 
@@ -149,7 +150,8 @@ fn wake_and_wait_for_passes() {
     let sweeper = Sweeper::start(
         Arc::clone(&ledger),
         SweeperOptions::default().interval_ms(3_600_000),
-    );
+    )
+    .unwrap();
     assert!(
         sweeper.wait_for_passes(1, PATIENCE),
         "the first pass runs at start"
@@ -228,7 +230,8 @@ fn refund_events_name_generation_workspace_reason_amount_and_txn() {
     let sweeper = Sweeper::start(
         Arc::clone(&ledger),
         SweeperOptions::default().interval_ms(3_600_000),
-    );
+    )
+    .unwrap();
     assert!(sweeper.sweep_now(PATIENCE));
     let lines = log_lines_with("generation=ev-swept");
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -297,7 +300,8 @@ fn a_panicking_sweeper_poisons_the_ledger() {
             thread_name: "panic-test-sweeper".into(),
             ..SweeperOptions::default().interval_ms(3_600_000)
         },
-    );
+    )
+    .unwrap();
     assert!(sweeper.sweep_now(PATIENCE), "healthy before the panic");
     clock.panic.store(true, Ordering::SeqCst);
     assert!(
@@ -349,7 +353,8 @@ fn sweeper_alongside_writers_keeps_the_ledger_consistent() {
     let sweeper = Sweeper::start(
         Arc::clone(&ledger),
         SweeperOptions::default().batch(7).interval_ms(1),
-    );
+    )
+    .unwrap();
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let ledger = Arc::clone(&ledger);
@@ -404,4 +409,28 @@ fn sweeper_alongside_writers_keeps_the_ledger_consistent() {
     );
     assert!(sweeper.refunded() > 0);
     sweeper.stop().unwrap();
+}
+
+/// The thread's name reaches the OS as a C string, where a NUL made `spawn` panic: it is
+/// refused with a typed error, and nothing starts.
+#[test]
+fn a_thread_name_the_os_cannot_take_is_refused_not_a_panic() {
+    let clock = ManualClock::new(T0_MS);
+    let ledger = Arc::new(Ledger::in_memory_with(Options::default().clock(clock)).unwrap());
+    for name in ["sweeper\0two", "", "tab\there"] {
+        let options = SweeperOptions {
+            thread_name: name.to_string(),
+            ..SweeperOptions::default()
+        };
+        let err = Sweeper::start(Arc::clone(&ledger), options).unwrap_err();
+        assert!(
+            matches!(err, credit_ledger::Error::InvalidInput(_)),
+            "{name:?}: {err:?}"
+        );
+    }
+    // The ledger is untouched, and a sweeper with a good name starts.
+    Sweeper::start(ledger, SweeperOptions::default())
+        .unwrap()
+        .stop()
+        .unwrap();
 }

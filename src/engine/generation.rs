@@ -182,7 +182,11 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
 
     // The clock check `append` makes, made before the first grant write.
     ctx.trust_clock()?;
-    grants::ensure_book(ctx, &req.workspace, &ws_before)?;
+    if matches!(planned, grants::Planned::CarriedOver) {
+        // A plan of takes read the workspace's book: only a workspace from before grants
+        // has none yet.
+        grants::ensure_book(ctx, &req.workspace, &ws_before)?;
+    }
     let usage = ctx.append(
         TxnRecord {
             id: 0,

@@ -26,6 +26,7 @@ use crate::model::{Op, Outcome};
 use crate::storage::codec;
 use crate::storage::tables::{self, Category};
 use lots::LotCache;
+pub(crate) use lots::WarmGrants;
 
 /// What the writer keeps in memory between transactions: derived from the last committed
 /// transaction, reloaded from disk after any failed commit.
@@ -155,6 +156,9 @@ pub(crate) struct Applied {
     pub dirty: bool,
     /// The earliest running deadline, when the deadline index changed.
     pub earliest: Option<Option<u64>>,
+    /// The grant caches as the batch left them: right for the next transaction once this one
+    /// commits, and only then (see [`WarmGrants`]).
+    pub warm: WarmGrants,
 }
 
 /// Apply `ops` at `now_ms` inside `txn`. The live write path and the journal replay both go
@@ -167,9 +171,12 @@ pub(crate) fn run(
     now_ms: u64,
     config: EngineConfig,
     ops: &[Op],
+    warm: WarmGrants,
 ) -> Result<Applied, Error> {
     let grants = ops.iter().any(touches_grants);
     let mut ctx = Ctx::open(txn, state, now_ms, config, grants)?;
+    ctx.lots = warm.lots;
+    ctx.book_cache = warm.books;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         results.push(ctx.apply(op));
@@ -196,6 +203,11 @@ pub(crate) fn run(
         state: ctx.state,
         dirty: ctx.dirty,
         earliest,
+        warm: WarmGrants {
+            lots: std::mem::take(&mut ctx.lots),
+            books: std::mem::take(&mut ctx.book_cache),
+        }
+        .bounded(),
     })
 }
 
@@ -668,8 +680,14 @@ impl<'txn> Ctx<'txn> {
     /// Change a workspace's record; it reaches the table in [`Ctx::flush`].
     pub fn put_workspace(&mut self, id: &str, rec: &WorkspaceRecord) -> Result<(), Error> {
         self.dirty = true;
-        self.workspace_cache
-            .insert(id.to_string(), (rec.clone(), true));
+        // Every operation reads a record before it writes it, so the entry is usually there.
+        match self.workspace_cache.get_mut(id) {
+            Some(slot) => *slot = (rec.clone(), true),
+            None => {
+                self.workspace_cache
+                    .insert(id.to_string(), (rec.clone(), true));
+            }
+        }
         Ok(())
     }
 
@@ -706,11 +724,16 @@ impl<'txn> Ctx<'txn> {
                 .map(drop);
             self.write(r)?;
         }
-        let books: Vec<(String, GrantBook)> = self
-            .book_cache
-            .drain()
-            .filter_map(|(id, (book, changed))| book.filter(|_| changed).map(|b| (id, b)))
-            .collect();
+        // The book and lot caches stay, marked unchanged: they may seed the next transaction
+        // (see [`WarmGrants`]).
+        let mut books: Vec<(String, GrantBook)> = Vec::new();
+        for (id, (book, changed)) in self.book_cache.iter_mut() {
+            if std::mem::take(changed) {
+                if let Some(b) = book {
+                    books.push((id.clone(), b.clone()));
+                }
+            }
+        }
         for (id, book) in books {
             let bytes = codec::encode(&book);
             let r = self

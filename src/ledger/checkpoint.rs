@@ -76,7 +76,15 @@ fn replay(
             grant_expiring_notice_ms: batch.grant_expiring_notice_ms,
             clock: ClockCheck::Trusted,
         };
-        let applied = engine::run(txn, state, batch.now_ms, config, &batch.ops)?;
+        // A replay starts with no grant caches: it runs apart from the live writer's.
+        let applied = engine::run(
+            txn,
+            state,
+            batch.now_ms,
+            config,
+            &batch.ops,
+            engine::WarmGrants::default(),
+        )?;
         let ok_bits = Proof::ok_bits(&applied.results);
         if triple(&applied.state) != batch.proof.after || ok_bits != batch.proof.ok_bits {
             return Err(corrupt(format!(

@@ -23,7 +23,7 @@ pub use options::{Durability, Options, DEFAULT_CACHE_SIZE_BYTES};
 pub use panic_guard::inside_panic_guard;
 pub use subscribe::{FeedEvent, Subscription};
 
-use crate::engine::WriterState;
+use crate::engine::{WarmGrants, WriterState};
 use crate::error::{Error, Result};
 use crate::model::limits::{MAX_BATCH_OPS, MAX_SWEEP_LIMIT};
 use crate::model::{
@@ -78,6 +78,9 @@ pub struct Ledger {
     options: Options,
     /// The writer's cached state; `None` after a failed commit, so the next write reloads it.
     writer: Mutex<Option<WriterState>>,
+    /// The grant caches of the last committed batch, and the writer state they are right for
+    /// (see [`WarmGrants`]); locked only by the writer, after `writer`.
+    warm: Mutex<Option<(WriterState, WarmGrants)>>,
     /// The last commit failed: reopen the database before the next write.
     needs_reopen: AtomicBool,
     /// The write-ahead journal of a file ledger with `Durability::Immediate`; locked only by

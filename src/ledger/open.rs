@@ -452,6 +452,7 @@ impl Ledger {
             source,
             options,
             writer: Mutex::new(None),
+            warm: Mutex::new(None),
             needs_reopen: AtomicBool::new(false),
             journal: Mutex::new(journal),
             journal_discard,

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use redb::ReadableTable;
 
 use super::{Durability, Ledger, NO_DEADLINE};
-use crate::engine::{self, ClockCheck, EngineConfig, WriterState};
+use crate::engine::{self, ClockCheck, EngineConfig, WarmGrants, WriterState};
 use crate::error::{Error, Result};
 use crate::model::{Op, Outcome, RefundReceipt};
 use crate::storage::journal::{self, Journal, Proof};
@@ -24,7 +24,12 @@ pub(super) fn write_panic(detail: String) -> Error {
 
 /// What a committed batch hands back: each op's result, the writer state after it, and the
 /// earliest deadline when the deadline index changed.
-type Committed = (Vec<Result<Outcome>>, WriterState, Option<Option<u64>>);
+type Committed = (
+    Vec<Result<Outcome>>,
+    WriterState,
+    Option<Option<u64>>,
+    WarmGrants,
+);
 
 impl Ledger {
     /// Read the writer state and the earliest deadline from disk.
@@ -125,12 +130,22 @@ impl Ledger {
             panicked = true;
             write_panic(detail)
         };
+        // The caches of the last batch, if it committed to exactly the state this one starts
+        // from; taken, so that a batch that fails leaves none behind.
+        let warm = self
+            .warm
+            .lock()
+            .take()
+            .filter(|(at, _)| *at == state)
+            .map(|(_, w)| w)
+            .unwrap_or_default();
         let committed = self.with_db(on_panic, |db| {
-            self.run_batch(db, ops, state, now_ms, clock, journal.as_mut())
+            self.run_batch(db, ops, (state, warm), now_ms, clock, journal.as_mut())
         });
         match committed {
-            Ok((results, new_state, earliest)) => {
+            Ok((results, new_state, earliest, warm)) => {
                 *writer = Some(new_state);
+                *self.warm.lock() = Some((new_state, warm));
                 self.last_at_ms
                     .store(new_state.last_at_ms, Ordering::SeqCst);
                 if let Some(earliest) = earliest {
@@ -171,7 +186,7 @@ impl Ledger {
         &self,
         db: &redb::Database,
         ops: &[Op],
-        state: WriterState,
+        (state, warm): (WriterState, WarmGrants),
         now_ms: u64,
         clock: ClockCheck,
         journal: Option<&mut Journal>,
@@ -183,10 +198,11 @@ impl Ledger {
             grant_expiring_notice_ms: self.options.grant_expiring_notice_ms,
             clock,
         };
-        let applied = engine::run(&txn, state, now_ms, config, ops)?;
+        let applied = engine::run(&txn, state, now_ms, config, ops, warm)?;
         if !applied.dirty {
+            // Nothing was written, so the caches hold what the file holds.
             txn.abort()?;
-            return Ok((applied.results, state, None));
+            return Ok((applied.results, state, None, applied.warm));
         }
         match journal {
             None => {
@@ -210,7 +226,12 @@ impl Ledger {
                 commit_journaled(txn, journal, now_ms, &config, ops, &proof)?;
             }
         }
-        Ok((applied.results, applied.state, applied.earliest))
+        Ok((
+            applied.results,
+            applied.state,
+            applied.earliest,
+            applied.warm,
+        ))
     }
 
     /// Emit an info event for every refund a committed batch wrote: failure reports, sweep
