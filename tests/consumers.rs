@@ -185,3 +185,77 @@ fn a_schema_1_file_reads_and_gains_the_consumer_and_alert_tables_on_its_first_wr
     let ledger = Ledger::open(&db).unwrap();
     assert_eq!(ledger.position("sync"), Ok(1));
 }
+
+/// Make the (closed) ledger at `db` what schema 2 wrote: the consumers and alerts tables, but
+/// none of the grant or notice tables, and schema byte 2.
+fn make_schema_2(db: &std::path::Path) {
+    let rdb = redb::Database::open(db).unwrap();
+    let txn = rdb.begin_write().unwrap();
+    {
+        let g: redb::TableDefinition<(&str, &str, u32), &[u8]> =
+            redb::TableDefinition::new("grants");
+        let o: redb::TableDefinition<(&str, u32, u64, u64, &str, u32), ()> =
+            redb::TableDefinition::new("grant_order");
+        let e: redb::TableDefinition<(u64, &str, &str, u32), ()> =
+            redb::TableDefinition::new("grant_expiries");
+        let a: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("allocations");
+        let b: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("grant_books");
+        let n: redb::TableDefinition<(u64, &str, &str), u64> =
+            redb::TableDefinition::new("grant_notices");
+        assert!(txn.delete_table(g).unwrap());
+        assert!(txn.delete_table(o).unwrap());
+        assert!(txn.delete_table(e).unwrap());
+        assert!(txn.delete_table(a).unwrap());
+        assert!(txn.delete_table(b).unwrap());
+        let _ = txn.delete_table(n).unwrap();
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        txn.open_table(meta)
+            .unwrap()
+            .insert("schema", [2u8].as_slice())
+            .unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// A schema 2 file has consumer positions and alerts: a batch of acks or alerts alone (which
+/// opens no grant table) must see them, so that an ack behind a stored position is refused
+/// and a consumer is counted once.
+#[test]
+fn a_schema_2_file_keeps_its_consumer_positions_through_acks_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.redb");
+    {
+        let ledger = Ledger::open(&db).unwrap();
+        ledger.credit(Credit::purchase("ws", 100, "o-1")).unwrap();
+        ledger.credit(Credit::purchase("ws", 50, "o-2")).unwrap();
+        ledger.ack("sync", 2).unwrap();
+        ledger.set_alert("ws", 30).unwrap();
+    }
+    make_schema_2(&db);
+    let ledger = Ledger::open(&db).unwrap();
+    assert_eq!(ledger.position("sync"), Ok(2));
+    assert!(
+        matches!(
+            ledger.ack("sync", 1),
+            Err(Error::AckBackwards {
+                position_txn_id: 2,
+                ..
+            })
+        ),
+        "an ack behind the stored position is refused"
+    );
+    assert_eq!(ledger.position("sync"), Ok(2), "and the position stays");
+    assert_eq!(ledger.ack("sync", 2).map(|r| r.replay), Ok(true));
+    assert_eq!(ledger.alert("ws"), Ok(Some(30)));
+    ledger.set_alert("ws", 40).unwrap();
+    assert_eq!(ledger.totals().unwrap().workspaces, 1);
+    assert_healthy(&ledger);
+    // The first write of money upgrades it, positions and alerts kept.
+    ledger.credit(Credit::purchase("ws", 5, "o-3")).unwrap();
+    ledger.ack("sync", 3).unwrap();
+    assert_eq!(
+        (ledger.position("sync"), ledger.alert("ws")),
+        (Ok(3), Ok(Some(40)))
+    );
+    assert_healthy(&ledger);
+}

@@ -593,3 +593,43 @@ fn a_subscriber_hears_the_sweepers_notice_with_its_grant() {
     }
     assert!(sub.try_recv().is_none());
 }
+
+/// The whole notice index deleted (a careless tool, a half-restored backup): the notices it
+/// held are owed and would never be written. The writable open refuses the file, naming the
+/// table (it would otherwise create it empty), and a read-only open's `verify()` names the
+/// loss; the balances still read.
+#[test]
+fn verify_names_the_notices_a_deleted_index_owed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.redb");
+    let clock = ManualClock::new(T0_MS);
+    {
+        let l = Ledger::open_with(&path, options(&clock, Some(NOTICE_MS))).unwrap();
+        l.credit(Credit::grant("acme", 10, "later").expires_at_ms(T0_MS + 30 * DAY_MS))
+            .unwrap();
+        assert_healthy(&l);
+    }
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(txn.delete_table(NOTICES).unwrap());
+        txn.commit().unwrap();
+    }
+    let refused = Ledger::open_with(&path, options(&clock, None))
+        .map(drop)
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::NotALedger { detail, .. } if detail.contains("`grant_notices`")),
+        "{refused:?}"
+    );
+    let l = Ledger::open_read_only(&path).unwrap();
+    let found: Vec<_> = l
+        .verify()
+        .unwrap()
+        .violations
+        .into_iter()
+        .map(|v| v.invariant)
+        .collect();
+    assert!(found.contains(&Invariant::GrantNotice), "{found:?}");
+    assert_eq!(l.balance("acme").unwrap().balance_credits, 10);
+}

@@ -792,3 +792,69 @@ fn verify_on_a_file_that_makes_the_storage_engine_panic_reports_what_it_could_no
         }
     }
 }
+
+/// Every table a ledger has, deleted in turn (a careless tool, a half-restored backup): the
+/// writable open refuses the file with a typed error that names the table, and creates
+/// nothing in it. (Opening a missing table in a write transaction creates it empty, so the open
+/// used to go ahead without what it held: no generations, no history, no notices.)
+#[test]
+fn a_ledger_missing_any_of_its_tables_is_refused_by_name_and_left_as_it_is() {
+    let d = dir();
+    let original = d.path.join("whole.redb");
+    {
+        let clock = ManualClock::new(T0_MS);
+        let options = Options::default()
+            .clock(clock.clone())
+            .grant_expiring_notice_ms(Some(24 * 60 * 60_000));
+        let ledger = Ledger::open_with(&original, options).unwrap();
+        ledger
+            .credit(Credit::grant("acme", 10, "trial").expires_at_ms(T0_MS + 30 * 24 * 3_600_000))
+            .unwrap();
+        ledger
+            .credit(Credit::purchase("acme", 100, "order-1"))
+            .unwrap();
+        ledger
+            .start_generation(StartGeneration::new("g1", "acme", "Quick Video", 12))
+            .unwrap();
+        ledger.ack("sync", 1).unwrap();
+        ledger.set_alert("acme", 5).unwrap();
+    }
+    let names: Vec<String> = {
+        let db = redb::Database::open(&original).unwrap();
+        let r = db.begin_read().unwrap();
+        r.list_tables()
+            .unwrap()
+            .map(|h| redb::TableHandle::name(&h).to_string())
+            .collect()
+    };
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names.iter().filter(|n| *n != "meta") {
+        let path = d.path.join(format!("without-{name}.redb"));
+        std::fs::copy(&original, &path).unwrap();
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            let handle = w
+                .list_tables()
+                .unwrap()
+                .find(|h| redb::TableHandle::name(h) == name)
+                .unwrap();
+            assert!(w.delete_table(handle).unwrap());
+            w.commit().unwrap();
+        }
+        let err = Ledger::open_with(&path, options()).map(drop).unwrap_err();
+        assert!(
+            matches!(&err, Error::NotALedger { detail, .. } if detail.contains(&format!("`{name}`"))),
+            "without {name}: {err:?}"
+        );
+        // The refused open created nothing: the table is still missing, so the next open
+        // refuses it too.
+        let db = redb::Database::open(&path).unwrap();
+        let r = db.begin_read().unwrap();
+        let mut tables = r.list_tables().unwrap();
+        assert!(
+            !tables.any(|h| redb::TableHandle::name(&h) == name),
+            "without {name}: the open created it"
+        );
+    }
+}

@@ -406,6 +406,23 @@ fn verify_in_pages(
             return Ok((report, 0));
         }
     };
+    // The notice index is a file's only record of the notices it owes: a file of the schema
+    // that promises it, without it, has lost them (the writable open refuses such a file).
+    if schema >= tables::NOTICES_SCHEMA_VERSION {
+        let notices =
+            guarded(|| tables::open_optional(rtx, tables::GRANT_NOTICES).map(|t| t.is_none()));
+        if let Ok(Ok(true)) = notices {
+            report.add(
+                Invariant::GrantNotice,
+                format!(
+                    "the file records schema {schema} but has no grant_notices table: the grant expiry notices it held will never be written"
+                ),
+                vec![],
+                None,
+                None,
+            );
+        }
+    }
     let history = HistoryIndex {
         table: &history,
         schema,

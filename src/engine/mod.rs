@@ -253,7 +253,7 @@ impl<'txn> FeedTables<'txn> {
         txn: &'txn WriteTransaction,
         version: Option<u8>,
     ) -> Result<Option<Self>, Error> {
-        if version.is_some_and(|v| v >= tables::GRANTS_SCHEMA_VERSION) {
+        if version.is_some_and(|v| v >= tables::FEED_SCHEMA_VERSION) {
             Self::open(txn).map(Some)
         } else {
             Ok(None)
@@ -401,9 +401,12 @@ impl<'txn> Ctx<'txn> {
         let mut history = txn.open_table(tables::HISTORY)?;
         let mut feed = FeedTables::open_existing(txn, version)?;
         let mut has_notices = version.is_some_and(|v| v >= tables::SCHEMA_VERSION);
-        let grant_tables = if feed.is_some() {
+        let has_grants = version.is_some_and(|v| v >= tables::GRANTS_SCHEMA_VERSION);
+        let grant_tables = if has_grants {
             Some(GrantTables::open(txn)?)
         } else if grants {
+            // The upgrade opens the feed tables itself: a table is open once per transaction.
+            drop(feed.take());
             feed = Some(FeedTables::create(txn, &mut history, state.next_txn_id)?);
             has_notices = true;
             Some(GrantTables::open(txn)?)

@@ -713,8 +713,20 @@ fn check_tables(
         Error::NotALedger { detail, .. } => not_ledger(detail),
         e => e,
     })?;
+    // Each table is looked for by name first: opening a missing table in a write transaction
+    // would create it empty, and the open would then go ahead without what it held (a
+    // deleted `generations` table opened as a ledger with no generations).
+    let shown_version = version.map_or_else(|| "?".to_string(), |v| v.to_string());
     macro_rules! check {
         ($($t:expr),*) => {$(
+            let name = redb::TableHandle::name(&$t);
+            if !names.iter().any(|n| n == name) {
+                return Err(not_ledger(format!(
+                    "it has no `{name}` table, which every ledger of its schema version \
+                     ({shown_version}) has: the file was damaged or edited; restore it from a \
+                     backup"
+                )));
+            }
             txn.probe($t).map_err(|e| not_ledger(e.to_string()))?;
         )*};
     }
@@ -742,6 +754,9 @@ fn check_tables(
             tables::ALLOCATIONS,
             tables::GRANT_BOOKS
         );
+    }
+    if version.is_some_and(|v| v >= tables::FEED_SCHEMA_VERSION) {
+        check!(tables::CONSUMERS, tables::ALERTS);
     }
     if version.is_some_and(|v| v >= tables::NOTICES_SCHEMA_VERSION) {
         check!(tables::GRANT_NOTICES);

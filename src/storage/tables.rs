@@ -132,6 +132,11 @@ pub(crate) const NOTICES_SCHEMA_VERSION: u8 = 4;
 /// The first schema version with the `refund_pages` table.
 pub(crate) const REFUND_PAGES_SCHEMA_VERSION: u8 = 5;
 
+/// The first schema version with the `consumers` and `alerts` tables: a file at this
+/// version or later has them (a batch of acks or alerts alone reads them there, before any
+/// upgrade).
+pub(crate) const FEED_SCHEMA_VERSION: u8 = 2;
+
 /// The first schema version with the grant tables (and the `consumers` and `alerts` tables
 /// of version 2): a file at this version or later has all of them.
 pub(crate) const GRANTS_SCHEMA_VERSION: u8 = 3;
