@@ -25,8 +25,10 @@ use crate::storage::codec;
 use crate::storage::tables;
 mod checks;
 mod grants;
+mod refund_pages;
 
 use grants::{GrantAudit, OpenLots};
+use refund_pages::RefundPages;
 
 use checks::{
     accumulate, check_deadlines, check_generation, check_history, check_txn, totals_differences,
@@ -93,6 +95,10 @@ pub enum Invariant {
     /// when it expires; or the notice index (`grant_notices`) names a grant that does not
     /// expire when it says, is due at or after that expiry, or already has its notice.
     GrantNotice,
+    /// The `refund_pages` covering index and the log differ: a Refund it covers has no entry,
+    /// or one that is not exactly its log record and the grant lots it gave back, or the index
+    /// holds an entry for no such Refund.
+    RefundPageIndex,
 }
 
 /// A part of the file the audit could not check, because the storage engine (redb) failed on
@@ -402,7 +408,7 @@ fn verify_in_pages(
     };
     // The notice index is a file's only record of the notices it owes: a file of the schema
     // that promises it, without it, has lost them (the writable open refuses such a file).
-    if schema >= tables::SCHEMA_VERSION {
+    if schema >= tables::NOTICES_SCHEMA_VERSION {
         let notices =
             guarded(|| tables::open_optional(rtx, tables::GRANT_NOTICES).map(|t| t.is_none()));
         if let Ok(Ok(true)) = notices {
@@ -420,6 +426,34 @@ fn verify_in_pages(
     let history = HistoryIndex {
         table: &history,
         schema,
+    };
+    let allocs = match guarded(|| tables::open_optional(rtx, tables::ALLOCATIONS)) {
+        Ok(t) => t?,
+        Err(detail) => {
+            report.unreadable("allocations", None, detail);
+            None
+        }
+    };
+    let refund_pages = match guarded(|| tables::refund_pages_from(rtx)) {
+        Ok(Ok(covered)) => covered.map(|(table, from)| RefundPages {
+            table,
+            from,
+            allocs: allocs.as_ref(),
+        }),
+        Ok(Err(e)) => {
+            report.add(
+                Invariant::RefundPageIndex,
+                e.to_string(),
+                vec![],
+                None,
+                None,
+            );
+            None
+        }
+        Err(detail) => {
+            report.unreadable("refund_pages", None, detail);
+            None
+        }
     };
     let mut links = Links::default();
     let mut open_lots = OpenLots::default();
@@ -447,6 +481,7 @@ fn verify_in_pages(
             idem: &idem,
             history: &history,
             deadlines: &deadlines,
+            refund_pages: refund_pages.as_ref(),
         };
         let whole = check_page(
             &mut report,
@@ -485,6 +520,11 @@ fn verify_in_pages(
             if report.checked.history_entries != links.history_entries {
                 check_history(&mut report, &history, &txns, &gens, links.history_entries)?;
             }
+            if let Some(rp) = &refund_pages {
+                if rp.table.len()? != links.refund_pages {
+                    rp.check_no_stale(&mut report, &txns, links.refund_pages)?;
+                }
+            }
             report.checked.idempotency_keys = idem.len()?;
             if report.checked.idempotency_keys != links.keyed {
                 for entry in idem.iter()? {
@@ -520,6 +560,7 @@ struct Tables<'a> {
     idem: &'a ReadOnlyTable<&'static str, u64>,
     history: &'a HistoryIndex<'a, ReadOnlyTable<(&'static str, u8, u64), ()>>,
     deadlines: &'a ReadOnlyTable<(u64, &'static str), ()>,
+    refund_pages: Option<&'a RefundPages<'a>>,
 }
 
 /// Which parts a pass read in full.
@@ -639,6 +680,9 @@ fn check_page(
                 accumulate(report, &mut accs, &rec);
             }
             check_txn(report, links, &rec, t.gens, t.idem, t.history)?;
+            if let Some(rp) = t.refund_pages {
+                rp.check_refund(report, &mut links.refund_pages, &rec, t.gens)?;
+            }
             if let Some(g) = grant_audit
                 .as_mut()
                 .filter(|_| page.contains(&rec.workspace))

@@ -408,6 +408,8 @@ pub(super) fn refund(
         .workspace(&gen.workspace)?
         .ok_or_else(|| missing_workspace(&gen))?;
     grants::ensure_book(ctx, &gen.workspace, &ws_before)?;
+    // Before the id is taken: in an older file this starts the covering index at it.
+    ctx.open_refund_pages()?;
     let refund_txn = ctx.state.next_txn_id;
     // A timeout counts from its deadline, whenever the refund is written.
     let refunded_at_ms = if reason == RefundReason::Timeout {
@@ -455,6 +457,7 @@ pub(super) fn refund(
         rec.id, refund_txn,
         "the refund got the id its grace lots name"
     );
+    ctx.put_refund_page(&rec, &entries)?;
     let allocations = entries.iter().map(AllocationEntry::public).collect();
     // Given back to the one lot that paid (the common case): the generation record already
     // says so, and the `allocations` table is not written.

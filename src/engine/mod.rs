@@ -10,6 +10,7 @@ mod generation;
 pub(crate) mod grants;
 mod lots;
 mod notify;
+mod refund_pages;
 mod sweep;
 
 use std::collections::HashMap;
@@ -276,8 +277,9 @@ impl<'txn> FeedTables<'txn> {
     fn create(
         txn: &'txn WriteTransaction,
         history: &mut Table<'txn, (&'static str, u8, u64), ()>,
+        next_txn_id: u64,
     ) -> Result<Self, Error> {
-        record_current_schema(txn, history)?;
+        record_current_schema(txn, history, next_txn_id)?;
         // The version recorded promises every table of it, the grant and notice tables
         // included.
         GrantTables::open(txn)?;
@@ -287,15 +289,24 @@ impl<'txn> FeedTables<'txn> {
 }
 
 /// Record [`tables::SCHEMA_VERSION`] in `meta`, and bring the history index of an older file
-/// to the layout that version promises ([`tables::migrate_history`]). Every write that
-/// upgrades a file comes through here.
+/// to the layout that version promises ([`tables::migrate_history`]); a file from before
+/// schema 5 gets the `refund_pages` table, covering the Refunds from `next_txn_id` on (the
+/// transaction the write appends next). Every write that upgrades a file comes through here.
 fn record_current_schema(
     txn: &WriteTransaction,
     history: &mut Table<'_, (&'static str, u8, u64), ()>,
+    next_txn_id: u64,
 ) -> Result<(), Error> {
     let mut meta = txn.open_table(tables::META)?;
     let from_schema = tables::get_schema(&meta)?;
     meta.insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+    if from_schema < tables::REFUND_PAGES_SCHEMA_VERSION {
+        // The index starts empty here. An older build has no such table; one found anyway
+        // (a file whose schema byte was set back) covers nothing the marker promises.
+        txn.delete_table(tables::REFUND_PAGES)?;
+        txn.open_table(tables::REFUND_PAGES)?;
+        tables::put_meta_u64(&mut meta, tables::META_REFUND_PAGES_FROM_KEY, next_txn_id)?;
+    }
     drop(meta);
     tables::migrate_history(history, from_schema)
 }
@@ -339,9 +350,12 @@ pub(crate) struct Ctx<'txn> {
     feed: Option<FeedTables<'txn>>,
     /// `None` only in a file from before schema 3 and a batch of acks and alerts alone.
     grant_tables: Option<GrantTables<'txn>>,
-    /// `None` in a file from before schema 4 until a grant gets a notice entry or a
-    /// generation record is written: see [`Ctx::notices_mut`].
+    /// `None` in a file from before the current schema until a grant gets a notice entry or
+    /// a generation record is written (which records the current schema): see
+    /// [`Ctx::notices_mut`].
     notices: Option<Table<'txn, tables::NoticeKey<'static>, u64>>,
+    /// Opened by the first refund of the transaction: see [`Ctx::put_refund_page`].
+    refund_pages: Option<Table<'txn, u64, &'static [u8]>>,
     txn: &'txn WriteTransaction,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.
@@ -393,7 +407,7 @@ impl<'txn> Ctx<'txn> {
         } else if grants {
             // The upgrade opens the feed tables itself: a table is open once per transaction.
             drop(feed.take());
-            feed = Some(FeedTables::create(txn, &mut history)?);
+            feed = Some(FeedTables::create(txn, &mut history, state.next_txn_id)?);
             has_notices = true;
             Some(GrantTables::open(txn)?)
         } else {
@@ -414,6 +428,7 @@ impl<'txn> Ctx<'txn> {
             feed,
             grant_tables,
             notices,
+            refund_pages: None,
             txn,
             state,
             now_ms,
@@ -480,7 +495,7 @@ impl<'txn> Ctx<'txn> {
         if self.notices.is_none() {
             self.dirty = true;
             let created = (|| -> Result<_, Error> {
-                record_current_schema(self.txn, &mut self.history)?;
+                record_current_schema(self.txn, &mut self.history, self.state.next_txn_id)?;
                 Ok(self.txn.open_table(tables::GRANT_NOTICES)?)
             })();
             self.notices = Some(created.inspect_err(|_| self.broken = true)?);
@@ -499,7 +514,7 @@ impl<'txn> Ctx<'txn> {
         if self.feed.is_none() {
             self.dirty = true;
             self.feed = Some(
-                FeedTables::create(self.txn, &mut self.history)
+                FeedTables::create(self.txn, &mut self.history, self.state.next_txn_id)
                     .inspect_err(|_| self.broken = true)?,
             );
         }

@@ -739,7 +739,8 @@ fn check_tables(
         tables::IDEMPOTENCY
     );
     // A version 1 file lacks the consumers and alerts tables, a file before version 3 the
-    // grant tables, and one before version 4 the notice index: opening never writes, so its
+    // grant tables, one before version 4 the notice index and one before version 5 the
+    // refund pages: opening never writes, so its
     // first write creates them and records the current version (see `engine::Ctx::open`), and
     // reads take a missing table as empty.
     if grant_tables == GrantCheck::Skipped {
@@ -757,8 +758,11 @@ fn check_tables(
     if version.is_some_and(|v| v >= tables::FEED_SCHEMA_VERSION) {
         check!(tables::CONSUMERS, tables::ALERTS);
     }
-    if version.is_some_and(|v| v >= tables::SCHEMA_VERSION) {
+    if version.is_some_and(|v| v >= tables::NOTICES_SCHEMA_VERSION) {
         check!(tables::GRANT_NOTICES);
+    }
+    if version.is_some_and(|v| v >= tables::REFUND_PAGES_SCHEMA_VERSION) {
+        check!(tables::REFUND_PAGES);
     }
     Ok(())
 }
@@ -787,6 +791,9 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         {
             let mut meta = txn.open_table(tables::META)?;
             meta.insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
+            // A new file's covering index covers every Refund.
+            tables::put_meta_u64(&mut meta, tables::META_REFUND_PAGES_FROM_KEY, 1)?;
+            txn.open_table(tables::REFUND_PAGES)?;
             txn.open_table(tables::WORKSPACES)?;
             txn.open_table(tables::TRANSACTIONS)?;
             txn.open_table(tables::HISTORY)?;

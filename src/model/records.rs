@@ -293,3 +293,16 @@ pub(crate) struct GrantBook {
     pub expired_credits: u64,
     pub voided_credits: u64,
 }
+
+/// A `refund_pages` entry (schema 5): all a Refund's history view shows, in one read. It
+/// holds the Refund's record as the log holds it and the grant lots it gave credits back to,
+/// which otherwise take a log read, an `allocations` read and, for a refund to the lot that
+/// paid (the common case), a `generations` read per entry: three B-tree descents, at 1,000
+/// workspaces each in a different page, in tables (the log, the generations) far larger than
+/// the cache at a million generations; this table holds only the Refunds. Written in the
+/// refund's own write transaction; `verify()` checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RefundPage {
+    pub record: TxnRecord,
+    pub allocations: Vec<AllocationEntry>,
+}

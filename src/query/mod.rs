@@ -19,7 +19,7 @@ pub use views::{
 };
 
 use crate::error::Error;
-use crate::model::records::{GenerationRecord, TxnRecord, WorkspaceRecord};
+use crate::model::records::{AllocationEntry, GenerationRecord, TxnRecord, WorkspaceRecord};
 use crate::model::TxnKind;
 use crate::storage::codec;
 use crate::storage::tables;
@@ -140,29 +140,23 @@ pub(crate) fn view_with(
     rec: TxnRecord,
 ) -> Result<TransactionView, Error> {
     let entries = if rec.kind == TxnKind::Refund {
-        // A Refund that gave its credits back to the one lot that paid has no row: its
-        // generation record holds the allocation. Read the generation only then.
-        match allocs
-            .map(|t| tables::get_allocations(t, rec.id))
-            .transpose()?
-            .flatten()
-        {
-            Some(a) => Some(a.entries),
-            None => match &rec.generation_id {
-                Some(g) => tables::get_generation(gens, g)?
-                    .filter(|g| g.is_refund(rec.id))
-                    .and_then(|g| g.usage_allocations()),
-                None => None,
-            },
-        }
+        Some(tables::refund_allocations(allocs, gens, &rec)?)
     } else if rec.debit || rec.kind == TxnKind::GrantExpiring {
         tables::get_allocations_of(allocs, gen, rec.id)?
     } else {
         None
     };
-    let allocations: Vec<crate::model::Allocation> = entries
-        .map(|a| a.iter().map(|e| e.public()).collect())
-        .unwrap_or_default();
+    Ok(view_from(rec, gen, entries.as_deref().unwrap_or_default()))
+}
+
+/// The view of `rec` with its generation (`gen`, for a Usage) and the grant lots it moved.
+pub(crate) fn view_from(
+    rec: TxnRecord,
+    gen: Option<&GenerationRecord>,
+    entries: &[AllocationEntry],
+) -> TransactionView {
+    let allocations: Vec<crate::model::Allocation> =
+        entries.iter().map(AllocationEntry::public).collect();
     let mut view = TransactionView::new(rec, gen);
     if let (TxnKind::GrantExpiring, [a]) = (view.kind, allocations.as_slice()) {
         let n = a.credits;
@@ -173,7 +167,7 @@ pub(crate) fn view_with(
         );
     }
     view.allocations = allocations;
-    Ok(view)
+    view
 }
 
 pub(crate) fn transaction_view(

@@ -18,11 +18,17 @@
 //! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord), for a transaction whose generation record does not hold it (schema 4) |
 //! | `grant_books` | workspace id | [`GrantBook`](crate::model::records::GrantBook) |
 //! | `grant_notices` | (notice ms, workspace, grant id) | the grant's expiry ms: a `GrantExpiring` notice not yet written (schema 4) |
+//! | `refund_pages` | refund txn id | [`RefundPage`](crate::model::records::RefundPage): what a Refund's history view shows (schema 5) |
 //!
 //! `grant_order` is sorted in drawdown order, so the first spendable grant of a workspace is
 //! the first entry of one short range read; `grant_expiries` makes the sweep of expired grants
 //! O(expired), like `deadlines` for generations; `grant_notices` does the same for the
 //! `GrantExpiring` notices, keyed by the time each is due.
+//!
+//! `refund_pages` holds, for each Refund, its record and the grant lots it gave back, so a
+//! page of Refunds reads one entry per Refund instead of a log read and a generation read (see
+//! [`RefundPage`](crate::model::records::RefundPage)). It is keyed by id, so the Refunds of a
+//! batch append to its end instead of dirtying a leaf per workspace.
 //!
 //! `workspace_history` files each transaction once, under its kind, so a filter such as
 //! "Refunds" is a range scan of exactly the matching entries, and unfiltered history is a merge
@@ -68,9 +74,18 @@ pub(crate) const GRANT_BOOKS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) type NoticeKey<'a> = (u64, &'a str, &'a str);
 pub(crate) const GRANT_NOTICES: TableDefinition<NoticeKey<'static>, u64> =
     TableDefinition::new("grant_notices");
+/// Refund txn id -> [`RefundPage`](crate::model::records::RefundPage): every Refund from
+/// [`META_REFUND_PAGES_FROM_KEY`] on (schema 5). Derived from the log, the `allocations` rows
+/// and the generations; `verify()` checks it against them.
+pub(crate) const REFUND_PAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("refund_pages");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
+/// The `meta` key holding the first transaction id `refund_pages` covers (a `u64`): every
+/// Refund with this id or a later one has its entry. 1 in a file created at schema 5; in an
+/// upgraded file, the next id when the upgrade was written (older Refunds are read from the log
+/// as before, so the upgrade rewrites nothing).
+pub(crate) const META_REFUND_PAGES_FROM_KEY: &str = "refund_pages_from";
 /// The `meta` key holding the ledger's random id, which its journal entries carry.
 pub(crate) const META_LEDGER_ID_KEY: &str = "ledger_id";
 /// The `meta` key holding the sequence number of the last journal entry redb holds.
@@ -79,8 +94,15 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
-/// The schema version this build writes. Version 4 added the `grant_notices` table and the
-/// `GrantExpiring` notification records; a file gets them, and records version 4, with the
+/// The schema version this build writes. Version 5 added the `refund_pages` table (see
+/// [`RefundPage`](crate::model::records::RefundPage)) and the `meta` key
+/// [`META_REFUND_PAGES_FROM_KEY`]. It is added the way version 4's notice index was: the first
+/// write to an older file that puts a generation record or a notice entry (every refund does)
+/// records version 5 first, creating the table and recording the next transaction id as where
+/// it starts; it rewrites nothing, and the Refunds before it are read from the log as before.
+/// So a version 4 build, which would write Refunds without entries, refuses the file once it
+/// has any. Version 4 added the `grant_notices` table and the `GrantExpiring` notification
+/// records; a file gets them, and records version 4, with the
 /// first grant that has a notice to write (so a file that never uses notices stays readable
 /// by a version 3 build). Version 4 also stores a charge paid by one grant lot (the common
 /// case) in its generation record (`GenerationRecord::single_allocation`) instead of an
@@ -102,7 +124,13 @@ pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
 /// records version 2. A version 1 file gets epoch records without that upgrade: no build that
 /// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
 /// then panicked on twice.
-pub(crate) const SCHEMA_VERSION: u8 = 4;
+pub(crate) const SCHEMA_VERSION: u8 = 5;
+
+/// The first schema version with the `grant_notices` table.
+pub(crate) const NOTICES_SCHEMA_VERSION: u8 = 4;
+
+/// The first schema version with the `refund_pages` table.
+pub(crate) const REFUND_PAGES_SCHEMA_VERSION: u8 = 5;
 
 /// The first schema version with the `consumers` and `alerts` tables: a file at this
 /// version or later has them (a batch of acks or alerts alone reads them there, before any
@@ -342,6 +370,53 @@ pub(crate) fn get_book(
         Some(v) => Ok(Some(codec::decode("grant_books", &workspace, v.value())?)),
         None => Ok(None),
     }
+}
+
+/// The `refund_pages` table of a schema 5 file, and the first transaction id it covers.
+pub(crate) type RefundPages = (redb::ReadOnlyTable<u64, &'static [u8]>, u64);
+
+/// Where `refund_pages` starts (see [`META_REFUND_PAGES_FROM_KEY`]), or `None` in a file
+/// from before schema 5, whose Refunds are all read from the log. A schema 5 file without the
+/// table or the key is damaged: [`Error::Corruption`], which `verify()` also names.
+pub(crate) fn refund_pages_from(rtx: &redb::ReadTransaction) -> Result<Option<RefundPages>, Error> {
+    let meta = rtx.open_table(META)?;
+    if get_schema(&meta)? < REFUND_PAGES_SCHEMA_VERSION {
+        return Ok(None);
+    }
+    let missing = |detail: &str| Error::Corruption {
+        table: "meta",
+        key: META_REFUND_PAGES_FROM_KEY.to_string(),
+        detail: format!("{detail} in a schema 5 file; run verify, and restore from a backup"),
+    };
+    let from =
+        get_meta_u64(&meta, META_REFUND_PAGES_FROM_KEY)?.ok_or_else(|| missing("missing"))?;
+    let table = open_optional(rtx, REFUND_PAGES)?
+        .ok_or_else(|| missing("the refund_pages table is missing"))?;
+    Ok(Some((table, from)))
+}
+
+/// The grant lots Refund `rec` gave back, as its own storage says: its `allocations` row, or
+/// for a refund to the one lot that paid, its generation record. Empty for a refund of a
+/// charge made before grants. What a `refund_pages` entry must hold.
+pub(crate) fn refund_allocations(
+    allocs: Option<&impl ReadableTable<u64, &'static [u8]>>,
+    gens: &impl ReadableTable<&'static str, &'static [u8]>,
+    rec: &TxnRecord,
+) -> Result<Vec<AllocationEntry>, Error> {
+    if let Some(a) = allocs
+        .map(|t| get_allocations(t, rec.id))
+        .transpose()?
+        .flatten()
+    {
+        return Ok(a.entries);
+    }
+    Ok(match &rec.generation_id {
+        Some(g) => get_generation(gens, g)?
+            .filter(|g| g.is_refund(rec.id))
+            .and_then(|g| g.usage_allocations())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    })
 }
 
 /// The schema version a file records (0 when it records none, which the open refuses).
