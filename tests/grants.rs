@@ -567,19 +567,7 @@ fn a_file_from_before_grants_carries_its_balances_over() {
         let rdb = redb::Database::open(&path).unwrap();
         let txn = rdb.begin_write().unwrap();
         {
-            let g: redb::TableDefinition<(&str, &str, u32), &[u8]> =
-                redb::TableDefinition::new("grants");
-            let o: redb::TableDefinition<(&str, u32, u64, u64, &str, u32), ()> =
-                redb::TableDefinition::new("grant_order");
-            let e: redb::TableDefinition<(u64, &str, &str, u32), ()> =
-                redb::TableDefinition::new("grant_expiries");
-            let a: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("allocations");
-            let b: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("grant_books");
-            assert!(txn.delete_table(g).unwrap());
-            assert!(txn.delete_table(o).unwrap());
-            assert!(txn.delete_table(e).unwrap());
-            assert!(txn.delete_table(a).unwrap());
-            assert!(txn.delete_table(b).unwrap());
+            common::delete_tables(&txn, &common::GRANT_TABLES);
             let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
             txn.open_table(meta)
                 .unwrap()

@@ -136,3 +136,25 @@ pub fn edit_generation_tail(path: &std::path::Path, id: &str, from: &[u8], to: &
     }
     w.commit().unwrap();
 }
+
+/// Delete each table named in `names` from a ledger file opened with redb itself (to make the
+/// file an older schema's), asserting that each was there.
+pub fn delete_tables(txn: &redb::WriteTransaction, names: &[&str]) {
+    for name in names {
+        let handle = txn
+            .list_tables()
+            .unwrap()
+            .find(|h| redb::TableHandle::name(h) == *name)
+            .unwrap_or_else(|| panic!("no table `{name}` to delete"));
+        assert!(txn.delete_table(handle).unwrap(), "{name}");
+    }
+}
+
+/// The grant tables schema 3 added.
+pub const GRANT_TABLES: [&str; 5] = [
+    "grants",
+    "grant_order",
+    "grant_expiries",
+    "allocations",
+    "grant_books",
+];
