@@ -100,6 +100,7 @@ pub mod fuzzing {
         use crate::model::records::{GenerationRecord, TxnRecord, WorkspaceRecord};
         use crate::storage::codec::decode;
         let _ = decode::<TxnRecord>("transactions", &0, bytes);
+        let _ = crate::storage::tables::decode_txn(0, bytes);
         let _ = decode::<GenerationRecord>("generations", &"", bytes);
         let _ = decode::<WorkspaceRecord>("workspaces", &"", bytes);
         let _ = decode::<crate::model::records::GrantRecord>("grants", &"", bytes);

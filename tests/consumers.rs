@@ -179,7 +179,7 @@ fn a_schema_1_file_reads_and_gains_the_consumer_and_alert_tables_on_its_first_wr
     drop(ledger);
     assert_eq!(
         schema(),
-        5,
+        6,
         "the first write records the upgrade, to the current schema"
     );
     let ledger = Ledger::open(&db).unwrap();

@@ -476,7 +476,7 @@ fn schema_of(path: &std::path::Path) -> u8 {
 }
 
 #[test]
-fn a_schema_3_file_stays_at_3_until_a_grant_gets_a_notice_entry() {
+fn a_schema_3_file_gains_the_notice_index_with_its_first_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v3.redb");
     let clock = ManualClock::new(T0_MS);
@@ -497,21 +497,21 @@ fn a_schema_3_file_stays_at_3_until_a_grant_gets_a_notice_entry() {
     }
     {
         let l = Ledger::open_with(&path, options(&clock, Some(NOTICE_MS))).unwrap();
-        // Money moves without notices: the file stays readable by a version 3 build.
+        // The first write records the current schema (from schema 6 on every record has a
+        // field a version 3 build cannot read), which creates the notice index.
         l.credit(Credit::purchase("acme", 10, "p2")).unwrap();
         l.credit(Credit::grant("acme", 10, "no-expiry")).unwrap();
         l.sweep_expired(10).unwrap();
         assert_healthy(&l);
     }
-    assert_eq!(schema_of(&path), 3);
+    assert_eq!(schema_of(&path), 6);
     {
         let l = Ledger::open_with(&path, options(&clock, Some(NOTICE_MS))).unwrap();
         l.credit(Credit::grant("acme", 10, "monthly").expires_at_ms(T0_MS + 30 * DAY_MS))
             .unwrap();
         assert_healthy(&l);
     }
-    // The notice index records the current schema (5 since the refund pages).
-    assert_eq!(schema_of(&path), 5);
+    assert_eq!(schema_of(&path), 6);
     clock.set_ms(T0_MS + 27 * DAY_MS);
     let l = Ledger::open_with(&path, options(&clock, None)).unwrap();
     assert_eq!(noticed(&l, "acme").len(), 1);

@@ -856,11 +856,12 @@ fn the_journal_replays_one_lot_charges_across_a_second_grant_and_a_void() {
     assert_eq!(allocation_rows(&image), vec![7, 8, 9]);
 }
 
-/// A generation record has schema 4's layout: the first one written to a schema 3 file
-/// records version 4, so that an older build refuses the file instead of failing to decode
-/// it; writes that put no generation record leave the file at 3.
+/// A generation record has schema 4's layout and every transaction record schema 6's: the
+/// first write to a schema 3 file, a credit here, records the current version, so that an
+/// older build refuses the file instead of failing to decode it, and generations then work
+/// as in any current file.
 #[test]
-fn the_first_generation_written_to_a_schema_3_file_records_schema_4() {
+fn the_first_write_to_a_schema_3_file_records_the_current_schema() {
     use redb::ReadableDatabase;
     const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
     let schema = |path: &std::path::Path| {
@@ -899,14 +900,17 @@ fn the_first_generation_written_to_a_schema_3_file_records_schema_4() {
         let l = Ledger::open_with(&path, options(&clock)).unwrap();
         l.credit(Credit::purchase("acme", 5, "more")).unwrap();
     }
-    assert_eq!(schema(&path), 3, "a credit writes no generation record");
+    assert_eq!(
+        schema(&path),
+        6,
+        "a credit appends a record of schema 6's layout"
+    );
     {
         let l = Ledger::open_with(&path, options(&clock)).unwrap();
         assert_eq!(start(&l, "g1", "acme", 4), owned(&[("more", 4)]));
         assert_clean(&l);
     }
-    // The current schema (5 since the refund pages), which holds schema 4's layout.
-    assert_eq!(schema(&path), 5);
+    assert_eq!(schema(&path), 6);
     let l = Ledger::open_with(&path, options(&clock)).unwrap();
     l.fail_generation("g1", RefundReason::ModelFailure, "x")
         .unwrap();

@@ -418,14 +418,17 @@ fn a_file_with_the_older_layout_reads_and_moves_when_it_records_schema_4() {
     drop(l);
     assert_eq!(keys(&path), old_layout, "opening and reading never write");
 
-    // A credit alone leaves a version 3 file as it is.
+    // Any write that appends a transaction, a credit here, records the current schema first
+    // (from schema 6 on every record has a field older builds cannot read), and that moves
+    // the index to the new layout.
     let l = open(&path, &clock);
     l.credit(Credit::purchase("acme", 1, "one-more")).unwrap();
-    assert_filters_agree(&l, "older layout, after a credit");
+    assert_filters_agree(&l, "moved by a credit");
     assert_healthy(&l);
     drop(l);
-    assert_eq!(schema_of(&path), 3);
-    // A batch of finishes records version 4 and moves the index to the new layout first.
+    assert_eq!(schema_of(&path), 6);
+    assert!(keys(&path).iter().all(|k| k.1 != LEGACY_USAGE_COMPLETED));
+    // A batch of finishes then writes the new layout.
     let l = open(&path, &clock);
     run(&l, &clock, &round(3)[1..]);
     assert_filters_agree(&l, "moved");
@@ -436,8 +439,9 @@ fn a_file_with_the_older_layout_reads_and_moves_when_it_records_schema_4() {
         .filter(|t| t.1 == TxnKind::Usage && t.2 == Status::Failed)
         .count();
     drop(l);
-    // The current schema (5 since the refund pages), with schema 4's history layout.
-    assert_eq!(schema_of(&path), 5);
+    // The current schema (6 since Refund records carry their lots), with schema 4's history
+    // layout.
+    assert_eq!(schema_of(&path), 6);
     let moved = keys(&path);
     assert!(moved.iter().all(|k| k.1 != LEGACY_USAGE_COMPLETED));
     let count = |c: u8| moved.iter().filter(|k| k.1 == c).count();

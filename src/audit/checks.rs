@@ -23,8 +23,6 @@ pub(super) struct Links {
     /// History entries the log's transactions must have: one each, plus a `UsageFailed`
     /// marker for each Usage of a refunded generation (schema 4 on).
     pub history_entries: u64,
-    /// Refunds the `refund_pages` index covers (schema 5), each of which needs an entry.
-    pub refund_pages: u64,
 }
 
 /// The history index and the schema whose layout it must have (see

@@ -25,10 +25,10 @@ use crate::storage::codec;
 use crate::storage::tables;
 mod checks;
 mod grants;
-mod refund_pages;
+mod refund_lots;
 
 use grants::{GrantAudit, OpenLots};
-use refund_pages::RefundPages;
+use refund_lots::RefundLots;
 
 use checks::{
     accumulate, check_deadlines, check_generation, check_history, check_txn, totals_differences,
@@ -95,10 +95,11 @@ pub enum Invariant {
     /// when it expires; or the notice index (`grant_notices`) names a grant that does not
     /// expire when it says, is due at or after that expiry, or already has its notice.
     GrantNotice,
-    /// The `refund_pages` covering index and the log differ: a Refund it covers has no entry,
-    /// or one that is not exactly its log record and the grant lots it gave back, or the index
-    /// holds an entry for no such Refund.
-    RefundPageIndex,
+    /// A Refund's record and its storage differ on the grant lots it gave back: a Refund
+    /// written from schema 6 on does not say, or says other lots than its `allocations` row
+    /// or its generation record; or another kind of transaction carries refund lots; or the
+    /// `meta` key saying where the lots start is missing.
+    RefundLots,
 }
 
 /// A part of the file the audit could not check, because the storage engine (redb) failed on
@@ -434,26 +435,20 @@ fn verify_in_pages(
             None
         }
     };
-    let refund_pages = match guarded(|| tables::refund_pages_from(rtx)) {
-        Ok(Ok(covered)) => covered.map(|(table, from)| RefundPages {
-            table,
-            from,
-            allocs: allocs.as_ref(),
-        }),
+    let refund_lots = match guarded(|| tables::refund_lots_from(&rtx.open_table(tables::META)?)) {
+        Ok(Ok(from)) => from,
         Ok(Err(e)) => {
-            report.add(
-                Invariant::RefundPageIndex,
-                e.to_string(),
-                vec![],
-                None,
-                None,
-            );
+            report.add(Invariant::RefundLots, e.to_string(), vec![], None, None);
             None
         }
         Err(detail) => {
-            report.unreadable("refund_pages", None, detail);
+            report.unreadable("meta", None, detail);
             None
         }
+    };
+    let refund_lots = RefundLots {
+        from: refund_lots,
+        allocs: allocs.as_ref(),
     };
     let mut links = Links::default();
     let mut open_lots = OpenLots::default();
@@ -481,7 +476,7 @@ fn verify_in_pages(
             idem: &idem,
             history: &history,
             deadlines: &deadlines,
-            refund_pages: refund_pages.as_ref(),
+            refund_lots: &refund_lots,
         };
         let whole = check_page(
             &mut report,
@@ -520,11 +515,6 @@ fn verify_in_pages(
             if report.checked.history_entries != links.history_entries {
                 check_history(&mut report, &history, &txns, &gens, links.history_entries)?;
             }
-            if let Some(rp) = &refund_pages {
-                if rp.table.len()? != links.refund_pages {
-                    rp.check_no_stale(&mut report, &txns, links.refund_pages)?;
-                }
-            }
             report.checked.idempotency_keys = idem.len()?;
             if report.checked.idempotency_keys != links.keyed {
                 for entry in idem.iter()? {
@@ -560,7 +550,7 @@ struct Tables<'a> {
     idem: &'a ReadOnlyTable<&'static str, u64>,
     history: &'a HistoryIndex<'a, ReadOnlyTable<(&'static str, u8, u64), ()>>,
     deadlines: &'a ReadOnlyTable<(u64, &'static str), ()>,
-    refund_pages: Option<&'a RefundPages<'a>>,
+    refund_lots: &'a RefundLots<'a>,
 }
 
 /// Which parts a pass read in full.
@@ -608,7 +598,7 @@ fn check_page(
                 if !codec::txn_workspace(v.value()).is_some_and(|ws| page.contains(ws)) {
                     continue;
                 }
-                if let Ok(mut rec) = codec::decode::<TxnRecord>("transactions", &id, v.value()) {
+                if let Ok(mut rec) = tables::decode_txn(id, v.value()) {
                     if page.contains(&rec.workspace) {
                         rec.id = id;
                         accumulate(report, &mut accs, &rec);
@@ -621,7 +611,7 @@ fn check_page(
             }
             report.checked.transactions += 1;
             let this_crc = codec::record_crc(v.value());
-            let decoded = codec::decode::<TxnRecord>("transactions", &id, v.value());
+            let decoded = tables::decode_txn(id, v.value());
             if id != prev_id + 1 {
                 report.add(
                     Invariant::IdsNotDense,
@@ -680,9 +670,7 @@ fn check_page(
                 accumulate(report, &mut accs, &rec);
             }
             check_txn(report, links, &rec, t.gens, t.idem, t.history)?;
-            if let Some(rp) = t.refund_pages {
-                rp.check_refund(report, &mut links.refund_pages, &rec, t.gens)?;
-            }
+            t.refund_lots.check(report, &rec, t.gens)?;
             if let Some(g) = grant_audit
                 .as_mut()
                 .filter(|_| page.contains(&rec.workspace))

@@ -7,7 +7,7 @@ use crate::error::{Error, InvalidInput};
 use crate::model::limits::MAX_MEMO_BYTES;
 use crate::model::records::{AllocationRecord, GrantRecord, TxnRecord, WorkspaceRecord};
 use crate::model::{validate, Adjust, Credit, Receipt, TxnKind};
-use crate::storage::tables::{self, Category};
+use crate::storage::tables::Category;
 
 /// What a credit or adjustment asks for, after validation.
 struct Movement<'a> {
@@ -105,6 +105,7 @@ pub(super) fn note(
             idempotency_key: None,
             memo: Some(memo.to_string()),
             prev_crc: 0,
+            refund_lots: None,
         },
         Category::Adjustment,
     )?;
@@ -174,7 +175,7 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
     // A retry: same key. Same request replays the receipt; a different one conflicts.
     let existing = ctx.idempotency.get(m.key)?.map(|v| v.value());
     if let Some(txn_id) = existing {
-        let rec = tables::get_txn(&ctx.txns, txn_id)?.ok_or_else(|| Error::Corruption {
+        let rec = ctx.txn_record(txn_id)?.ok_or_else(|| Error::Corruption {
             table: "idempotency",
             key: m.key.to_string(),
             detail: format!("points at missing transaction #{txn_id}"),
@@ -298,6 +299,7 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
             idempotency_key: Some(m.key.to_string()),
             memo: Some(m.memo.to_string()),
             prev_crc: 0,
+            refund_lots: None,
         },
         category,
     )?;

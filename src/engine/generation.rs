@@ -32,7 +32,7 @@ fn load(ctx: &Ctx<'_>, generation_id: &str) -> Result<GenerationRecord, Error> {
 }
 
 fn load_txn(ctx: &Ctx<'_>, id: u64, owner: &str) -> Result<TxnRecord, Error> {
-    tables::get_txn(&ctx.txns, id)?.ok_or_else(|| Error::Corruption {
+    ctx.txn_record(id)?.ok_or_else(|| Error::Corruption {
         table: "generations",
         key: owner.to_string(),
         detail: format!("links to missing transaction #{id}"),
@@ -203,6 +203,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, req: &StartGeneration) -> Result<Charge, 
             idempotency_key: None,
             memo: None,
             prev_crc: 0,
+            refund_lots: None,
         },
         Category::Usage,
     )?;
@@ -408,8 +409,8 @@ pub(super) fn refund(
         .workspace(&gen.workspace)?
         .ok_or_else(|| missing_workspace(&gen))?;
     grants::ensure_book(ctx, &gen.workspace, &ws_before)?;
-    // Before the id is taken: in an older file this starts the covering index at it.
-    ctx.open_refund_pages()?;
+    // Before the id is taken: in an older file, Refund records carry their lots from it on.
+    ctx.current_schema()?;
     let refund_txn = ctx.state.next_txn_id;
     // A timeout counts from its deadline, whenever the refund is written.
     let refunded_at_ms = if reason == RefundReason::Timeout {
@@ -450,6 +451,7 @@ pub(super) fn refund(
             idempotency_key: None,
             memo: None,
             prev_crc: 0,
+            refund_lots: Some(entries),
         },
         Category::Refund,
     )?;
@@ -457,12 +459,16 @@ pub(super) fn refund(
         rec.id, refund_txn,
         "the refund got the id its grace lots name"
     );
-    ctx.put_refund_page(&rec, &entries)?;
+    let entries = rec
+        .refund_lots
+        .as_deref()
+        .expect("invariant: the Refund was written with its lots");
     let allocations = entries.iter().map(AllocationEntry::public).collect();
     // Given back to the one lot that paid (the common case): the generation record already
     // says so, and the `allocations` table is not written.
-    let same_lot = matches!((entries.as_slice(), &gen.single_allocation), ([e], Some(s)) if e == s);
+    let same_lot = matches!((entries, &gen.single_allocation), ([e], Some(s)) if e == s);
     if !same_lot {
+        let entries = entries.to_vec();
         ctx.put_allocations(rec.id, &AllocationRecord { entries })?;
     }
     let state = GenState::Refunded {

@@ -521,6 +521,7 @@ fn close(
                 idempotency_key: key.map(str::to_string),
                 memo: memo.map(str::to_string),
                 prev_crc: 0,
+                refund_lots: None,
             },
             if kind == TxnKind::Expiration {
                 Category::Expiration
@@ -580,7 +581,7 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
         .get(req.idempotency_key.as_str())?
         .map(|v| v.value())
     {
-        let rec = tables::get_txn(&ctx.txns, txn_id)?.ok_or_else(|| Error::Corruption {
+        let rec = ctx.txn_record(txn_id)?.ok_or_else(|| Error::Corruption {
             table: "idempotency",
             key: req.idempotency_key.clone(),
             detail: format!("points at missing transaction #{txn_id}"),

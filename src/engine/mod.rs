@@ -10,7 +10,6 @@ mod generation;
 pub(crate) mod grants;
 mod lots;
 mod notify;
-mod refund_pages;
 mod sweep;
 
 use std::collections::HashMap;
@@ -51,7 +50,7 @@ impl WriterState {
             }),
             Some((k, v)) => {
                 let id = k.value();
-                let rec: TxnRecord = codec::decode("transactions", &id, v.value())?;
+                let rec = tables::decode_txn(id, v.value())?;
                 Ok(WriterState {
                     next_txn_id: id.checked_add(1).ok_or_else(|| Error::Corruption {
                         table: "transactions",
@@ -289,9 +288,10 @@ impl<'txn> FeedTables<'txn> {
 }
 
 /// Record [`tables::SCHEMA_VERSION`] in `meta`, and bring the history index of an older file
-/// to the layout that version promises ([`tables::migrate_history`]); a file from before
-/// schema 5 gets the `refund_pages` table, covering the Refunds from `next_txn_id` on (the
-/// transaction the write appends next). Every write that upgrades a file comes through here.
+/// to the layout that version promises ([`tables::migrate_history`]); in a file from before
+/// schema 6, the Refunds from `next_txn_id` on (the transaction the write appends next) carry
+/// their lots, and schema 5's `refund_pages` table is deleted. Every write that upgrades a
+/// file comes through here, before it appends a transaction.
 fn record_current_schema(
     txn: &WriteTransaction,
     history: &mut Table<'_, (&'static str, u8, u64), ()>,
@@ -300,12 +300,12 @@ fn record_current_schema(
     let mut meta = txn.open_table(tables::META)?;
     let from_schema = tables::get_schema(&meta)?;
     meta.insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
-    if from_schema < tables::REFUND_PAGES_SCHEMA_VERSION {
-        // The index starts empty here. An older build has no such table; one found anyway
-        // (a file whose schema byte was set back) covers nothing the marker promises.
+    if from_schema < tables::REFUND_LOTS_SCHEMA_VERSION {
+        // Schema 5's covering index is not kept up from here on: a stale copy would only
+        // mislead. A file from before schema 5 has neither.
         txn.delete_table(tables::REFUND_PAGES)?;
-        txn.open_table(tables::REFUND_PAGES)?;
-        tables::put_meta_u64(&mut meta, tables::META_REFUND_PAGES_FROM_KEY, next_txn_id)?;
+        meta.remove(tables::META_REFUND_PAGES_FROM_KEY)?;
+        tables::put_meta_u64(&mut meta, tables::META_REFUND_LOTS_FROM_KEY, next_txn_id)?;
     }
     drop(meta);
     tables::migrate_history(history, from_schema)
@@ -341,7 +341,7 @@ fn touches_grants(op: &Op) -> bool {
 /// One write transaction's worth of open tables and state.
 pub(crate) struct Ctx<'txn> {
     pub workspaces: Table<'txn, &'static str, &'static [u8]>,
-    pub txns: Table<'txn, u64, &'static [u8]>,
+    txns: Table<'txn, u64, &'static [u8]>,
     pub history: Table<'txn, (&'static str, u8, u64), ()>,
     pub generations: Table<'txn, &'static str, &'static [u8]>,
     pub deadlines: Table<'txn, (u64, &'static str), ()>,
@@ -354,8 +354,6 @@ pub(crate) struct Ctx<'txn> {
     /// a generation record is written (which records the current schema): see
     /// [`Ctx::notices_mut`].
     notices: Option<Table<'txn, tables::NoticeKey<'static>, u64>>,
-    /// Opened by the first refund of the transaction: see [`Ctx::put_refund_page`].
-    refund_pages: Option<Table<'txn, u64, &'static [u8]>>,
     txn: &'txn WriteTransaction,
     pub state: WriterState,
     /// The time of this transaction: never before the last committed one.
@@ -428,7 +426,6 @@ impl<'txn> Ctx<'txn> {
             feed,
             grant_tables,
             notices,
-            refund_pages: None,
             txn,
             state,
             now_ms,
@@ -501,6 +498,17 @@ impl<'txn> Ctx<'txn> {
             self.notices = Some(created.inspect_err(|_| self.broken = true)?);
         }
         Ok(self.notices.as_mut().expect("invariant: just opened"))
+    }
+
+    /// Record the current schema in a file from an older one (through the notice index,
+    /// whose creation does that), before anything that schema changed is written. A refund
+    /// calls it before it takes its id: in an older file, the Refund records carry their lots
+    /// from that id on.
+    pub fn current_schema(&mut self) -> Result<(), Error> {
+        if self.notices.is_none() {
+            self.notices_mut()?;
+        }
+        Ok(())
     }
 
     /// The consumers and alerts tables, if the file has them yet.
@@ -665,6 +673,11 @@ impl<'txn> Ctx<'txn> {
             self.broken = true;
             Error::from(e)
         })
+    }
+
+    /// Log record `id`.
+    pub fn txn_record(&self, id: u64) -> Result<Option<TxnRecord>, Error> {
+        tables::get_txn(&self.txns, id)
     }
 
     /// A workspace's record as this transaction sees it.
@@ -859,6 +872,9 @@ impl<'txn> Ctx<'txn> {
         mut rec: TxnRecord,
         category: Category,
     ) -> Result<TxnRecord, Error> {
+        // Every record is written in the current layout, which an older build cannot decode:
+        // the file records the current schema first (see [`record_current_schema`]).
+        self.current_schema()?;
         rec.id = self.state.next_txn_id;
         rec.at_ms = self.now_ms;
         rec.prev_crc = self.state.last_crc;

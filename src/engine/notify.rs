@@ -146,6 +146,7 @@ pub(super) fn crossing(ctx: &Ctx<'_>, rec: &TxnRecord) -> Result<Option<TxnRecor
         // The threshold that was crossed, in decimal: see `records::TxnRecord::memo`.
         memo: Some(threshold.to_string()),
         prev_crc: 0,
+        refund_lots: None,
     }))
 }
 
@@ -275,6 +276,7 @@ fn write_grant_notice(
             idempotency_key: None,
             memo: None,
             prev_crc: 0,
+            refund_lots: None,
         },
         Category::GrantExpiring,
     )?;

@@ -739,8 +739,8 @@ fn check_tables(
         tables::IDEMPOTENCY
     );
     // A version 1 file lacks the consumers and alerts tables, a file before version 3 the
-    // grant tables, one before version 4 the notice index and one before version 5 the
-    // refund pages: opening never writes, so its
+    // grant tables and one before version 4 the notice index (version 5's `refund_pages`
+    // is read by no build that writes version 6, which deletes it): opening never writes, so its
     // first write creates them and records the current version (see `engine::Ctx::open`), and
     // reads take a missing table as empty.
     if grant_tables == GrantCheck::Skipped {
@@ -760,9 +760,6 @@ fn check_tables(
     }
     if version.is_some_and(|v| v >= tables::NOTICES_SCHEMA_VERSION) {
         check!(tables::GRANT_NOTICES);
-    }
-    if version.is_some_and(|v| v >= tables::REFUND_PAGES_SCHEMA_VERSION) {
-        check!(tables::REFUND_PAGES);
     }
     Ok(())
 }
@@ -791,9 +788,8 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
         {
             let mut meta = txn.open_table(tables::META)?;
             meta.insert(tables::META_SCHEMA_KEY, [tables::SCHEMA_VERSION].as_slice())?;
-            // A new file's covering index covers every Refund.
-            tables::put_meta_u64(&mut meta, tables::META_REFUND_PAGES_FROM_KEY, 1)?;
-            txn.open_table(tables::REFUND_PAGES)?;
+            // Every Refund of a new file carries its lots.
+            tables::put_meta_u64(&mut meta, tables::META_REFUND_LOTS_FROM_KEY, 1)?;
             txn.open_table(tables::WORKSPACES)?;
             txn.open_table(tables::TRANSACTIONS)?;
             txn.open_table(tables::HISTORY)?;

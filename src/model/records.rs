@@ -30,6 +30,58 @@ pub(crate) struct TxnRecord {
     /// The checksum of the previous transaction's record (0 for the first), which makes the log
     /// a chain: a changed, missing or reordered entry breaks it.
     pub prev_crc: u32,
+    /// For a Refund written from schema 6 on: the grant lots it gave credits back to, so that
+    /// its history view needs no other read (see [`tables::META_REFUND_LOTS_FROM_KEY`]). A
+    /// copy of what its `allocations` row, or its generation record, says; `verify()` checks
+    /// the two agree. `None` for every other kind, and for a Refund written before.
+    ///
+    /// [`tables::META_REFUND_LOTS_FROM_KEY`]: crate::storage::tables::META_REFUND_LOTS_FROM_KEY
+    pub refund_lots: Option<Vec<AllocationEntry>>,
+}
+
+/// A [`TxnRecord`] as schema 5 and earlier wrote it: without `refund_lots`. The decoder
+/// falls back to it ([`tables::decode_txn`]): such a record is a prefix of the current layout,
+/// which fails on it with an early end, never with a wrong value.
+///
+/// [`tables::decode_txn`]: crate::storage::tables::decode_txn
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TxnRecordV5 {
+    pub id: u64,
+    pub at_ms: u64,
+    pub workspace: String,
+    pub kind: TxnKind,
+    pub amount_credits: u64,
+    pub debit: bool,
+    pub balance_before_credits: u64,
+    pub balance_after_credits: u64,
+    pub title: String,
+    pub generation_id: Option<String>,
+    pub refund: Option<RefundDetail>,
+    pub idempotency_key: Option<String>,
+    pub memo: Option<String>,
+    pub prev_crc: u32,
+}
+
+impl From<TxnRecordV5> for TxnRecord {
+    fn from(r: TxnRecordV5) -> Self {
+        TxnRecord {
+            id: r.id,
+            at_ms: r.at_ms,
+            workspace: r.workspace,
+            kind: r.kind,
+            amount_credits: r.amount_credits,
+            debit: r.debit,
+            balance_before_credits: r.balance_before_credits,
+            balance_after_credits: r.balance_after_credits,
+            title: r.title,
+            generation_id: r.generation_id,
+            refund: r.refund,
+            idempotency_key: r.idempotency_key,
+            memo: r.memo,
+            prev_crc: r.prev_crc,
+            refund_lots: None,
+        }
+    }
 }
 
 impl TxnRecord {
@@ -292,17 +344,4 @@ pub(crate) struct GrantBook {
     pub since_txn: u64,
     pub expired_credits: u64,
     pub voided_credits: u64,
-}
-
-/// A `refund_pages` entry (schema 5): all a Refund's history view shows, in one read. It
-/// holds the Refund's record as the log holds it and the grant lots it gave credits back to,
-/// which otherwise take a log read, an `allocations` read and, for a refund to the lot that
-/// paid (the common case), a `generations` read per entry: three B-tree descents, at 1,000
-/// workspaces each in a different page, in tables (the log, the generations) far larger than
-/// the cache at a million generations; this table holds only the Refunds. Written in the
-/// refund's own write transaction; `verify()` checks it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct RefundPage {
-    pub record: TxnRecord,
-    pub allocations: Vec<AllocationEntry>,
 }

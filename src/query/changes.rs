@@ -10,7 +10,6 @@ use super::{view_of, TransactionView};
 use crate::error::Error;
 use crate::model::limits::MAX_PAGE_LIMIT;
 use crate::model::validate;
-use crate::storage::codec;
 use crate::storage::tables;
 
 /// One page of the change feed, oldest first.
@@ -64,7 +63,7 @@ pub(crate) fn changes(
             });
         }
         expected = id.saturating_add(1);
-        let rec = codec::decode("transactions", &id, v.value())?;
+        let rec = tables::decode_txn(id, v.value())?;
         entries.push(view_of(&gens, allocs.as_ref(), rec)?);
     }
     Ok(ChangePage {

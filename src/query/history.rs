@@ -15,11 +15,10 @@
 //!   seen as many as the workspace's running count, so it reads about as many Usages as it
 //!   returns.
 //!
-//! A Refund, the sparse category pages are often filtered to, is read from `refund_pages`
-//! (schema 5): one entry with its record and the grant lots it gave back, in a table of
-//! Refunds alone, where the log read and the generation read it replaces each went to another
-//! page of a table many times the cache at a million generations (a file upgraded from schema
-//! 4 reads its Refunds from before the upgrade the older way).
+//! A Refund, the sparse category pages are often filtered to, is one log read: its record
+//! holds the grant lots it gave back (schema 6), which otherwise take a generation read (or
+//! an `allocations` read), in a table many times the cache at a million generations. A
+//! Refund written before schema 6 is read the older way.
 //!
 //! So a page's cost follows the entries it returns, plus those a `feature` filter or a
 //! status skips, which [`HISTORY_SCAN_BUDGET`] bounds, at entry 10 and at entry 10 million
@@ -28,12 +27,11 @@
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 use serde::Serialize;
 
-use super::{id_range, view_from, view_with, TransactionView};
+use super::{id_range, view_with, TransactionView};
 use crate::error::{Error, InvalidInput};
 use crate::model::limits::{HISTORY_SCAN_BUDGET, MAX_FEATURE_BYTES, MAX_PAGE_LIMIT};
-use crate::model::records::{GenState, RefundPage, TxnRecord};
+use crate::model::records::{GenState, TxnRecord};
 use crate::model::{validate, Status, TxnKind};
-use crate::storage::codec;
 use crate::storage::tables::{self, Category};
 
 /// Which transactions a history page shows. Empty lists mean "all".
@@ -192,7 +190,6 @@ type IdIter<'a> = Box<dyn Iterator<Item = Result<u64, Error>> + 'a>;
 
 /// One category's range of a page, with the id it yields next.
 struct Stream<'a> {
-    cat: Category,
     head: Option<u64>,
     rest: IdIter<'a>,
 }
@@ -214,7 +211,7 @@ impl<'a> Stream<'a> {
             Box::new(ids.rev())
         };
         let head = rest.next().transpose()?;
-        Ok(Stream { cat, head, rest })
+        Ok(Stream { head, rest })
     }
 
     fn advance(&mut self) -> Result<(), Error> {
@@ -312,7 +309,7 @@ impl<'t> LogWalker<'t> {
             self.holes += 1;
             return tables::get_txn(self.txns, id);
         }
-        let rec = codec::decode("transactions", &id, v.value())?;
+        let rec = tables::decode_txn(id, v.value())?;
         let next = if self.newest_first {
             id.checked_sub(1)
         } else {
@@ -321,32 +318,6 @@ impl<'t> LogWalker<'t> {
         self.at = next.map(|n| (n, iter));
         Ok(Some(rec))
     }
-}
-
-/// The `refund_pages` entry of Refund `id` of `workspace`. A Refund the index covers without
-/// one, or an entry that is not that Refund's, is damage: [`Error::Corruption`].
-fn covered_refund(
-    table: &ReadOnlyTable<u64, &'static [u8]>,
-    workspace: &str,
-    id: u64,
-) -> Result<RefundPage, Error> {
-    let corrupt = |detail: String| Error::Corruption {
-        table: "refund_pages",
-        key: id.to_string(),
-        detail: format!("{detail}; run verify, and restore from a backup"),
-    };
-    let v = table
-        .get(id)?
-        .ok_or_else(|| corrupt(format!("missing for Refund #{id} of `{workspace}`")))?;
-    let page: RefundPage = codec::decode("refund_pages", &id, v.value())?;
-    let r = &page.record;
-    if r.id != id || r.workspace != workspace || r.kind != TxnKind::Refund {
-        return Err(corrupt(format!(
-            "holds {:?} #{} of `{}` where Refund #{id} of `{workspace}` belongs",
-            r.kind, r.id, r.workspace
-        )));
-    }
-    Ok(page)
 }
 
 fn encode_cursor(oldest_first: bool, id: u64) -> String {
@@ -392,7 +363,6 @@ pub(crate) fn history(
     let gens = rtx.open_table(tables::GENERATIONS)?;
     let allocs = tables::open_optional(rtx, tables::ALLOCATIONS)?;
     let index = rtx.open_table(tables::HISTORY)?;
-    let pages = tables::refund_pages_from(rtx)?;
     let mut log = LogWalker::new(&txns, !page.oldest_first);
     let ws = tables::get_workspace(&rtx.open_table(tables::WORKSPACES)?, workspace)?.ok_or_else(
         || Error::UnknownWorkspace {
@@ -451,9 +421,6 @@ pub(crate) fn history(
         if entries.len() >= page.limit as usize || examined >= HISTORY_SCAN_BUDGET {
             break;
         }
-        let refund = merged
-            .iter()
-            .any(|s| s.cat == Category::Refund && s.head == Some(id));
         // The same id in two ranges (a failed Usage, under Usage and its marker) is one entry.
         for s in merged.iter_mut().filter(|s| s.head == Some(id)) {
             s.advance()?;
@@ -468,19 +435,6 @@ pub(crate) fn history(
             }
         }
         if excluded {
-            continue;
-        }
-        if let Some((table, _)) = pages.as_ref().filter(|(_, from)| refund && id >= *from) {
-            let RefundPage {
-                record,
-                allocations,
-            } = covered_refund(table, workspace, id)?;
-            // A Refund is always Completed; its entry holds all its view shows.
-            if filter.wants_status(Status::Completed)
-                && filter.feature.as_deref().is_none_or(|f| f == record.title)
-            {
-                entries.push(view_from(record, None, &allocations));
-            }
             continue;
         }
         let rec = log.read(id)?.ok_or_else(|| Error::Corruption {
@@ -517,6 +471,7 @@ pub(crate) fn history(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::codec;
     use redb::ReadableDatabase;
 
     fn record(id: u64) -> TxnRecord {
@@ -535,6 +490,7 @@ mod tests {
             idempotency_key: None,
             memo: None,
             prev_crc: 0,
+            refund_lots: None,
         }
     }
 

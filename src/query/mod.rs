@@ -137,9 +137,12 @@ pub(crate) fn view_with(
     gens: &impl ReadableTable<&'static str, &'static [u8]>,
     gen: Option<&GenerationRecord>,
     allocs: Option<&impl ReadableTable<u64, &'static [u8]>>,
-    rec: TxnRecord,
+    mut rec: TxnRecord,
 ) -> Result<TransactionView, Error> {
-    let entries = if rec.kind == TxnKind::Refund {
+    let entries = if let Some(lots) = rec.refund_lots.take() {
+        // Schema 6 on: the Refund's record says which lots it gave back.
+        Some(lots)
+    } else if rec.kind == TxnKind::Refund {
         Some(tables::refund_allocations(allocs, gens, &rec)?)
     } else if rec.debit || rec.kind == TxnKind::GrantExpiring {
         tables::get_allocations_of(allocs, gen, rec.id)?

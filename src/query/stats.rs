@@ -7,9 +7,7 @@ use serde::Serialize;
 
 use super::id_range;
 use crate::error::Error;
-use crate::model::records::TxnRecord;
 use crate::model::TxnKind;
-use crate::storage::codec;
 use crate::storage::tables;
 
 /// A time range, inclusive at both ends; `None` leaves that end open.
@@ -94,7 +92,7 @@ pub(crate) fn stats(rtx: &ReadTransaction, window: TimeWindow) -> Result<Stats, 
     }
     for entry in txns.range(lo..=hi)? {
         let (k, v) = entry?;
-        let rec: TxnRecord = codec::decode("transactions", &k.value(), v.value())?;
+        let rec = tables::decode_txn(k.value(), v.value())?;
         match rec.kind {
             TxnKind::Usage => {
                 s.started += 1;

@@ -183,6 +183,7 @@ mod tests {
             idempotency_key: None,
             memo: None,
             prev_crc: 7,
+            refund_lots: None,
         };
         let bytes = encode(&rec);
         assert_eq!(txn_workspace(&bytes), Some("ws-0042"));

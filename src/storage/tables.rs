@@ -18,17 +18,15 @@
 //! | `allocations` | txn id | [`AllocationRecord`](crate::model::records::AllocationRecord), for a transaction whose generation record does not hold it (schema 4) |
 //! | `grant_books` | workspace id | [`GrantBook`](crate::model::records::GrantBook) |
 //! | `grant_notices` | (notice ms, workspace, grant id) | the grant's expiry ms: a `GrantExpiring` notice not yet written (schema 4) |
-//! | `refund_pages` | refund txn id | [`RefundPage`](crate::model::records::RefundPage): what a Refund's history view shows (schema 5) |
 //!
 //! `grant_order` is sorted in drawdown order, so the first spendable grant of a workspace is
 //! the first entry of one short range read; `grant_expiries` makes the sweep of expired grants
 //! O(expired), like `deadlines` for generations; `grant_notices` does the same for the
 //! `GrantExpiring` notices, keyed by the time each is due.
 //!
-//! `refund_pages` holds, for each Refund, its record and the grant lots it gave back, so a
-//! page of Refunds reads one entry per Refund instead of a log read and a generation read (see
-//! [`RefundPage`](crate::model::records::RefundPage)). It is keyed by id, so the Refunds of a
-//! batch append to its end instead of dirtying a leaf per workspace.
+//! A Refund's log record holds the grant lots it gave back (schema 6, see
+//! [`TxnRecord::refund_lots`]), so a page of Refunds reads one log record per Refund, without
+//! the generation read or the `allocations` read that say the same.
 //!
 //! `workspace_history` files each transaction once, under its kind, so a filter such as
 //! "Refunds" is a range scan of exactly the matching entries, and unfiltered history is a merge
@@ -41,7 +39,7 @@ use redb::{ReadableTable, TableDefinition};
 use crate::error::Error;
 use crate::model::records::{
     AllocationEntry, AllocationRecord, GenState, GenerationRecord, GenerationRecordV3, GrantBook,
-    GrantRecord, TxnRecord, WorkspaceRecord,
+    GrantRecord, TxnRecord, TxnRecordV5, WorkspaceRecord,
 };
 use crate::model::TxnKind;
 use crate::storage::codec;
@@ -74,18 +72,21 @@ pub(crate) const GRANT_BOOKS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) type NoticeKey<'a> = (u64, &'a str, &'a str);
 pub(crate) const GRANT_NOTICES: TableDefinition<NoticeKey<'static>, u64> =
     TableDefinition::new("grant_notices");
-/// Refund txn id -> [`RefundPage`](crate::model::records::RefundPage): every Refund from
-/// [`META_REFUND_PAGES_FROM_KEY`] on (schema 5). Derived from the log, the `allocations` rows
-/// and the generations; `verify()` checks it against them.
+/// Schema 5's covering index of Refunds (refund txn id -> the Refund's record and the lots
+/// it gave back). Schema 6 holds the lots in the Refund's own record instead, which costs a
+/// refund no second row; the write that records schema 6 deletes this table.
 pub(crate) const REFUND_PAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("refund_pages");
 
 /// The `meta` key holding the schema version.
 pub(crate) const META_SCHEMA_KEY: &str = "schema";
-/// The `meta` key holding the first transaction id `refund_pages` covers (a `u64`): every
-/// Refund with this id or a later one has its entry. 1 in a file created at schema 5; in an
-/// upgraded file, the next id when the upgrade was written (older Refunds are read from the log
-/// as before, so the upgrade rewrites nothing).
+/// Schema 5's `meta` key for where `refund_pages` started; deleted with the table.
 pub(crate) const META_REFUND_PAGES_FROM_KEY: &str = "refund_pages_from";
+/// The `meta` key holding the first transaction id from which every Refund's record carries
+/// the grant lots it gave back ([`TxnRecord::refund_lots`], a `u64`, schema 6). 1 in a file
+/// created at schema 6; in an upgraded file, the next id when the upgrade was written (older
+/// Refunds' lots are read from their `allocations` row or generation as before, so the
+/// upgrade rewrites nothing).
+pub(crate) const META_REFUND_LOTS_FROM_KEY: &str = "refund_lots_from";
 /// The `meta` key holding the ledger's random id, which its journal entries carry.
 pub(crate) const META_LEDGER_ID_KEY: &str = "ledger_id";
 /// The `meta` key holding the sequence number of the last journal entry redb holds.
@@ -94,17 +95,18 @@ pub(crate) const META_JOURNAL_SEQ_KEY: &str = "journal_seq";
 /// sequence number of its first entry (two `u64`s). While it exists, the journal may hold
 /// acknowledged writes the file does not (see `storage::journal`).
 pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
-/// The schema version this build writes. Version 5 added the `refund_pages` table (see
-/// [`RefundPage`](crate::model::records::RefundPage)) and the `meta` key
-/// [`META_REFUND_PAGES_FROM_KEY`]. It is added the way version 4's notice index was: the first
-/// write to an older file that puts a generation record or a notice entry (every refund does)
-/// records version 5 first, creating the table and recording the next transaction id as where
-/// it starts; it rewrites nothing, and the Refunds before it are read from the log as before.
-/// So a version 4 build, which would write Refunds without entries, refuses the file once it
-/// has any. Version 4 added the `grant_notices` table and the `GrantExpiring` notification
+/// The schema version this build writes. Version 6 gives a Refund's log record the grant
+/// lots it gave back ([`TxnRecord::refund_lots`], a trailing field every record of the
+/// version has, so older records decode as the prefix they are: [`decode_txn`]) and the
+/// `meta` key [`META_REFUND_LOTS_FROM_KEY`], and drops version 5's `refund_pages` table,
+/// which held the same for a Refund in a second row. The first write to an older file that
+/// appends a transaction records version 6 first, deleting `refund_pages` (and its `meta`
+/// key) and recording the next transaction id as where the lots start; it rewrites nothing.
+/// So a version 5 build, which cannot decode a record with the new field, refuses the file
+/// once it has any. Version 5 added `refund_pages` the same way. Version 4 added the `grant_notices` table and the `GrantExpiring` notification
 /// records; a file gets them, and records version 4, with the
-/// first grant that has a notice to write (so a file that never uses notices stays readable
-/// by a version 3 build). Version 4 also stores a charge paid by one grant lot (the common
+/// first grant that has a notice to write (until version 6, whose record layout makes every
+/// write that appends a transaction record the current version). Version 4 also stores a charge paid by one grant lot (the common
 /// case) in its generation record (`GenerationRecord::single_allocation`) instead of an
 /// `allocations` row, and writes no row for a refund that gives those credits back to the
 /// same lot, so such a charge and its refund write no more tables than before grants: the
@@ -124,13 +126,14 @@ pub(crate) const META_JOURNAL_EPOCH_KEY: &str = "journal_epoch";
 /// records version 2. A version 1 file gets epoch records without that upgrade: no build that
 /// writes version 1 is in use, and upgrading there rewrote pages of damaged files that redb
 /// then panicked on twice.
-pub(crate) const SCHEMA_VERSION: u8 = 5;
+pub(crate) const SCHEMA_VERSION: u8 = 6;
 
 /// The first schema version with the `grant_notices` table.
 pub(crate) const NOTICES_SCHEMA_VERSION: u8 = 4;
 
-/// The first schema version with the `refund_pages` table.
-pub(crate) const REFUND_PAGES_SCHEMA_VERSION: u8 = 5;
+/// The first schema version whose Refund records carry their lots
+/// ([`META_REFUND_LOTS_FROM_KEY`]).
+pub(crate) const REFUND_LOTS_SCHEMA_VERSION: u8 = 6;
 
 /// The first schema version with the `consumers` and `alerts` tables: a file at this
 /// version or later has them (a batch of acks or alerts alone reads them there, before any
@@ -280,9 +283,15 @@ pub(crate) fn get_txn(
     id: u64,
 ) -> Result<Option<TxnRecord>, Error> {
     match table.get(id)? {
-        Some(v) => Ok(Some(codec::decode("transactions", &id, v.value())?)),
+        Some(v) => Ok(Some(decode_txn(id, v.value())?)),
         None => Ok(None),
     }
+}
+
+/// Decode a `transactions` record of any schema (one from before schema 6 has no
+/// `refund_lots`).
+pub(crate) fn decode_txn(id: u64, bytes: &[u8]) -> Result<TxnRecord, Error> {
+    codec::decode_or_older::<TxnRecord, TxnRecordV5>("transactions", &id, bytes)
 }
 
 pub(crate) fn get_generation(
@@ -372,32 +381,29 @@ pub(crate) fn get_book(
     }
 }
 
-/// The `refund_pages` table of a schema 5 file, and the first transaction id it covers.
-pub(crate) type RefundPages = (redb::ReadOnlyTable<u64, &'static [u8]>, u64);
-
-/// Where `refund_pages` starts (see [`META_REFUND_PAGES_FROM_KEY`]), or `None` in a file
-/// from before schema 5, whose Refunds are all read from the log. A schema 5 file without the
-/// table or the key is damaged: [`Error::Corruption`], which `verify()` also names.
-pub(crate) fn refund_pages_from(rtx: &redb::ReadTransaction) -> Result<Option<RefundPages>, Error> {
-    let meta = rtx.open_table(META)?;
-    if get_schema(&meta)? < REFUND_PAGES_SCHEMA_VERSION {
+/// Where Refund records start carrying their lots (see [`META_REFUND_LOTS_FROM_KEY`]), or
+/// `None` in a file from before schema 6, none of whose Refunds do. A schema 6 file without
+/// the key is damaged: [`Error::Corruption`], which `verify()` also names.
+pub(crate) fn refund_lots_from(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<u64>, Error> {
+    if get_schema(meta)? < REFUND_LOTS_SCHEMA_VERSION {
         return Ok(None);
     }
-    let missing = |detail: &str| Error::Corruption {
-        table: "meta",
-        key: META_REFUND_PAGES_FROM_KEY.to_string(),
-        detail: format!("{detail} in a schema 5 file; run verify, and restore from a backup"),
-    };
-    let from =
-        get_meta_u64(&meta, META_REFUND_PAGES_FROM_KEY)?.ok_or_else(|| missing("missing"))?;
-    let table = open_optional(rtx, REFUND_PAGES)?
-        .ok_or_else(|| missing("the refund_pages table is missing"))?;
-    Ok(Some((table, from)))
+    get_meta_u64(meta, META_REFUND_LOTS_FROM_KEY)?
+        .ok_or_else(|| Error::Corruption {
+            table: "meta",
+            key: META_REFUND_LOTS_FROM_KEY.to_string(),
+            detail: format!(
+                "missing in a schema {REFUND_LOTS_SCHEMA_VERSION} file; run verify, and restore from a backup"
+            ),
+        })
+        .map(Some)
 }
 
 /// The grant lots Refund `rec` gave back, as its own storage says: its `allocations` row, or
 /// for a refund to the one lot that paid, its generation record. Empty for a refund of a
-/// charge made before grants. What a `refund_pages` entry must hold.
+/// charge made before grants. What a Refund record's `refund_lots` must hold.
 pub(crate) fn refund_allocations(
     allocs: Option<&impl ReadableTable<u64, &'static [u8]>>,
     gens: &impl ReadableTable<&'static str, &'static [u8]>,
