@@ -338,10 +338,27 @@ fn touches_grants(op: &Op) -> bool {
     !matches!(op, Op::Ack { .. } | Op::SetAlert { .. })
 }
 
+/// The fewest new `workspace_history` keys of one workspace and category that a batch files
+/// through a cursor rather than one insert each. A cursor's run costs about as much to close
+/// as ten inserts (it rebuilds the leaves and the path it touched; counted with
+/// `examples/op_cost.rs` under valgrind: about 57k instructions a run, against 5.4k an
+/// insert), then about 0.6k a key: a batch of starts on one workspace saves most of an insert
+/// per key, one spread over 1,000 workspaces (runs of 1 to 3) would pay more.
+const MIN_CURSOR_RUN: usize = 16;
+
 /// One write transaction's worth of open tables and state.
 pub(crate) struct Ctx<'txn> {
     pub workspaces: Table<'txn, &'static str, &'static [u8]>,
+    /// Read through [`Ctx::txn_record`], which also sees [`Ctx::pending_log`].
     txns: Table<'txn, u64, &'static [u8]>,
+    /// The log records this transaction appended, in id order, not yet in `txns`:
+    /// [`Ctx::flush`] writes them in one ascending run through a cursor at the end of the
+    /// table, which redb applies leaf by leaf instead of descending the tree once per record.
+    pending_log: Vec<(u64, Vec<u8>)>,
+    /// The `workspace_history` entries this transaction filed, not yet in the table (nothing
+    /// in a write reads the index): [`Ctx::flush`] sorts them and writes each run of adjacent
+    /// keys (a workspace's new entries of one category) through one cursor.
+    pending_history: Vec<(String, u8, u64)>,
     pub history: Table<'txn, (&'static str, u8, u64), ()>,
     pub generations: Table<'txn, &'static str, &'static [u8]>,
     pub deadlines: Table<'txn, (u64, &'static str), ()>,
@@ -419,6 +436,8 @@ impl<'txn> Ctx<'txn> {
         Ok(Ctx {
             workspaces: txn.open_table(tables::WORKSPACES)?,
             txns: txn.open_table(tables::TRANSACTIONS)?,
+            pending_log: Vec::new(),
+            pending_history: Vec::new(),
             history,
             generations: txn.open_table(tables::GENERATIONS)?,
             deadlines: txn.open_table(tables::DEADLINES)?,
@@ -675,9 +694,107 @@ impl<'txn> Ctx<'txn> {
         })
     }
 
-    /// Log record `id`.
+    /// Log record `id` as this transaction sees it: appended by it (and not yet flushed), or
+    /// in the table.
     pub fn txn_record(&self, id: u64) -> Result<Option<TxnRecord>, Error> {
+        if let Some(&(first, _)) = self.pending_log.first() {
+            if id >= first {
+                let Some((stored, bytes)) = usize::try_from(id - first)
+                    .ok()
+                    .and_then(|i| self.pending_log.get(i))
+                else {
+                    return Ok(None);
+                };
+                assert_eq!(*stored, id, "invariant: the pending log is dense");
+                return tables::decode_txn(id, bytes).map(Some);
+            }
+        }
         tables::get_txn(&self.txns, id)
+    }
+
+    /// Write [`Ctx::pending_log`] to the log. The ids follow the table's last (the writer
+    /// state was read from it), so a run that does not sort after it means the table changed
+    /// under the writer: [`Error::Corruption`], and the transaction is aborted.
+    fn flush_log(&mut self) -> Result<(), Error> {
+        if self.pending_log.is_empty() {
+            return Ok(());
+        }
+        let log = std::mem::take(&mut self.pending_log);
+        let r = (|| -> Result<(), Error> {
+            let mut end = self
+                .txns
+                .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)?;
+            for (id, bytes) in &log {
+                end.insert_before(*id, bytes.as_slice())
+                    .map_err(|e| match e {
+                        redb::CursorError::UnorderedKey => Error::Corruption {
+                            table: "transactions",
+                            key: id.to_string(),
+                            detail: "the log already holds this id or a later one; run verify"
+                                .into(),
+                        },
+                        other => redb::Error::from(other).into(),
+                    })?;
+            }
+            end.close()?;
+            Ok(())
+        })();
+        self.dirty = true;
+        r.inspect_err(|_| self.broken = true)
+    }
+
+    /// Write [`Ctx::pending_history`] to the index, in key order. The new keys of one
+    /// workspace and category are usually adjacent (their ids are the newest), so they go in
+    /// through one cursor; a key that does not go where the cursor stands starts a new run
+    /// at its own place, and a key already there (a damaged file's stray entry: the value is
+    /// `()`) is left as it is, as an insert would.
+    fn flush_history(&mut self) -> Result<(), Error> {
+        if self.pending_history.is_empty() {
+            return Ok(());
+        }
+        let mut keys = std::mem::take(&mut self.pending_history);
+        keys.sort_unstable();
+        let history = &mut self.history;
+        let r = (|| -> Result<(), Error> {
+            let key = |i: usize| {
+                let (ws, cat, id) = &keys[i];
+                (ws.as_str(), *cat, *id)
+            };
+            let mut i = 0;
+            while i < keys.len() {
+                let run_len = keys[i..]
+                    .iter()
+                    .take(MIN_CURSOR_RUN)
+                    .take_while(|(ws, cat, _)| (ws, cat) == (&keys[i].0, &keys[i].1))
+                    .count();
+                if run_len < MIN_CURSOR_RUN {
+                    // A short run goes in key by key: see [`MIN_CURSOR_RUN`].
+                    for _ in 0..run_len {
+                        history.insert(key(i), ())?;
+                        i += 1;
+                    }
+                    continue;
+                }
+                let mut run = history.lower_bound_mut(std::ops::Bound::Included(key(i)))?;
+                match run.insert_before(key(i), ()) {
+                    // Unordered at the key's own place: it is already there.
+                    Ok(()) | Err(redb::CursorError::UnorderedKey) => {}
+                    Err(e) => return Err(redb::Error::from(e).into()),
+                }
+                i += 1;
+                while i < keys.len() {
+                    match run.insert_before(key(i), ()) {
+                        Ok(()) => i += 1,
+                        Err(redb::CursorError::UnorderedKey) => break,
+                        Err(e) => return Err(redb::Error::from(e).into()),
+                    }
+                }
+                run.close()?;
+            }
+            Ok(())
+        })();
+        self.dirty = true;
+        r.inspect_err(|_| self.broken = true)
     }
 
     /// A workspace's record as this transaction sees it.
@@ -710,6 +827,8 @@ impl<'txn> Ctx<'txn> {
     /// Write the changed workspace records, grant books and grant lots. Call once, after the
     /// last operation and before the commit.
     pub fn flush(&mut self) -> Result<(), Error> {
+        self.flush_log()?;
+        self.flush_history()?;
         for (id, n) in std::mem::take(&mut self.notifications) {
             // Every notification follows a movement of the same workspace, which read its
             // record into the cache.
@@ -818,11 +937,12 @@ impl<'txn> Ctx<'txn> {
             self.notices_mut()?;
         }
         if matches!(state, GenState::Refunded { .. }) {
-            let r = self
-                .history
-                .insert((workspace, Category::UsageFailed as u8, usage_txn), ())
-                .map(drop);
-            self.write(r)?;
+            self.dirty = true;
+            self.pending_history.push((
+                workspace.to_string(),
+                Category::UsageFailed as u8,
+                usage_txn,
+            ));
         }
         Ok(())
     }
@@ -879,13 +999,9 @@ impl<'txn> Ctx<'txn> {
         rec.at_ms = self.now_ms;
         rec.prev_crc = self.state.last_crc;
         let bytes = codec::encode(&rec);
-        let r = self.txns.insert(rec.id, bytes.as_slice()).map(drop);
-        self.write(r)?;
-        let r = self
-            .history
-            .insert((rec.workspace.as_str(), category as u8, rec.id), ())
-            .map(drop);
-        self.write(r)?;
+        self.dirty = true;
+        self.pending_history
+            .push((rec.workspace.clone(), category as u8, rec.id));
         // Ids are u64 and start at 1: running out would take 584 years at a billion per second.
         self.state.next_txn_id = rec
             .id
@@ -893,6 +1009,7 @@ impl<'txn> Ctx<'txn> {
             .expect("invariant: transaction ids never run out");
         self.state.last_crc = codec::record_crc(&bytes);
         self.state.last_at_ms = self.now_ms;
+        self.pending_log.push((rec.id, bytes));
         Ok(rec)
     }
 }
