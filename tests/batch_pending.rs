@@ -181,3 +181,36 @@ fn runs_of_history_keys_land_once_each_around_existing_entries() {
     }
     assert_eq!(l.balance("big").unwrap().balance_credits, 10_000 - 20 * 3);
 }
+
+/// A batch longer than the records a transaction holds back writes them part way through:
+/// retries on both sides of that point still find their records, and every entry is filed.
+#[test]
+fn a_batch_past_the_pending_bound_loses_nothing() {
+    let (l, _clock) = ledger();
+    fund(&l, "ws", 1_000_000);
+    let n = 4_500;
+    let mut ops: Vec<Op> = (0..n).map(|i| start(&format!("g{i}"), "ws", 1)).collect();
+    for i in [0, 4_090, 4_095, 4_100, n - 1] {
+        ops.push(start(&format!("g{i}"), "ws", 1));
+    }
+    let results = l.apply(&ops);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(Outcome::Start(c)) => assert_eq!(c.replay, i >= n, "#{i}"),
+            other => panic!("#{i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        l.balance("ws").unwrap().balance_credits,
+        1_000_000 - n as u64
+    );
+    let usages = paged_history(
+        &l,
+        "ws",
+        &HistoryFilter::all().kinds([TxnKind::Usage]),
+        500,
+        false,
+    );
+    assert_eq!(usages.len(), n);
+    assert_healthy(&l);
+}

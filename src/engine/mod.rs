@@ -346,6 +346,12 @@ fn touches_grants(op: &Op) -> bool {
 /// per key, one spread over 1,000 workspaces (runs of 1 to 3) would pay more.
 const MIN_CURSOR_RUN: usize = 16;
 
+/// The most log records a write transaction holds back before it writes them (and the history
+/// entries filed with them) to their tables: a batch's records wait for its end, but an
+/// operation that appends one record per workspace (the journal discard's note) or a large
+/// sweep must not hold a million of them in memory. Runs this long lose nothing to the split.
+const MAX_PENDING_RECORDS: usize = 4096;
+
 /// One write transaction's worth of open tables and state.
 pub(crate) struct Ctx<'txn> {
     pub workspaces: Table<'txn, &'static str, &'static [u8]>,
@@ -1010,6 +1016,10 @@ impl<'txn> Ctx<'txn> {
         self.state.last_crc = codec::record_crc(&bytes);
         self.state.last_at_ms = self.now_ms;
         self.pending_log.push((rec.id, bytes));
+        if self.pending_log.len() >= MAX_PENDING_RECORDS {
+            self.flush_log()?;
+            self.flush_history()?;
+        }
         Ok(rec)
     }
 }
