@@ -173,7 +173,7 @@ fn differing_field(rec: &TxnRecord, m: &Movement<'_>) -> Option<(&'static str, S
 
 fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
     // A retry: same key. Same request replays the receipt; a different one conflicts.
-    let existing = ctx.idempotency.get(m.key)?.map(|v| v.value());
+    let existing = ctx.idempotency.table()?.get(m.key)?.map(|v| v.value());
     if let Some(txn_id) = existing {
         let rec = ctx.txn_record(txn_id)?.ok_or_else(|| Error::Corruption {
             table: "idempotency",
@@ -334,7 +334,7 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
             notify::schedule_grant_notice(ctx, &grant)?;
         }
     }
-    let r = ctx.idempotency.insert(m.key, rec.id).map(drop);
-    ctx.write(r)?;
+    let r = (ctx.idempotency.table_mut()).and_then(|t| Ok(t.insert(m.key, rec.id).map(drop)?));
+    ctx.written(r)?;
     Ok(receipt(&rec, false))
 }

@@ -66,7 +66,7 @@ fn allocations_of(
     txn_id: u64,
 ) -> Result<Vec<Allocation>, Error> {
     Ok(
-        tables::get_allocations_of(Some(&ctx.gt().allocations), Some(gen), txn_id)?
+        tables::get_allocations_of(Some(ctx.gt().allocations.table()?), Some(gen), txn_id)?
             .map(|a| a.iter().map(AllocationEntry::public).collect())
             .unwrap_or_default(),
     )
@@ -420,7 +420,8 @@ pub(super) fn refund(
     };
     let drawn = match gen.usage_allocations() {
         Some(d) => Some(d),
-        None => tables::get_allocations(&ctx.gt().allocations, gen.usage_txn)?.map(|a| a.entries),
+        None => tables::get_allocations(ctx.gt().allocations.table()?, gen.usage_txn)?
+            .map(|a| a.entries),
     };
     let entries = grants::give_back(
         ctx,

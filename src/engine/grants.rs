@@ -163,7 +163,7 @@ pub(super) fn plan(
         .grant_tables
         .as_ref()
         .expect("invariant: a batch that moves credits opens the grant tables");
-    let mut range = gt.order.range(start..)?;
+    let mut range = gt.order.table()?.range(start..)?;
     while let Some(entry) = range.next() {
         let (key, _) = entry?;
         let (ws, _, _, _, id, lot) = key.value();
@@ -578,6 +578,7 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
     validate::text("memo", &req.memo, MAX_MEMO_BYTES, false)?;
     if let Some(txn_id) = ctx
         .idempotency
+        .table()?
         .get(req.idempotency_key.as_str())?
         .map(|v| v.value())
     {
@@ -586,7 +587,7 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
             key: req.idempotency_key.clone(),
             detail: format!("points at missing transaction #{txn_id}"),
         })?;
-        let voided = tables::get_allocations(&ctx.gt().allocations, txn_id)?
+        let voided = tables::get_allocations(ctx.gt().allocations.table()?, txn_id)?
             .and_then(|a| a.entries.first().map(|e| e.grant_id.clone()))
             .unwrap_or_default();
         let conflict = |field, existing: String, requested: String| Error::Conflict {
@@ -654,10 +655,8 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
         Some(&req.memo),
     )?
     .expect("invariant: a void of a grant with credits left writes a transaction");
-    let r = ctx
-        .idempotency
-        .insert(req.idempotency_key.as_str(), rec.id)
-        .map(drop);
-    ctx.write(r)?;
+    let r = (ctx.idempotency.table_mut())
+        .and_then(|t| Ok(t.insert(req.idempotency_key.as_str(), rec.id).map(drop)?));
+    ctx.written(r)?;
     Ok(closure(&rec, &req.grant_id, false))
 }

@@ -8,6 +8,7 @@
 mod credit;
 mod generation;
 pub(crate) mod grants;
+mod lazy;
 mod lots;
 mod notify;
 mod sweep;
@@ -24,6 +25,7 @@ use crate::model::records::{
 use crate::model::{Op, Outcome};
 use crate::storage::codec;
 use crate::storage::tables::{self, Category};
+use lazy::LazyTable;
 use lots::LotCache;
 pub(crate) use lots::WarmGrants;
 
@@ -240,7 +242,8 @@ pub(crate) fn note_every_workspace(
 /// The consumers and alerts tables, which a version 1 file lacks until the first write that
 /// needs them.
 pub(crate) struct FeedTables<'txn> {
-    pub consumers: Table<'txn, &'static str, u64>,
+    /// Only an ack uses it.
+    pub consumers: LazyTable<'txn, &'static str, u64>,
     pub alerts: Table<'txn, &'static str, u64>,
 }
 
@@ -261,7 +264,7 @@ impl<'txn> FeedTables<'txn> {
 
     fn open(txn: &'txn WriteTransaction) -> Result<Self, Error> {
         Ok(FeedTables {
-            consumers: txn.open_table(tables::CONSUMERS)?,
+            consumers: LazyTable::new(txn, tables::CONSUMERS),
             alerts: txn.open_table(tables::ALERTS)?,
         })
     }
@@ -280,9 +283,10 @@ impl<'txn> FeedTables<'txn> {
     ) -> Result<Self, Error> {
         record_current_schema(txn, history, next_txn_id)?;
         // The version recorded promises every table of it, the grant and notice tables
-        // included.
-        GrantTables::open(txn)?;
+        // included: opening a table creates it.
+        GrantTables::create(txn)?;
         txn.open_table(tables::GRANT_NOTICES)?;
+        txn.open_table(tables::CONSUMERS)?;
         Self::open(txn)
     }
 }
@@ -314,22 +318,36 @@ fn record_current_schema(
 /// The grant tables, which a file from before schema 3 lacks until its first write of money.
 pub(crate) struct GrantTables<'txn> {
     pub grants: Table<'txn, (&'static str, &'static str, u32), &'static [u8]>,
-    pub order: Table<'txn, tables::OrderKey<'static>, ()>,
+    /// Read by a charge whose workspace's lots are not cached yet, written when a lot opens,
+    /// empties or closes: a warm charge needs neither.
+    pub order: LazyTable<'txn, tables::OrderKey<'static>, ()>,
     pub expiries: Table<'txn, (u64, &'static str, &'static str, u32), ()>,
-    pub allocations: Table<'txn, u64, &'static [u8]>,
-    pub books: Table<'txn, &'static str, &'static [u8]>,
+    /// Only charges and refunds that span lots, and the moves that are not charges, use it.
+    pub allocations: LazyTable<'txn, u64, &'static [u8]>,
+    /// Read once per workspace (then cached), written when one changes.
+    pub books: LazyTable<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> GrantTables<'txn> {
-    /// Open (in a new or older file: create) the grant tables.
+    /// The grant tables of a file that has them; those that are lazy open on first use.
     pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, Error> {
         Ok(GrantTables {
             grants: txn.open_table(tables::GRANTS)?,
-            order: txn.open_table(tables::GRANT_ORDER)?,
+            order: LazyTable::new(txn, tables::GRANT_ORDER),
             expiries: txn.open_table(tables::GRANT_EXPIRIES)?,
-            allocations: txn.open_table(tables::ALLOCATIONS)?,
-            books: txn.open_table(tables::GRANT_BOOKS)?,
+            allocations: LazyTable::new(txn, tables::ALLOCATIONS),
+            books: LazyTable::new(txn, tables::GRANT_BOOKS),
         })
+    }
+
+    /// Create the grant tables in a file from before schema 3 (opening a table creates it).
+    pub(crate) fn create(txn: &WriteTransaction) -> Result<(), Error> {
+        txn.open_table(tables::GRANTS)?;
+        txn.open_table(tables::GRANT_ORDER)?;
+        txn.open_table(tables::GRANT_EXPIRIES)?;
+        txn.open_table(tables::ALLOCATIONS)?;
+        txn.open_table(tables::GRANT_BOOKS)?;
+        Ok(())
     }
 }
 
@@ -368,7 +386,8 @@ pub(crate) struct Ctx<'txn> {
     pub history: Table<'txn, (&'static str, u8, u64), ()>,
     pub generations: Table<'txn, &'static str, &'static [u8]>,
     pub deadlines: Table<'txn, (u64, &'static str), ()>,
-    pub idempotency: Table<'txn, &'static str, u64>,
+    /// Only credits, adjustments and voids use it.
+    pub idempotency: LazyTable<'txn, &'static str, u64>,
     /// `None` in a version 1 file until an operation needs them: see [`Ctx::feed_tables`].
     feed: Option<FeedTables<'txn>>,
     /// `None` only in a file from before schema 3 and a batch of acks and alerts alone.
@@ -447,7 +466,7 @@ impl<'txn> Ctx<'txn> {
             history,
             generations: txn.open_table(tables::GENERATIONS)?,
             deadlines: txn.open_table(tables::DEADLINES)?,
-            idempotency: txn.open_table(tables::IDEMPOTENCY)?,
+            idempotency: LazyTable::new(txn, tables::IDEMPOTENCY),
             feed,
             grant_tables,
             notices,
@@ -575,7 +594,7 @@ impl<'txn> Ctx<'txn> {
         if let Some((book, _)) = self.book_cache.get(workspace) {
             return Ok(book.clone());
         }
-        let book = tables::get_book(&self.gt().books, workspace)?;
+        let book = tables::get_book(self.gt().books.table()?, workspace)?;
         self.book_cache
             .insert(workspace.to_string(), (book.clone(), false));
         Ok(book)
@@ -596,8 +615,9 @@ impl<'txn> Ctx<'txn> {
         let in_expiries = |g: &GrantRecord| g.closed.is_none() && g.expires_at_ms.is_some();
         if let Some(o) = old {
             if in_order(o) && !(in_order(rec) && o.order_key() == rec.order_key()) {
-                let r = self.gt_mut().order.remove(o.order_key()).map(drop);
-                self.write(r)?;
+                let r = (self.gt_mut().order.table_mut())
+                    .and_then(|t| Ok(t.remove(o.order_key()).map(drop)?));
+                self.written(r)?;
             }
             if in_expiries(o) && !in_expiries(rec) {
                 if let Some(e) = o.expires_at_ms {
@@ -612,8 +632,9 @@ impl<'txn> Ctx<'txn> {
             }
         }
         if in_order(rec) && !old.is_some_and(|o| in_order(o) && o.order_key() == rec.order_key()) {
-            let r = self.gt_mut().order.insert(rec.order_key(), ()).map(drop);
-            self.write(r)?;
+            let r = (self.gt_mut().order.table_mut())
+                .and_then(|t| Ok(t.insert(rec.order_key(), ()).map(drop)?));
+            self.written(r)?;
         }
         if in_expiries(rec) && !old.is_some_and(in_expiries) {
             if let Some(e) = rec.expires_at_ms {
@@ -665,16 +686,16 @@ impl<'txn> Ctx<'txn> {
         if was_in_order && !lots::in_order(rec) {
             // The key does not hold the remainder: it is the entry the lot had.
             let key = rec.order_key();
-            let r = self
+            let r = (self
                 .grant_tables
                 .as_mut()
                 .expect("invariant: a batch that moves credits opens the grant tables")
                 .order
-                .remove(key)
-                .map(drop);
+                .table_mut())
+            .and_then(|t| Ok(t.remove(key).map(drop)?));
             if let Err(e) = r {
                 self.broken = true;
-                return Err(e.into());
+                return Err(e);
             }
         }
         Ok(rec)
@@ -683,12 +704,16 @@ impl<'txn> Ctx<'txn> {
     /// Record the grant lots transaction `txn_id` moved.
     pub fn put_allocations(&mut self, txn_id: u64, rec: &AllocationRecord) -> Result<(), Error> {
         let bytes = codec::encode(rec);
-        let r = self
-            .gt_mut()
-            .allocations
-            .insert(txn_id, bytes.as_slice())
-            .map(drop);
-        self.write(r)
+        let r = (self.gt_mut().allocations.table_mut())
+            .and_then(|t| Ok(t.insert(txn_id, bytes.as_slice()).map(drop)?));
+        self.written(r)
+    }
+
+    /// The result of a write whose table may have had to open first (see [`LazyTable`]); a
+    /// failure marks the transaction broken.
+    pub fn written<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
+        self.dirty = true;
+        r.inspect_err(|_| self.broken = true)
     }
 
     /// Run a write; a failure marks the transaction broken.
@@ -726,6 +751,13 @@ impl<'txn> Ctx<'txn> {
             return Ok(());
         }
         let log = std::mem::take(&mut self.pending_log);
+        if log.len() < MIN_CURSOR_RUN {
+            for (id, bytes) in &log {
+                let r = self.txns.insert(*id, bytes.as_slice()).map(drop);
+                self.write(r)?;
+            }
+            return Ok(());
+        }
         let r = (|| -> Result<(), Error> {
             let mut end = self
                 .txns
@@ -877,12 +909,9 @@ impl<'txn> Ctx<'txn> {
         }
         for (id, book) in books {
             let bytes = codec::encode(&book);
-            let r = self
-                .gt_mut()
-                .books
-                .insert(id.as_str(), bytes.as_slice())
-                .map(drop);
-            self.write(r)?;
+            let r = (self.gt_mut().books.table_mut())
+                .and_then(|t| Ok(t.insert(id.as_str(), bytes.as_slice()).map(drop)?));
+            self.written(r)?;
         }
         for rec in self.lots.take_changed() {
             let bytes = codec::encode(&rec);

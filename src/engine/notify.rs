@@ -38,7 +38,7 @@ pub(super) fn ack(ctx: &mut Ctx<'_>, consumer: &str, txn_id: u64) -> Result<AckR
         });
     }
     let stored = match ctx.existing_feed_tables() {
-        Some(t) => t.consumers.get(consumer)?.map(|v| v.value()),
+        Some(t) => t.consumers.table()?.get(consumer)?.map(|v| v.value()),
         None => None,
     };
     let previous_txn_id = stored.unwrap_or(0);
@@ -60,7 +60,7 @@ pub(super) fn ack(ctx: &mut Ctx<'_>, consumer: &str, txn_id: u64) -> Result<AckR
     }
     if stored.is_none() {
         let count_after = match ctx.existing_feed_tables() {
-            Some(t) => t.consumers.len()? + 1,
+            Some(t) => t.consumers.table()?.len()? + 1,
             None => 1,
         };
         if count_after > MAX_CONSUMERS as u64 {
@@ -71,12 +71,9 @@ pub(super) fn ack(ctx: &mut Ctx<'_>, consumer: &str, txn_id: u64) -> Result<AckR
             });
         }
     }
-    let r = ctx
-        .feed_tables()?
-        .consumers
-        .insert(consumer, txn_id)
-        .map(drop);
-    ctx.write(r)?;
+    let r = (ctx.feed_tables()?.consumers.table_mut())
+        .and_then(|t| Ok(t.insert(consumer, txn_id).map(drop)?));
+    ctx.written(r)?;
     Ok(receipt(false))
 }
 

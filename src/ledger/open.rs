@@ -797,7 +797,7 @@ fn ensure_schema(db: &Database, shown: &Path) -> Result<()> {
             txn.open_table(tables::DEADLINES)?;
             txn.open_table(tables::IDEMPOTENCY)?;
             txn.open_table(tables::CONSUMERS)?;
-            crate::engine::GrantTables::open(&txn)?;
+            crate::engine::GrantTables::create(&txn)?;
             txn.open_table(tables::GRANT_NOTICES)?;
             txn.open_table(tables::ALERTS)?;
         }
