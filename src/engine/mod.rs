@@ -377,7 +377,8 @@ pub(crate) struct Ctx<'txn> {
     txns: Table<'txn, u64, &'static [u8]>,
     /// The log records this transaction appended, in id order, not yet in `txns`:
     /// [`Ctx::flush`] writes them in one ascending run through a cursor at the end of the
-    /// table, which redb applies leaf by leaf instead of descending the tree once per record.
+    /// table, which redb applies leaf by leaf instead of descending the tree once per record
+    /// (a run shorter than [`MIN_CURSOR_RUN`] by insert). At most [`MAX_PENDING_RECORDS`].
     pending_log: Vec<(u64, Vec<u8>)>,
     /// The `workspace_history` entries this transaction filed, not yet in the table (nothing
     /// in a write reads the index): [`Ctx::flush`] sorts them and writes each run of adjacent
