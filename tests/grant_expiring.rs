@@ -633,3 +633,33 @@ fn verify_names_the_notices_a_deleted_index_owed() {
     assert!(found.contains(&Invariant::GrantNotice), "{found:?}");
     assert_eq!(l.balance("acme").unwrap().balance_credits, 10);
 }
+
+/// A notice written by the sweep of a batch says what the grant holds after the charges
+/// earlier in that batch, which the grant table does not show until the batch ends (the
+/// seeded model found the notice reporting the credits from before them).
+#[test]
+fn a_notice_in_the_batch_of_a_charge_counts_the_charge() {
+    use credit_ledger::{Op, Outcome};
+    let (l, clock) = ledger_with(Some(NOTICE_MS));
+    let expires = T0_MS + 30 * DAY_MS;
+    l.credit(Credit::grant("acme", 500, "monthly").expires_at_ms(expires))
+        .unwrap();
+    clock.set_ms(expires - NOTICE_MS + 1);
+    let results = l.apply(&[
+        Op::Start(StartGeneration::new("g1", "acme", "Quick Video", 12)),
+        Op::Start(StartGeneration::new("g2", "acme", "Quick Video", 30)),
+        Op::Sweep { limit: 10 },
+    ]);
+    let report = match &results[2] {
+        Ok(Outcome::Sweep(r)) => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(report.notices.len(), 1, "{report:?}");
+    // verify() names the wrong figure too ("says grant `monthly` holds 500 credits").
+    assert_healthy(&l);
+    assert_eq!(report.notices[0].expiring_credits, 500 - 12 - 30);
+    assert_eq!(
+        noticed(&l, "acme"),
+        vec![("monthly".into(), 458, Some(expires))]
+    );
+}
