@@ -390,6 +390,16 @@ pub enum Error {
         position_txn_id: u64,
     },
 
+    /// A charge, negative adjustment or void would move credits of more grant lots than one
+    /// transaction records ([`MAX_LOTS_PER_TRANSACTION`](crate::limits::MAX_LOTS_PER_TRANSACTION)).
+    #[error("workspace `{workspace}`: this would move credits of more than {max_lots} grant lots in one transaction, more than one record holds; nothing was written: charge less at a time, or void small grants and credit their sum as one")]
+    TooManyLots {
+        /// The workspace.
+        workspace: String,
+        /// The limit.
+        max_lots: usize,
+    },
+
     /// A new consumer when the ledger already keeps [`MAX_CONSUMERS`](crate::limits::MAX_CONSUMERS).
     #[error("consumer `{consumer}` would be consumer number {count_after}, over the limit of {max}; reuse an existing consumer name")]
     TooManyConsumers {
@@ -505,7 +515,8 @@ impl Error {
             | Error::NothingToVoid { .. }
             | Error::AckBeyondEnd { .. }
             | Error::AckBackwards { .. }
-            | Error::TooManyConsumers { .. } => ErrorCategory::Refused,
+            | Error::TooManyConsumers { .. }
+            | Error::TooManyLots { .. } => ErrorCategory::Refused,
             Error::Corruption { .. }
             | Error::JournalMismatch { .. }
             | Error::NotALedger { .. }

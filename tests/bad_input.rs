@@ -609,3 +609,49 @@ fn bad_grant_terms_and_unknown_grants_are_refused() {
         .credit(Credit::grant("ws", 5, "backwards").expires_at_ms(T0_MS + MINUTE_MS))
         .unwrap();
 }
+
+/// A charge or negative adjustment that would span more grant lots than one record holds is
+/// refused before anything is written. Before the bound, a start over 600 one-credit grants
+/// was accepted and its refund then failed, forever, on an `allocations` record over the
+/// decoder's 64 KiB limit. At the bound, with the longest grant ids and the longest failure
+/// message, the charge and its refund (whose log record carries the 256 lots) read back.
+#[test]
+fn a_charge_over_more_grant_lots_than_a_record_holds_is_refused() {
+    use credit_ledger::limits::MAX_LOTS_PER_TRANSACTION;
+    use credit_ledger::Op;
+    let (l, _clock) = ledger();
+    let max = MAX_LOTS_PER_TRANSACTION;
+    let id = |i: usize| format!("{i:0>width$}", width = MAX_ID_BYTES);
+    let ops: Vec<Op> = (0..=max)
+        .map(|i| Op::Credit(Credit::grant("ws", 1, id(i))))
+        .collect();
+    assert!(l.apply(&ops).iter().all(Result::is_ok));
+    let before = snapshot(&l);
+    let over = (max + 1) as u64;
+    let r = l.start_generation(StartGeneration::new("g", "ws", "Quick Video", over));
+    assert!(
+        matches!(&r, Err(Error::TooManyLots { max_lots, .. }) if *max_lots == max),
+        "{r:?}"
+    );
+    let r = l.adjust(Adjust::new("ws", -(over as i64), "adj", "too wide"));
+    assert!(matches!(&r, Err(Error::TooManyLots { .. })), "{r:?}");
+    assert_eq!(snapshot(&l), before);
+    assert!(l.generation("g").is_err());
+
+    let charge = l
+        .start_generation(StartGeneration::new("g", "ws", "Quick Video", max as u64))
+        .unwrap();
+    assert_eq!(charge.allocations.len(), max);
+    let refund = l
+        .fail_generation(
+            "g",
+            RefundReason::ModelFailure,
+            &"x".repeat(MAX_MESSAGE_BYTES),
+        )
+        .unwrap();
+    assert_eq!(refund.allocations.len(), max);
+    let shown = l.transaction(refund.refund_txn).unwrap();
+    assert_eq!(shown.allocations.len(), max);
+    assert_eq!(l.balance("ws").unwrap().balance_credits, over);
+    assert_healthy(&l);
+}

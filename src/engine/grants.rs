@@ -14,7 +14,7 @@ use redb::ReadableTable;
 use super::lots::{self, Take};
 use super::Ctx;
 use crate::error::{Error, InvalidInput};
-use crate::model::limits::{MAX_GRANT_PRIORITY, MAX_MEMO_BYTES};
+use crate::model::limits::{MAX_GRANT_PRIORITY, MAX_LOTS_PER_TRANSACTION, MAX_MEMO_BYTES};
 use crate::model::records::{
     AllocationEntry, AllocationRecord, GrantBook, GrantClosed, GrantRecord, TxnRecord,
     WorkspaceRecord,
@@ -227,6 +227,12 @@ impl Planner<'_> {
                 detail: "the workspace's grant lots hold more than u64::MAX credits".into(),
             })?;
         if self.need > 0 {
+            if self.takes.len() == MAX_LOTS_PER_TRANSACTION {
+                return Err(Error::TooManyLots {
+                    workspace: self.workspace.to_string(),
+                    max_lots: MAX_LOTS_PER_TRANSACTION,
+                });
+            }
             let credits = self.need.min(rec.remaining_credits);
             self.need -= credits;
             self.takes.push(Take {
@@ -638,6 +644,13 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
         if open(&g) {
             lots.push(g);
         }
+    }
+    // Only the lots with credits left get an allocation entry.
+    if lots.iter().filter(|l| l.remaining_credits > 0).count() > MAX_LOTS_PER_TRANSACTION {
+        return Err(Error::TooManyLots {
+            workspace: req.workspace.clone(),
+            max_lots: MAX_LOTS_PER_TRANSACTION,
+        });
     }
     if lots.iter().all(|l| l.remaining_credits == 0) {
         return Err(Error::NothingToVoid {

@@ -91,6 +91,16 @@ pub const MIN_GRANT_EXPIRING_NOTICE_MS: u64 = 60 * 1000;
 /// 400 days, more than a yearly grant's whole life.
 pub const MAX_GRANT_EXPIRING_NOTICE_MS: u64 = 400 * 24 * 60 * 60 * 1000;
 
+/// Most grant lots one transaction may move credits from or to: a charge (or negative
+/// adjustment) spanning more, or a void of a grant with more open lots, is refused with
+/// [`Error::TooManyLots`](crate::Error::TooManyLots) before anything is written. A
+/// transaction's lots are stored in one record (its `allocations` row, and a Refund's own log
+/// record), which the decoder reads only up to 64 KiB: at most 158 bytes a lot with the
+/// longest grant id, 256 lots take about 40 KiB, with room for the rest of the record. Without
+/// the bound a charge over 600 small grants was accepted and its refund then failed on a
+/// record too large to read back.
+pub const MAX_LOTS_PER_TRANSACTION: usize = 256;
+
 /// Most grants one [`Ledger::grants`](crate::Ledger::grants) call lists.
 pub const MAX_GRANTS_LISTED: usize = 10_000;
 /// Most named consumers of the change feed one ledger keeps a position for. Each is a row the
