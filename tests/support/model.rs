@@ -764,8 +764,9 @@ impl Model {
         v.into_iter().map(|(_, k)| k).collect()
     }
 
-    /// What a debit of `cost` would take, or the spendable balance when it is not enough.
-    fn plan(&self, ws: &str, now: u64, cost: u64) -> Result<Vec<(LotKey, u64)>, u64> {
+    /// What a debit of `cost` would take; refused when it is more than the spendable balance
+    /// or would span more than `MAX_LOTS_PER_TRANSACTION` lots.
+    fn plan(&self, ws: &str, now: u64, cost: u64) -> Result<Vec<(LotKey, u64)>, Error> {
         let mut need = cost;
         let mut spendable = 0u64;
         let mut out = Vec::new();
@@ -773,6 +774,12 @@ impl Model {
             let r = self.lots[&k].remaining;
             spendable = spendable.saturating_add(r);
             if need > 0 {
+                if out.len() == credit_ledger::limits::MAX_LOTS_PER_TRANSACTION {
+                    return Err(Error::TooManyLots {
+                        workspace: ws.to_string(),
+                        max_lots: credit_ledger::limits::MAX_LOTS_PER_TRANSACTION,
+                    });
+                }
                 let c = need.min(r);
                 need -= c;
                 out.push((k, c));
@@ -781,7 +788,11 @@ impl Model {
                 return Ok(out);
             }
         }
-        Err(spendable)
+        Err(Error::InsufficientCredits {
+            workspace: ws.to_string(),
+            balance_credits: spendable,
+            required_credits: cost,
+        })
     }
 
     fn take(&mut self, plan: Vec<(LotKey, u64)>) -> Vec<Allocation> {
@@ -974,6 +985,13 @@ impl Model {
             .map(|n| (v.workspace.clone(), v.grant_id.clone(), n))
             .filter(|k| open(&self.lots[k]))
             .collect();
+        let with_credits = keys.iter().filter(|k| self.lots[*k].remaining > 0).count();
+        if with_credits > credit_ledger::limits::MAX_LOTS_PER_TRANSACTION {
+            return Err(Error::TooManyLots {
+                workspace: v.workspace.clone(),
+                max_lots: credit_ledger::limits::MAX_LOTS_PER_TRANSACTION,
+            });
+        }
         if keys.iter().all(|k| self.lots[k].remaining == 0) {
             return Err(Error::NothingToVoid {
                 grant: v.grant_id.clone(),
@@ -1209,13 +1227,7 @@ impl Model {
         let before = w.balance;
         let mut plan = None;
         if debit {
-            plan = Some(self.plan(ws, now, amount).map_err(|spendable| {
-                Error::InsufficientCredits {
-                    workspace: ws.to_string(),
-                    balance_credits: spendable,
-                    required_credits: amount,
-                }
-            })?);
+            plan = Some(self.plan(ws, now, amount)?);
             w.balance = before - amount;
             w.adj_out = w
                 .adj_out
@@ -1381,13 +1393,7 @@ impl Model {
                 workspace: s.workspace.clone(),
             })?;
         let before = w.balance;
-        let plan = self
-            .plan(&s.workspace, now, s.cost_credits)
-            .map_err(|spendable| Error::InsufficientCredits {
-                workspace: s.workspace.clone(),
-                balance_credits: spendable,
-                required_credits: s.cost_credits,
-            })?;
+        let plan = self.plan(&s.workspace, now, s.cost_credits)?;
         w.balance = before - s.cost_credits;
         w.spent = w
             .spent
@@ -1948,6 +1954,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::ClockRegressed { .. } => "ClockRegressed",
         Error::UnknownGrant { .. } => "UnknownGrant",
         Error::NothingToVoid { .. } => "NothingToVoid",
+        Error::TooManyLots { .. } => "TooManyLots",
         Error::AckBeyondEnd { .. } => "AckBeyondEnd",
         Error::AckBackwards { .. } => "AckBackwards",
         _ => "other",
