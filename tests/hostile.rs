@@ -858,3 +858,54 @@ fn a_ledger_missing_any_of_its_tables_is_refused_by_name_and_left_as_it_is() {
         );
     }
 }
+
+/// A log whose last id was set near the top of the range (a record copied under key
+/// `u64::MAX - 1`): the next write gets the last id there is, and the one after finds none. It
+/// is a typed `Corruption` that writes nothing, never a panic.
+#[test]
+fn a_log_at_the_end_of_its_id_range_refuses_writes() {
+    let d = dir();
+    let path = d.path.join("ids.redb");
+    let clock = ManualClock::new(T0_MS);
+    let opts = || Options::default().clock(clock.clone()).sweep_on_open(false);
+    {
+        let l = Ledger::open_with(&path, opts()).unwrap();
+        l.credit(Credit::purchase("ws", 10, "k1")).unwrap();
+    }
+    const TRANSACTIONS: redb::TableDefinition<u64, &[u8]> =
+        redb::TableDefinition::new("transactions");
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(TRANSACTIONS).unwrap();
+            let last = redb::ReadableTable::last(&t)
+                .unwrap()
+                .map(|(_, v)| v.value().to_vec())
+                .unwrap();
+            t.insert(u64::MAX - 1, last.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let l = Ledger::open_with(&path, opts()).unwrap();
+    // Two credits: the first takes id u64::MAX, the second has none left.
+    let results = l.apply(&[
+        Op::Credit(Credit::purchase("ws", 1, "k2")),
+        Op::Credit(Credit::purchase("ws", 1, "k3")),
+    ]);
+    assert!(
+        results.iter().any(|r| matches!(
+            r,
+            Err(Error::Corruption {
+                table: "transactions",
+                ..
+            })
+        )),
+        "{results:?}"
+    );
+    assert_eq!(
+        l.balance("ws").unwrap().balance_credits,
+        10,
+        "nothing was written"
+    );
+}

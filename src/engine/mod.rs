@@ -1034,15 +1034,22 @@ impl<'txn> Ctx<'txn> {
         rec.id = self.state.next_txn_id;
         rec.at_ms = self.now_ms;
         rec.prev_crc = self.state.last_crc;
+        // Ids are u64 and start at 1: running out would take 584 years at a billion per second,
+        // so a log that has is a damaged one (an id written near the top by hand).
+        // The operation may have written already: the batch aborts.
+        let next_id = rec.id.checked_add(1).ok_or_else(|| Error::Corruption {
+            table: "transactions",
+            key: rec.id.to_string(),
+            detail: "the log's ids have reached the end of their range; run verify, and restore \
+                     from a backup"
+                .into(),
+        });
+        let next_id = self.written(next_id)?;
         let bytes = codec::encode(&rec);
         self.dirty = true;
         self.pending_history
             .push((rec.workspace.clone(), category as u8, rec.id));
-        // Ids are u64 and start at 1: running out would take 584 years at a billion per second.
-        self.state.next_txn_id = rec
-            .id
-            .checked_add(1)
-            .expect("invariant: transaction ids never run out");
+        self.state.next_txn_id = next_id;
         self.state.last_crc = codec::record_crc(&bytes);
         self.state.last_at_ms = self.now_ms;
         self.pending_log.push((rec.id, bytes));
