@@ -385,6 +385,21 @@ fn the_audit_names_lots_that_are_wrong_missing_or_foreign() {
     }
     let l = open(&copy, &clock);
     only(&l, "refund_lots_from");
+
+    // A key that is not a u64 is named the same way.
+    let copy = dir.path().join("bad-key.redb");
+    std::fs::copy(&path, &copy).unwrap();
+    {
+        let db = redb::Database::open(&copy).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(META)
+            .unwrap()
+            .insert("refund_lots_from", [1u8, 2, 3].as_slice())
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let l = open(&copy, &clock);
+    only(&l, "3 bytes where 8 were expected");
 }
 
 /// A schema 5 file: records without lots, and a `refund_pages` table. It reads as it is and a

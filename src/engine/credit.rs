@@ -334,7 +334,7 @@ fn apply(ctx: &mut Ctx<'_>, m: &Movement<'_>) -> Result<Receipt, Error> {
             notify::schedule_grant_notice(ctx, &grant)?;
         }
     }
-    let r = (ctx.idempotency.table_mut()).and_then(|t| Ok(t.insert(m.key, rec.id).map(drop)?));
-    ctx.written(r)?;
+    let r = ctx.idempotency.write(|t| t.insert(m.key, rec.id).map(drop));
+    ctx.write(r)?;
     Ok(receipt(&rec, false))
 }

@@ -668,8 +668,7 @@ pub(super) fn void(ctx: &mut Ctx<'_>, req: &VoidGrant) -> Result<GrantClosure, E
         Some(&req.memo),
     )?
     .expect("invariant: a void of a grant with credits left writes a transaction");
-    let r = (ctx.idempotency.table_mut())
-        .and_then(|t| Ok(t.insert(req.idempotency_key.as_str(), rec.id).map(drop)?));
-    ctx.written(r)?;
+    let r = (ctx.idempotency).write(|t| t.insert(req.idempotency_key.as_str(), rec.id).map(drop));
+    ctx.write(r)?;
     Ok(closure(&rec, &req.grant_id, false))
 }

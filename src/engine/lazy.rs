@@ -5,8 +5,8 @@
 //! with `examples/op_cost.rs` under valgrind, that is about 7.7k instructions a table, and a
 //! single durable start over a warm workspace needs half of the fifteen tables a write may
 //! touch. A table here opens on its first use, from a shared reference, so reads stay as they
-//! were; a write goes through [`LazyTable::table_mut`], whose failure the caller must treat as
-//! a failed write (see `Ctx::written`).
+//! were; a write goes through [`LazyTable::write`], whose failure the caller must treat as a
+//! failed write (see `Ctx::write`).
 
 use std::cell::OnceCell;
 
@@ -39,8 +39,17 @@ impl<'txn, K: Key + 'static, V: Value + 'static> LazyTable<'txn, K, V> {
         Ok(self.table.get_or_init(|| opened))
     }
 
+    /// Run write `f` on the table, opened first if need be. A failure of either is the
+    /// write's: see `Ctx::write`.
+    pub fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut Table<'txn, K, V>) -> Result<T, redb::StorageError>,
+    ) -> Result<T, Error> {
+        Ok(f(self.table_mut()?)?)
+    }
+
     /// The table to write to, opened if this is its first use in the transaction.
-    pub fn table_mut(&mut self) -> Result<&mut Table<'txn, K, V>, Error> {
+    fn table_mut(&mut self) -> Result<&mut Table<'txn, K, V>, Error> {
         self.table()?;
         Ok(self
             .table

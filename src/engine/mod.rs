@@ -616,9 +616,11 @@ impl<'txn> Ctx<'txn> {
         let in_expiries = |g: &GrantRecord| g.closed.is_none() && g.expires_at_ms.is_some();
         if let Some(o) = old {
             if in_order(o) && !(in_order(rec) && o.order_key() == rec.order_key()) {
-                let r = (self.gt_mut().order.table_mut())
-                    .and_then(|t| Ok(t.remove(o.order_key()).map(drop)?));
-                self.written(r)?;
+                let r = self
+                    .gt_mut()
+                    .order
+                    .write(|t| t.remove(o.order_key()).map(drop));
+                self.write(r)?;
             }
             if in_expiries(o) && !in_expiries(rec) {
                 if let Some(e) = o.expires_at_ms {
@@ -633,9 +635,8 @@ impl<'txn> Ctx<'txn> {
             }
         }
         if in_order(rec) && !old.is_some_and(|o| in_order(o) && o.order_key() == rec.order_key()) {
-            let r = (self.gt_mut().order.table_mut())
-                .and_then(|t| Ok(t.insert(rec.order_key(), ()).map(drop)?));
-            self.written(r)?;
+            let r = (self.gt_mut().order).write(|t| t.insert(rec.order_key(), ()).map(drop));
+            self.write(r)?;
         }
         if in_expiries(rec) && !old.is_some_and(in_expiries) {
             if let Some(e) = rec.expires_at_ms {
@@ -687,13 +688,12 @@ impl<'txn> Ctx<'txn> {
         if was_in_order && !lots::in_order(rec) {
             // The key does not hold the remainder: it is the entry the lot had.
             let key = rec.order_key();
-            let r = (self
+            let r = self
                 .grant_tables
                 .as_mut()
                 .expect("invariant: a batch that moves credits opens the grant tables")
                 .order
-                .table_mut())
-            .and_then(|t| Ok(t.remove(key).map(drop)?));
+                .write(|t| t.remove(key).map(drop));
             if let Err(e) = r {
                 self.broken = true;
                 return Err(e);
@@ -705,24 +705,17 @@ impl<'txn> Ctx<'txn> {
     /// Record the grant lots transaction `txn_id` moved.
     pub fn put_allocations(&mut self, txn_id: u64, rec: &AllocationRecord) -> Result<(), Error> {
         let bytes = codec::encode(rec);
-        let r = (self.gt_mut().allocations.table_mut())
-            .and_then(|t| Ok(t.insert(txn_id, bytes.as_slice()).map(drop)?));
-        self.written(r)
+        let r = (self.gt_mut().allocations).write(|t| t.insert(txn_id, bytes.as_slice()).map(drop));
+        self.write(r)
     }
 
-    /// The result of a write whose table may have had to open first (see [`LazyTable`]); a
+    /// Run a write (redb's, or one whose table had to open first, see [`LazyTable`]); a
     /// failure marks the transaction broken.
-    pub fn written<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
-        self.dirty = true;
-        r.inspect_err(|_| self.broken = true)
-    }
-
-    /// Run a write; a failure marks the transaction broken.
-    fn write<T>(&mut self, r: Result<T, redb::StorageError>) -> Result<T, Error> {
+    fn write<T, E: Into<Error>>(&mut self, r: Result<T, E>) -> Result<T, Error> {
         self.dirty = true;
         r.map_err(|e| {
             self.broken = true;
-            Error::from(e)
+            e.into()
         })
     }
 
@@ -910,9 +903,9 @@ impl<'txn> Ctx<'txn> {
         }
         for (id, book) in books {
             let bytes = codec::encode(&book);
-            let r = (self.gt_mut().books.table_mut())
-                .and_then(|t| Ok(t.insert(id.as_str(), bytes.as_slice()).map(drop)?));
-            self.written(r)?;
+            let r =
+                (self.gt_mut().books).write(|t| t.insert(id.as_str(), bytes.as_slice()).map(drop));
+            self.write(r)?;
         }
         for rec in self.lots.take_changed() {
             let bytes = codec::encode(&rec);
@@ -933,9 +926,7 @@ impl<'txn> Ctx<'txn> {
     /// file the first one records version 4 (and so creates the notice index the version
     /// promises), so that an older build refuses the file instead of failing to decode it.
     pub fn put_generation(&mut self, rec: &GenerationRecord) -> Result<(), Error> {
-        if self.notices.is_none() {
-            self.notices_mut()?;
-        }
+        self.current_schema()?;
         let bytes = codec::encode(rec);
         let r = self
             .generations
@@ -969,9 +960,7 @@ impl<'txn> Ctx<'txn> {
         usage_txn: u64,
         state: GenState,
     ) -> Result<(), Error> {
-        if self.notices.is_none() {
-            self.notices_mut()?;
-        }
+        self.current_schema()?;
         if matches!(state, GenState::Refunded { .. }) {
             self.dirty = true;
             self.pending_history.push((
@@ -1044,7 +1033,7 @@ impl<'txn> Ctx<'txn> {
                      from a backup"
                 .into(),
         });
-        let next_id = self.written(next_id)?;
+        let next_id = self.write(next_id)?;
         let bytes = codec::encode(&rec);
         self.dirty = true;
         self.pending_history

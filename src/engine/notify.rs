@@ -71,9 +71,8 @@ pub(super) fn ack(ctx: &mut Ctx<'_>, consumer: &str, txn_id: u64) -> Result<AckR
             });
         }
     }
-    let r = (ctx.feed_tables()?.consumers.table_mut())
-        .and_then(|t| Ok(t.insert(consumer, txn_id).map(drop)?));
-    ctx.written(r)?;
+    let r = (ctx.feed_tables()?.consumers).write(|t| t.insert(consumer, txn_id).map(drop));
+    ctx.write(r)?;
     Ok(receipt(false))
 }
 
